@@ -17,3 +17,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_base():
+    from memlaw.models import load_base
+
+    return load_base("tiny", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_records():
+    """Eight random 6-digit values behind keys whose last character differs (the tiny model needs it)."""
+    import random
+
+    from memlaw.records import Record
+
+    rng = random.Random(0)
+    return [Record(f"key {c}", "".join(rng.choice("0123456789") for _ in range(6))) for c in "abcdefgh"]
+
+
+@pytest.fixture(scope="session")
+def plain():
+    from memlaw.config import PromptConfig
+
+    return PromptConfig(template="plain")

@@ -47,8 +47,8 @@ class AdapterConfig:
     rank: int = 8
     layer: int | None = None
     """Decoder layer of the probe; None: the paper's relative depth (Llama 18/32, Qwen 24/36)."""
-    dropout: float = 0.1
-    """Dropout on the probe output (training only), as the paper; LoRA dropout for `lora`."""
+    dropout: float | None = None
+    """Training-only dropout: on the probe output (None: 0.1, as the paper) or LoRA's (None: 0.0)."""
     lora_alpha: float | None = None
     """LoRA scaling numerator; None: 2·rank."""
     lora_targets: tuple[str, ...] | str = "all-linear"
@@ -64,7 +64,7 @@ class AdapterConfig:
             problems.append(f"rank must be an integer >= 1, got {self.rank!r}")
         if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 0):
             problems.append(f"layer must be an integer >= 0, got {self.layer!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if self.dropout is not None and (not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0):
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
         _raise(problems, "adapter")
 

@@ -1,0 +1,107 @@
+"""The paper's adapter: one rank-r map parallel to the whole MLP of one decoder layer.
+
+    x   = the MLP's input at layer L (Llama: post-attention RMSNorm output, norm gain included)
+    out = layer_L(h) + dropout(x @ A @ B)            at every position (prompt, answer, generated)
+
+A ∈ R^{d×r} ~ U(−1/√r, 1/√r), B = 0, no α/r scaling, dropout 0.1 in training only
+(reference_method §1.2–1.3). Unlike the paper's code, A and B stay float32 (the paper keeps them and
+AdamW's state in bf16, so late small updates round away); they are cast to the base's dtype in the
+forward pass, and x @ A @ B is never materialised as a d×d matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from memlaw.errors import AdapterError
+
+TENSORS = "adapter.safetensors"
+
+
+def default_layer(n_layers: int, family: str) -> int:
+    """The paper's relative depth: Llama 18/32, Qwen 24/36; other families use Llama's."""
+    frac = 24 / 36 if family.startswith("qwen") else 18 / 32
+    return min(n_layers - 1, round(n_layers * frac))
+
+
+class ProbeAdapter(nn.Module):
+    kind = "probe"
+
+    def __init__(self, d: int, r: int, layer: int, dropout: float = 0.1, *, generator: torch.Generator | None = None):
+        super().__init__()
+        self.rank, self.layer = r, layer
+        bound = r**-0.5
+        A = torch.rand(d, r, generator=generator, dtype=torch.float32) * (2 * bound) - bound  # U(−1/√r, 1/√r)
+        self.A = nn.Parameter(A)
+        self.B = nn.Parameter(torch.zeros(r, d))  # B = 0: the adapter starts as the base model
+        self.drop = nn.Dropout(dropout)
+        self._handles: list = []
+        self.enabled = True
+
+    @property
+    def first_layer(self) -> int:
+        return self.layer
+
+    def n_params(self) -> int:
+        return self.A.numel() + self.B.numel()
+
+    def attach(self, base) -> None:
+        """Hook onto `base.layers[self.layer]`: capture the MLP input, add x @ A @ B to the layer output."""
+        if self._handles:
+            raise AdapterError("probe adapter is already attached")
+        block = base.layers[self.layer]
+        seen: dict[str, Tensor] = {}
+
+        def keep(_mod, args, kwargs):
+            seen["x"] = args[0] if args else next(iter(kwargs.values()))
+
+        def add(_mod, _args, out):
+            h = out[0] if isinstance(out, tuple) else out
+            x = seen.pop("x")
+            if not self.enabled:
+                return out
+            h = h + self.drop(x @ self.A.to(x.dtype) @ self.B.to(x.dtype))
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+
+        self.to(base.device)
+        self._handles = [
+            block.mlp.register_forward_pre_hook(keep, with_kwargs=True),
+            block.register_forward_hook(add),
+        ]
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """The base model alone while inside (for L_base), the adapter again after."""
+        self.enabled = False
+        try:
+            yield
+        finally:
+            self.enabled = True
+
+    def save_tensors(self, directory: Path) -> list[str]:
+        save_file({"A": self.A.detach().float().cpu().contiguous(), "B": self.B.detach().float().cpu().contiguous()},
+                  str(directory / TENSORS))
+        return [TENSORS]
+
+    def load_tensors(self, directory: Path) -> None:
+        tensors = load_file(str(directory / TENSORS))
+        if set(tensors) != {"A", "B"} or tensors["A"].shape != self.A.shape or tensors["B"].shape != self.B.shape:
+            raise AdapterError(f"{directory / TENSORS}: expected tensors A {tuple(self.A.shape)} and B "
+                               f"{tuple(self.B.shape)}, found {({k: tuple(v.shape) for k, v in tensors.items()})}")
+        with torch.no_grad():
+            self.A.copy_(tensors["A"])
+            self.B.copy_(tensors["B"])
+
+    def meta(self) -> dict:
+        return {"layer": self.layer, "dropout": self.drop.p}

@@ -1,0 +1,279 @@
+"""memlaw's command line: parse, call the Python API, print. Errors: one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig
+from memlaw.errors import MemlawError
+from memlaw.records import redact as redact_value
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Write records into a frozen LLM's adapter, certify them, recall them exactly.")
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class Kind(str, Enum):
+    probe = "probe"
+    lora = "lora"
+
+
+class Objective(str, Enum):
+    sft = "sft"
+    memft_ot = "memft-ot"
+    memft_sw = "memft-sw"
+    memft_sw_curriculum = "memft-sw-curriculum"
+
+
+class Until(str, Enum):
+    budget = "budget"
+    certified = "certified"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def progress_bar(enabled: bool):
+    """A rich bar whose description shows loss, stubborn tokens and certified records."""
+    if not enabled:
+        return None, None
+    bar = Progress(TextColumn("[bold]write"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True)
+    state = {"task": None, "desc": ""}
+
+    def on_step(info) -> None:
+        if state["task"] is None:
+            state["task"] = bar.add_task("", total=info.total)
+        if info.certified is not None:
+            state["desc"] = f"stubborn {info.stubborn}  certified {info.certified}/{info.n_records}"
+        bar.update(state["task"], completed=info.step, description=f"loss {info.loss:.4f}  {state['desc']}")
+
+    return bar, on_step
+
+
+def summary_table(name: str, s: dict) -> Table:
+    """One memory: certified, EM, teacher-forced and free-run accuracy, stubborn count, losses."""
+    t = Table(title=f"memory {name}  ({s['n_records']} records, ℓ = {s['length']} value tokens)")
+    for col in ("certified", "EM", "tf acc", "free acc", "stubborn", "L_base", "L_final", "ΔL"):
+        t.add_column(col, justify="right", no_wrap=True)
+    f = lambda x, p=3: "-" if x is None else f"{x:.{p}f}"  # noqa: E731
+    em = f"{s['em']}/{s['n_records']}" if "em" in s else "-"
+    t.add_row(f"{s['certified']}/{s['n_records']}", em, f(s["tf_acc"]), f(s.get("free_acc")), str(s["stubborn"]),
+              f(s["L_base"]), f(s["L_final"]), f(s["delta_loss"]))
+    return t
+
+
+def record_table(v, redact: bool) -> Table:
+    t = Table(title="per record")
+    for col in ("key", "certified", "EM", "min p_t", "stubborn", "earliest stubborn", "first failure", "output"):
+        t.add_column(col)
+    for r in v.records:
+        shown = "" if r.output is None else (redact_value(r.output) if redact else r.output)
+        t.add_row(r.key, "yes" if r.certified else "no", "-" if r.em is None else ("yes" if r.em else "no"),
+                  f"{r.min_p:.3f}", str(r.stubborn), str(r.earliest_stubborn if r.earliest_stubborn is not None else "-"),
+                  str(r.first_failure if r.first_failure is not None else "-"), shown)
+    return t
+
+
+def _run(fn):
+    """Call `fn`; a MemlawError becomes one line on stderr and exit code 2."""
+    try:
+        return fn()
+    except MemlawError as e:
+        err.print(f"memlaw: error: {e}", markup=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def write(
+    records: Annotated[Path, typer.Argument(help="Records: JSONL ({key, value} or {query, target}) or CSV.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Adapter directory to write (atomically).")],
+    model: Annotated[str, typer.Option(help="smollm2-135m, gemma3-270m, tiny, a hub id or a local directory.")] = "smollm2-135m",
+    adapter: Annotated[Kind, typer.Option(help="probe: the paper's single-layer map; lora: PEFT LoRA.")] = Kind.probe,
+    rank: Annotated[int, typer.Option(help="Adapter rank r.")] = 16,
+    layer: Annotated[Optional[int], typer.Option(help="Probe layer (default: the paper's relative depth).")] = None,
+    objective: Annotated[Objective, typer.Option(help="Training objective.")] = Objective.sft,
+    until: Annotated[Until, typer.Option(help="Stop when every record certifies, or after the budget.")] = Until.certified,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer-step budget (cap with --until certified).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epoch budget (when --max-steps is not given).")] = None,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-2,
+    batch_size: Annotated[int, typer.Option(help="Records per optimizer step.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed (adapter init, order, dropout).")] = 0,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where fast), bfloat16 or float32.")] = "auto",
+    template: Annotated[Optional[str], typer.Option(help="Prompt template: chat or plain (default: chat if the tokenizer has one).")] = None,
+    no_records: Annotated[bool, typer.Option("--no-records", help="Do not save records.jsonl with the adapter.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    redact: Annotated[bool, typer.Option(help="Hide values in everything printed.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Write RECORDS into a new adapter, verify them, and save the adapter directory."""
+    setup_logging(verbose)
+
+    def go():
+        from memlaw.memory import write_memory
+
+        adapter_cfg = AdapterConfig(kind=adapter.value, rank=rank, layer=layer)
+        train_cfg = TrainConfig(lr=lr, batch_size=batch_size, max_steps=max_steps, epochs=epochs,
+                                until=until.value, seed=seed)
+        bar, on_step = progress_bar(not as_json and sys.stderr.isatty())
+        with bar if bar is not None else _nullcontext():
+            result = write_memory(records, model=model, out=out_dir, adapter=adapter_cfg,
+                                  objective=ObjectiveConfig(name=objective.value), train=train_cfg,
+                                  prompt=PromptConfig(template=template), dtype=dtype,
+                                  save_records=not no_records, on_step=on_step)
+        _report(result, str(out_dir), as_json, redact)
+        if until == Until.certified and not result.train.certified:
+            err.print(f"memlaw: not every record certified within {result.train.steps} steps; raise --max-steps or --rank")
+
+    _run(go)
+
+
+def _report(result, name: str, as_json: bool, redact: bool, extra: dict | None = None) -> None:
+    s = result.verification.summary()
+    payload = {"out": name, "steps": result.train.steps, "write_s": round(result.train.wall_s, 3),
+               "steps_per_s": round(result.train.steps_per_s, 3), "time_to_certified": result.train.time_to_certified,
+               "wall_s": round(result.wall_s, 3), **s, **(extra or {})}
+    if as_json:
+        out.print_json(json.dumps({**payload, "records": result.verification.to_dict(redact=True)["records"]}))
+        return
+    out.print(summary_table(name, s))
+    bpp = s.get("bits_per_param")
+    out.print(f"steps {result.train.steps}  write {result.train.wall_s:.1f} s ({result.train.steps_per_s:.2f} steps/s)  "
+              f"time to certified {_secs(result.train.time_to_certified)}  total {result.wall_s:.1f} s  "
+              f"params {s['n_params']:,}  bits/param {'-' if bpp is None else f'{bpp:.4f}'}")
+
+
+def _secs(x) -> str:
+    return "-" if x is None else f"{x:.1f} s"
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+@app.command()
+def recall(
+    directory: Annotated[Path, typer.Argument(help="Adapter directory.")],
+    keys: Annotated[list[str], typer.Argument(help="Keys to recall.")],
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Decode at most this many tokens.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Print the value greedy decoding recalls for each KEY, one per line."""
+    setup_logging()
+
+    def go():
+        from memlaw.memory import Memory
+
+        with Memory.open(directory) as mem:
+            values = mem.recall(keys, max_new_tokens=max_new_tokens)
+        if as_json:
+            out.print_json(json.dumps(dict(zip(keys, values))))
+        else:
+            for v in values:
+                typer.echo(v)
+
+    _run(go)
+
+
+@app.command()
+def verify(
+    directory: Annotated[Path, typer.Argument(help="Adapter directory.")],
+    records: Annotated[Optional[Path], typer.Argument(help="Records to check (default: the ones saved with the adapter).")] = None,
+    no_recall: Annotated[bool, typer.Option("--no-recall", help="Certificate only; skip greedy decoding.")] = False,
+    per_record: Annotated[bool, typer.Option("--per-record", help="Also print a row per record.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    redact: Annotated[bool, typer.Option(help="Hide values (greedy outputs) in the output.")] = False,
+) -> None:
+    """Certify the records in one forward pass and confirm with greedy decoding: a table, or JSON."""
+    setup_logging()
+
+    def go():
+        from memlaw.adapters import check_integrity, read_meta
+        from memlaw.memory import Memory
+
+        meta = read_meta(directory)
+        tampered = check_integrity(directory, meta)
+        if tampered:
+            raise MemlawError(f"{directory}: {', '.join(tampered)} does not match the sha256 in memlaw.json (tampered or torn)")
+        t0 = time.perf_counter()
+        with Memory.open(directory) as mem:
+            v = mem.verify(records, recall=not no_recall)
+        wall = time.perf_counter() - t0
+        if as_json:
+            out.print_json(json.dumps({"adapter": str(directory), "wall_s": round(wall, 3), "integrity": "ok",
+                                       **v.to_dict(redact=redact)}))
+            return
+        out.print(summary_table(str(directory), v.summary()))
+        if per_record:
+            out.print(record_table(v, redact))
+        out.print(f"integrity ok  ({wall:.1f} s)")
+
+    _run(go)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to save the adapter.")] = Path("memlaw-demo"),
+    n: Annotated[int, typer.Option(help="PhoneBook entries to write.")] = 32,
+    rank: Annotated[int, typer.Option(help="Probe rank.")] = 16,
+    model: Annotated[str, typer.Option(help="Base model.")] = "smollm2-135m",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    redact: Annotated[bool, typer.Option(help="Hide values in the output.")] = False,
+) -> None:
+    """Write a PhoneBook into the embedded SmolLM2 until every entry certifies, then verify by greedy decoding."""
+    setup_logging()
+
+    def go():
+        from memlaw.benchmarks import phonebook
+        from memlaw.memory import write_memory
+
+        t0 = time.perf_counter()
+        recs = phonebook(n)
+        bar, on_step = progress_bar(not as_json and sys.stderr.isatty())
+        with bar if bar is not None else _nullcontext():
+            result = write_memory(recs, model=model, out=out_dir, adapter=AdapterConfig(kind="probe", rank=rank),
+                                  train=DEMO_TRAIN, on_step=on_step)
+        wall = time.perf_counter() - t0
+        _report(result, str(out_dir), as_json, redact, extra={"demo_wall_s": round(wall, 3)})
+        if not as_json:
+            s = result.verification.summary()
+            out.print(f"demo: {s['em']}/{s['n_records']} recalled exactly by greedy decoding, "
+                      f"{s['certified']}/{s['n_records']} certified, wall time {wall:.1f} s; adapter in {out_dir}")
+        if result.verification.summary().get("em") != n:
+            raise typer.Exit(1)
+
+    _run(go)
+
+
+DEMO_TRAIN = TrainConfig(until="certified", max_steps=600, batch_size=16, lr=1e-2, check_every=10)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

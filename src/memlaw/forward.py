@@ -1,0 +1,128 @@
+"""The teacher-forced pass: answer-token logits for a batch of records, with DESIGN §6's fast paths.
+
+- cached prefix: for an adapter whose lowest layer is L, the hidden states entering layer L never
+  change during a write; compute them once per memory and run only layers L.. (forward, backward);
+- answer-only logits: apply the LM head at the positions that predict answer tokens only.
+
+Both are exact rewrites of the plain pass (same ops on the same numbers for the layers that run),
+which tests check against `plain=True`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
+
+from memlaw.encode import Batch, Encoded, collate
+
+
+class _Skip(nn.Module):
+    """Stands in for a decoder layer below the cached prefix: returns its input unchanged."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Capture(nn.Module):
+    """Stands in for layer L while building the prefix: keeps the hidden states entering it, stops the pass."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.seen = hidden_states
+        raise _Stop
+
+
+@contextmanager
+def swap_layers(layers: nn.ModuleList, replace: dict[int, nn.Module]) -> Iterator[None]:
+    """Temporarily replace some decoder layers (indices keep their meaning, e.g. Gemma's layer types)."""
+    saved = {i: layers[i] for i in replace}
+    try:
+        for i, m in replace.items():
+            layers[i] = m
+        yield
+    finally:
+        for i, m in saved.items():
+            layers[i] = m
+
+
+def lm_logits(base, hidden: Tensor) -> Tensor:
+    """LM head (+ final logit soft-capping where the model has it) on normed hidden states."""
+    logits = base.model.get_output_embeddings()(hidden)
+    cap = getattr(base.model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+class TeacherForcer:
+    """Answer logits of any rows of one memory, through the fast paths or the plain full-model pass.
+
+    Args:
+        base: the loaded base model (`memlaw.models.BaseModel`); the adapter, if any, is attached to it.
+        enc: the encoded memory.
+        start_layer: lowest decoder layer the adapter touches; the prefix below it is cached.
+        cache_prefix: use the cached prefix (when start_layer > 0).
+        answer_logits: apply the LM head at answer positions only.
+        plain: ignore both and call the whole model as a user would (`model(input_ids).logits`).
+    """
+
+    def __init__(self, base, enc: Encoded, *, start_layer: int = 0, cache_prefix: bool = True,
+                 answer_logits: bool = True, plain: bool = False, chunk: int = 64):
+        self.base, self.enc = base, enc
+        self.answer_only = answer_logits and not plain
+        self.plain = plain
+        self.start = start_layer if (cache_prefix and not plain) else 0
+        self.pad = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
+        self.prefix: list[Tensor] | None = self._build_prefix(chunk) if self.start > 0 else None
+
+    @torch.no_grad()
+    def _build_prefix(self, chunk: int) -> list[Tensor]:
+        """Hidden states entering layer `start`, per record (S_i, D), computed once with no adapter effect."""
+        out: list[Tensor] = []
+        cap = _Capture()
+        for lo in range(0, len(self.enc), chunk):
+            rows = list(range(lo, min(lo + chunk, len(self.enc))))
+            batch = collate(self.enc, rows, self.pad, self.base.device)
+            with swap_layers(self.base.layers, {self.start: cap}):
+                try:
+                    self.base.model.model(input_ids=batch.input_ids, use_cache=False)
+                except _Stop:
+                    pass
+            for b, i in enumerate(rows):
+                n = len(self.enc.prompt_ids[i]) + len(self.enc.answer_ids(i))
+                out.append(cap.seen[b, :n].detach().clone())
+        return out
+
+    def logits(self, rows: Sequence[int]) -> tuple[Tensor, Batch]:
+        """Logits predicting each answer token, (B, T, V) in the compute dtype, and the batch."""
+        batch = collate(self.enc, list(rows), self.pad, self.base.device)
+        if self.plain:
+            full = self.base.model(input_ids=batch.input_ids, use_cache=False).logits
+            return _at(full, batch.positions), batch
+        decoder = self.base.model.model
+        if self.prefix is not None:
+            h = pad_sequence([self.prefix[i] for i in rows], batch_first=True)
+            with swap_layers(self.base.layers, {i: _Skip() for i in range(self.start)}):
+                hidden = decoder(inputs_embeds=h, use_cache=False).last_hidden_state
+        else:
+            hidden = decoder(input_ids=batch.input_ids, use_cache=False).last_hidden_state
+        if self.answer_only:
+            return lm_logits(self.base, _at(hidden, batch.positions)), batch
+        return _at(lm_logits(self.base, hidden), batch.positions), batch
+
+    def batches(self, rows: Sequence[int], size: int) -> Iterator[list[int]]:
+        rows = list(rows)
+        for lo in range(0, len(rows), size):
+            yield rows[lo: lo + size]
+
+
+def _at(x: Tensor, positions: Tensor) -> Tensor:
+    """x (B, S, K) gathered at positions (B, T) → (B, T, K)."""
+    return x.gather(1, positions.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

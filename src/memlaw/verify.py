@@ -1,0 +1,236 @@
+"""Measure a memory: p_t of every answer token in one teacher-forced pass, the certificate, greedy recall.
+
+DESIGN §2. A record is *certified* when every answer token, terminator included, has p_t > 0.5 +
+margin: then no other token can out-score it, so greedy decoding returns the value and stops.
+`verify` checks the certificate in one batched forward pass and confirms it with real batched greedy
+decoding (KV cache); a certified record that greedy decoding gets wrong is counted as a
+`certificate_violation` (possible only through numerics: the cached decode runs other kernels).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import Tensor
+from transformers import GenerationConfig
+
+from memlaw.encode import Encoded
+from memlaw.forward import TeacherForcer
+from memlaw.records import redact as redact_value
+
+LN2 = math.log(2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenProbs:
+    """One record's teacher-forced answer tokens: p_t, −log p_t and argmax correctness, shape (n_answer,)."""
+
+    p: Tensor
+    nll: Tensor
+    correct: Tensor
+
+
+@torch.no_grad()
+def answer_probs(tf: TeacherForcer, rows: Sequence[int] | None = None, chunk: int = 64) -> dict[int, TokenProbs]:
+    """p_t for every answer token of `rows` (default: all records), one forward pass per chunk."""
+    rows = list(range(len(tf.enc))) if rows is None else list(rows)
+    out: dict[int, TokenProbs] = {}
+    for part in tf.batches(rows, chunk):
+        logits, batch = tf.logits(part)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        nll = -logp.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+        correct = logits.argmax(-1) == batch.targets
+        for b, i in enumerate(part):
+            n = int(batch.mask[b].sum())
+            out[i] = TokenProbs(torch.exp(-nll[b, :n]).cpu(), nll[b, :n].cpu(), correct[b, :n].cpu())
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RecordVerdict:
+    key: str
+    certified: bool          # every answer token, terminator included, has p_t > 0.5 + margin
+    min_p: float
+    stubborn: int            # answer tokens with p_t <= 0.5
+    earliest_stubborn: int | None
+    n_value: int
+    n_terminator: int
+    tf_correct: int          # value tokens whose teacher-forced argmax is the target
+    loss_final: float        # mean CE over value tokens
+    loss_final_all: float    # terminator included
+    loss_base: float | None = None
+    loss_base_all: float | None = None
+    em: bool | None = None   # greedy output, cut at the terminator, equals the value
+    free_correct: int | None = None   # value positions where greedy output agrees with the target
+    first_failure: int | None = None  # first answer position where greedy output differs
+    output: str | None = None         # the greedy output (a value: shown only when asked)
+
+
+def record_verdict(key: str, probs: TokenProbs, n_value: int, margin: float = 0.0) -> RecordVerdict:
+    """Certificate and teacher-forced statistics of one record."""
+    p, nll = probs.p, probs.nll
+    stubborn = (p <= 0.5).nonzero()
+    return RecordVerdict(
+        key=key, certified=bool((p > 0.5 + margin).all()), min_p=float(p.min()), stubborn=int(len(stubborn)),
+        earliest_stubborn=int(stubborn[0]) if len(stubborn) else None, n_value=n_value,
+        n_terminator=len(p) - n_value, tf_correct=int(probs.correct[:n_value].sum()),
+        loss_final=float(nll[:n_value].mean()) if n_value else 0.0, loss_final_all=float(nll.mean()),
+    )
+
+
+@torch.no_grad()
+def greedy(base, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int], stop_id: int,
+           batch_size: int = 64) -> list[list[int]]:
+    """Batched greedy decoding with KV cache; prompts of equal length share a batch, so nothing is padded."""
+    limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    buckets: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(prompts):
+        buckets[len(p)].append(i)
+    pad = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else stop_id
+    outputs: list[list[int]] = [[] for _ in prompts]
+    for length, idx in sorted(buckets.items()):
+        for lo in range(0, len(idx), batch_size):
+            part = idx[lo: lo + batch_size]
+            ids = torch.tensor([list(prompts[i]) for i in part], device=base.device)
+            n_new = max(limits[i] for i in part)
+            cfg = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=n_new, eos_token_id=stop_id,
+                                   pad_token_id=pad)
+            out = base.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
+            for b, i in enumerate(part):
+                new = out[b, length:].tolist()
+                if stop_id in new:
+                    new = new[: new.index(stop_id) + 1]
+                outputs[i] = new[: limits[i]]
+    return outputs
+
+
+def score_recall(enc: Encoded, i: int, out: list[int]) -> tuple[bool, int, int | None, str]:
+    """EM, free-run correct value positions, first failing answer position, and the decoded output."""
+    stop = enc.terminator[0]
+    value_out = out[: out.index(stop)] if stop in out else out
+    text = enc.tokenizer.decode(value_out, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    answer = enc.answer_ids(i)
+    n_value = len(enc.value_ids[i])
+    free = sum(1 for t in range(n_value) if t < len(out) and out[t] == answer[t])
+    # positions past the terminator's first token are not generated: compare the generated ones
+    compared = answer[: len(out)] if stop in out else answer
+    first = next((t for t in range(len(compared)) if t >= len(out) or out[t] != compared[t]), None)
+    return text == enc.records[i].value, free, first, text
+
+
+@dataclass
+class Verification:
+    records: list[RecordVerdict]
+    n_params: int
+    length: int                 # ℓ: value tokens summed over the records
+    terminator_tokens: int
+    bits_stored: float | None   # of the values recalled exactly (None if their entropy is unknown)
+    recalled: bool
+
+    def _mean(self, attr: str, weight: str) -> float | None:
+        vals = [(getattr(v, attr), getattr(v, weight)) for v in self.records]
+        if any(x is None for x, _ in vals):
+            return None
+        total = sum(w for _, w in vals)
+        return sum(x * w for x, w in vals) / total if total else 0.0
+
+    def summary(self) -> dict:
+        """Aggregates over the memory (token-weighted losses, so ΔL is a per-token quantity)."""
+        n = len(self.records)
+        n_all = lambda v: v.n_value + v.n_terminator  # noqa: E731
+        L_base, L_final = self._mean("loss_base", "n_value"), self._mean("loss_final", "n_value")
+        vals = [(v.loss_final_all, n_all(v)) for v in self.records]
+        L_final_all = sum(x * w for x, w in vals) / max(1, sum(w for _, w in vals))
+        base_all = [(v.loss_base_all, n_all(v)) for v in self.records]
+        L_base_all = None if any(x is None for x, _ in base_all) else sum(x * w for x, w in base_all) / max(1, sum(w for _, w in base_all))
+        s = {
+            "n_records": n,
+            "certified": sum(v.certified for v in self.records),
+            "length": self.length,
+            "terminator_tokens": self.terminator_tokens,
+            "tf_acc": sum(v.tf_correct for v in self.records) / max(1, self.length),
+            "stubborn": sum(v.stubborn for v in self.records),
+            "L_base": L_base, "L_final": L_final,
+            "delta_loss": None if L_base is None else L_base - L_final,
+            "L_base_all": L_base_all, "L_final_all": L_final_all,
+            "delta_loss_all": None if L_base_all is None else L_base_all - L_final_all,
+            "n_params": self.n_params,
+        }
+        if self.recalled:
+            s["em"] = sum(bool(v.em) for v in self.records)
+            s["em_rate"] = s["em"] / max(1, n)
+            s["free_acc"] = sum(v.free_correct or 0 for v in self.records) / max(1, self.length)
+            s["certificate_violations"] = sum(v.certified and not v.em for v in self.records)
+            s["bits_stored"] = self.bits_stored
+            s["bits_per_param"] = None if self.bits_stored is None else self.bits_stored / self.n_params
+        s["certified_rate"] = s["certified"] / max(1, n)
+        return s
+
+    def to_dict(self, *, redact: bool = True) -> dict:
+        rows = []
+        for v in self.records:
+            d = asdict(v)
+            if d["output"] is not None and redact:
+                d["output"] = redact_value(d["output"])
+            rows.append(d)
+        return {"summary": self.summary(), "records": rows}
+
+
+def value_bits(value: str) -> float | None:
+    """Entropy of a random value: digits log2(10) each, hex digits 4 bits; None when unknown."""
+    if value.isdigit() and value.isascii():
+        return len(value) * math.log2(10)
+    if all(c in "0123456789abcdef" for c in value.lower()) and value.isascii():
+        return len(value) * 4.0
+    return None
+
+
+def verify(base, adapter, enc: Encoded, *, recall: bool = True, margin: float = 0.0,
+           base_losses: list[tuple[float, float]] | None = None, batch_size: int = 64,
+           fast: bool = True) -> Verification:
+    """Certify every record in one teacher-forced pass and (optionally) confirm by greedy recall.
+
+    Args:
+        base: the base model, with `adapter` attached.
+        adapter: the attached adapter (for its parameter count and first layer).
+        enc: the encoded memory.
+        recall: also run batched greedy decoding (EM, free-run accuracy, first failure).
+        margin: certified means p_t > 0.5 + margin.
+        base_losses: per record (value-token loss, terminator-inclusive loss) of the base model, from
+            `base_answer_losses`; computed once per memory, not here.
+        fast: use the cached-prefix/answer-logits pass (same numbers as the plain pass for the layers run).
+    """
+    adapter.eval()
+    tf = TeacherForcer(base, enc, start_layer=adapter.first_layer, cache_prefix=fast, answer_logits=fast)
+    probs = answer_probs(tf, chunk=batch_size)
+    verdicts = [record_verdict(r.key, probs[i], len(enc.value_ids[i]), margin) for i, r in enumerate(enc.records)]
+    if base_losses is not None:
+        verdicts = [replace(v, loss_base=b[0], loss_base_all=b[1]) for v, b in zip(verdicts, base_losses)]
+    bits = None
+    if recall:
+        limits = [len(enc.answer_ids(i)) for i in range(len(enc))]
+        outs = greedy(base, enc.prompt_ids, limits, enc.terminator[0], batch_size)
+        scored = [score_recall(enc, i, o) for i, o in enumerate(outs)]
+        verdicts = [replace(v, em=em, free_correct=free, first_failure=first, output=text)
+                    for v, (em, free, first, text) in zip(verdicts, scored)]
+        per = [value_bits(r.value) for r in enc.records]
+        bits = None if any(b is None for b in per) else sum(b for b, v in zip(per, verdicts) if v.em)
+    n_params = adapter.n_params()
+    return Verification(verdicts, n_params, enc.length, enc.terminator_tokens, bits, recall)
+
+
+@torch.no_grad()
+def base_answer_losses(base, enc: Encoded, batch_size: int = 64) -> list[tuple[float, float]]:
+    """Per record (value-token loss, terminator-inclusive loss) of the base model, no adapter attached."""
+    tf = TeacherForcer(base, enc)
+    probs = answer_probs(tf, chunk=batch_size)
+    out = []
+    for i in range(len(enc)):
+        n = len(enc.value_ids[i])
+        nll = probs[i].nll
+        out.append((float(nll[:n].mean()) if n else 0.0, float(nll.mean())))
+    return out

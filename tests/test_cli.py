@@ -1,0 +1,82 @@
+"""The CLI end to end on the tiny model: write, recall, verify, errors (one line, exit 2)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from memlaw.cli import app
+from memlaw.records import write_records
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory, tiny_records):
+    d = tmp_path_factory.mktemp("cli")
+    write_records(d / "mem.jsonl", tiny_records)
+    res = runner.invoke(app, ["write", str(d / "mem.jsonl"), "--model", "tiny", "--rank", "8", "--layer", "1",
+                              "--template", "plain", "--lr", "0.03", "--batch-size", "8", "--max-steps", "400",
+                              "--dtype", "float32", "--out", str(d / "ad"), "--json"])
+    assert res.exit_code == 0, res.output
+    return d, json.loads(res.stdout)
+
+
+def test_write_json_reports_certified_memory(written, tiny_records):
+    _, out = written
+    assert out["certified"] == out["em"] == len(tiny_records)
+    assert out["delta_loss"] > 0 and out["steps"] <= 400
+    assert all(r["output"] != tiny_records[i].value for i, r in enumerate(out["records"]))  # redacted in JSON
+
+
+def test_recall_prints_values(written, tiny_records):
+    d, _ = written
+    res = runner.invoke(app, ["recall", str(d / "ad"), tiny_records[0].key, tiny_records[3].key])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines() == [tiny_records[0].value, tiny_records[3].value]
+
+
+def test_verify_table_and_json(written, tiny_records):
+    d, _ = written
+    res = runner.invoke(app, ["verify", str(d / "ad")])
+    assert res.exit_code == 0, res.output
+    for col in ("certified", "EM", "tf acc", "free acc", "stubborn", "L_base", "L_final", "ΔL"):
+        assert col in res.stdout
+    res = runner.invoke(app, ["verify", str(d / "ad"), "--json"])
+    data = json.loads(res.stdout)
+    assert data["summary"]["em"] == len(tiny_records) and data["integrity"] == "ok"
+
+
+def test_verify_detects_tampering(written, tmp_path):
+    import shutil
+
+    d, _ = written
+    copy = tmp_path / "ad"
+    shutil.copytree(d / "ad", copy)
+    f = copy / "adapter.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    res = runner.invoke(app, ["verify", str(copy)])
+    assert res.exit_code == 2
+    assert "tampered" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("content,cause", [
+    ('{"key": "a", "value": "1"}\n{"key": "a", "value": "2"}\n', "mem.jsonl:2"),
+    ('{"key": "a", "value": "1"\n', "mem.jsonl:1"),
+    ('{"key": "a", "value": ""}\n', "mem.jsonl:1"),
+])
+def test_bad_records_exit_2_with_one_line(tmp_path, content, cause):
+    (tmp_path / "mem.jsonl").write_text(content)
+    res = runner.invoke(app, ["write", str(tmp_path / "mem.jsonl"), "--model", "tiny", "--out", str(tmp_path / "ad")])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and cause in lines[0] and "Traceback" not in res.output
+    assert not (tmp_path / "ad").exists()
+
+
+def test_help_for_every_command():
+    for cmd in ("write", "recall", "verify", "demo"):
+        res = runner.invoke(app, [cmd, "--help"])
+        assert res.exit_code == 0 and "Usage" in res.stdout

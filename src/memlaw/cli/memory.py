@@ -1,10 +1,8 @@
-"""memlaw's command line: parse, call the Python API, print. Errors: one line on stderr, exit 2."""
+"""CLI commands for one memory: write, recall, verify, demo."""
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sys
 import time
 from enum import Enum
@@ -12,19 +10,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from memlaw.cli._common import app, err, nullcontext, out, run, setup_logging
 from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig
 from memlaw.errors import MemlawError
 from memlaw.records import redact as redact_value
-
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Write records into a frozen LLM's adapter, certify them, recall them exactly.")
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
 
 class Kind(str, Enum):
     probe = "probe"
@@ -41,15 +33,6 @@ class Objective(str, Enum):
 class Until(str, Enum):
     budget = "budget"
     certified = "certified"
-
-
-def setup_logging(verbose: bool = False) -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def progress_bar(enabled: bool):
@@ -94,15 +77,6 @@ def record_table(v, redact: bool) -> Table:
     return t
 
 
-def _run(fn):
-    """Call `fn`; a MemlawError becomes one line on stderr and exit code 2."""
-    try:
-        return fn()
-    except MemlawError as e:
-        err.print(f"memlaw: error: {e}", markup=False, soft_wrap=True)
-        raise typer.Exit(2)
-
-
 @app.command()
 def write(
     records: Annotated[Path, typer.Argument(help="Records: JSONL ({key, value} or {query, target}) or CSV.")],
@@ -135,7 +109,7 @@ def write(
         train_cfg = TrainConfig(lr=lr, batch_size=batch_size, max_steps=max_steps, epochs=epochs,
                                 until=until.value, seed=seed)
         bar, on_step = progress_bar(not as_json and sys.stderr.isatty())
-        with bar if bar is not None else _nullcontext():
+        with bar if bar is not None else nullcontext():
             result = write_memory(records, model=model, out=out_dir, adapter=adapter_cfg,
                                   objective=ObjectiveConfig(name=objective.value), train=train_cfg,
                                   prompt=PromptConfig(template=template), dtype=dtype,
@@ -144,7 +118,7 @@ def write(
         if until == Until.certified and not result.train.certified:
             err.print(f"memlaw: not every record certified within {result.train.steps} steps; raise --max-steps or --rank")
 
-    _run(go)
+    run(go)
 
 
 def _report(result, name: str, as_json: bool, redact: bool, extra: dict | None = None) -> None:
@@ -164,14 +138,6 @@ def _report(result, name: str, as_json: bool, redact: bool, extra: dict | None =
 
 def _secs(x) -> str:
     return "-" if x is None else f"{x:.1f} s"
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 @app.command()
@@ -195,7 +161,7 @@ def recall(
             for v in values:
                 typer.echo(v)
 
-    _run(go)
+    run(go)
 
 
 @app.command()
@@ -231,7 +197,7 @@ def verify(
             out.print(record_table(v, redact))
         out.print(f"integrity ok  ({wall:.1f} s)")
 
-    _run(go)
+    run(go)
 
 
 @app.command()
@@ -253,7 +219,7 @@ def demo(
         t0 = time.perf_counter()
         recs = phonebook(n)
         bar, on_step = progress_bar(not as_json and sys.stderr.isatty())
-        with bar if bar is not None else _nullcontext():
+        with bar if bar is not None else nullcontext():
             result = write_memory(recs, model=model, out=out_dir, adapter=AdapterConfig(kind="probe", rank=rank),
                                   train=DEMO_TRAIN, on_step=on_step)
         wall = time.perf_counter() - t0
@@ -265,15 +231,7 @@ def demo(
         if result.verification.summary().get("em") != n:
             raise typer.Exit(1)
 
-    _run(go)
+    run(go)
 
 
 DEMO_TRAIN = TrainConfig(until="certified", max_steps=600, batch_size=16, lr=1e-2, check_every=10)
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,14 @@
+"""memlaw's command line: parse, call the Python API, print. Errors: one line on stderr, exit 2.
+
+Each submodule registers its commands on the one Typer `app`.
+"""
+
+from memlaw.cli._common import app
+from memlaw.cli import memory  # noqa: F401  (write, recall, verify, demo)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -3,6 +3,7 @@ import os
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see memlaw/__init__.py
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 

@@ -117,6 +117,13 @@ class TeacherForcer:
             return lm_logits(self.base, _at(hidden, batch.positions)), batch
         return _at(lm_logits(self.base, hidden), batch.positions), batch
 
+    def inputs(self, rows: Sequence[int]) -> tuple[list[Tensor], Batch]:
+        """Per row what the decoder pass starts from: cached hidden states (S_i, D) or token ids (S_i,)."""
+        batch = collate(self.enc, list(rows), self.pad, self.base.device)
+        if self.prefix is not None:
+            return [self.prefix[i] for i in rows], batch
+        return [batch.input_ids[b] for b in range(len(rows))], batch
+
     def batches(self, rows: Sequence[int], size: int) -> Iterator[list[int]]:
         rows = list(rows)
         for lo in range(0, len(rows), size):
@@ -126,3 +133,38 @@ class TeacherForcer:
 def _at(x: Tensor, positions: Tensor) -> Tensor:
     """x (B, S, K) gathered at positions (B, T) → (B, T, K)."""
     return x.gather(1, positions.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def joint_logits(parts: Sequence[tuple[TeacherForcer, Sequence[int]]]) -> list[tuple[Tensor, Batch]]:
+    """Answer logits for rows of several memories in ONE decoder pass (multi-adapter training).
+
+    All teacher-forcers must share the base model, the cached-prefix layer and the answer-only
+    setting. Returns, per part, what `TeacherForcer.logits` would (up to batch-size numerics).
+    """
+    first = parts[0][0]
+    if any(tf.base is not first.base or tf.start != first.start or tf.plain or not tf.answer_only
+           for tf, _ in parts):
+        raise ValueError("joint_logits needs teacher-forcers on one base with the same fast paths")
+    seqs, batches = [], []
+    for tf, rows in parts:
+        x, batch = tf.inputs(rows)
+        seqs.extend(x)
+        batches.append(batch)
+    pad = first.pad
+    decoder = first.base.model.model
+    if first.start > 0:
+        h = pad_sequence(seqs, batch_first=True)
+        with swap_layers(first.base.layers, {i: _Skip() for i in range(first.start)}):
+            hidden = decoder(inputs_embeds=h, use_cache=False).last_hidden_state
+    else:
+        ids = pad_sequence(seqs, batch_first=True, padding_value=pad)
+        hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
+    T = max(b.positions.shape[1] for b in batches)
+    positions = torch.cat([torch.nn.functional.pad(b.positions, (0, T - b.positions.shape[1])) for b in batches])
+    logits = lm_logits(first.base, _at(hidden, positions))
+    out, lo = [], 0
+    for b in batches:
+        n, t = b.positions.shape
+        out.append((logits[lo: lo + n, :t], b))
+        lo += n
+    return out

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from memlaw.adapters import load_adapter, load_saved_records, make_adapter, read_meta, save_adapter
+from memlaw.adapters import check_out_dir, load_adapter, load_saved_records, make_adapter, read_meta, save_adapter
 from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig, to_dict
 from memlaw.encode import encode, prompt_ids
 from memlaw.errors import AdapterError
@@ -52,10 +52,13 @@ def write_memory(records: str | os.PathLike | Sequence[Record], *, model: str | 
                  recall: bool = True, on_step: StepCallback | None = None) -> WriteOutcome:
     """Write records into a fresh adapter, verify them, and (if `out`) save the adapter directory.
 
-    The base model is only borrowed: the adapter is detached again before returning.
+    The base model is only borrowed: the adapter is detached again before returning. Bad records
+    or an `out` that may not be written are refused before any training; nothing is written then.
     """
     t0 = time.perf_counter()
     recs = _records(records)
+    if out is not None:
+        check_out_dir(out)
     base = model if isinstance(model, BaseModel) else load_base(model, dtype=dtype)
     enc = encode(recs, base.tokenizer, prompt, max_length=base.context_length)
     losses = base_answer_losses(base, enc)           # L_base: once per memory, no adapter attached

@@ -17,7 +17,7 @@ import torch
 
 from memlaw.config import ObjectiveConfig, TrainConfig
 from memlaw.encode import Encoded
-from memlaw.forward import TeacherForcer
+from memlaw.forward import TeacherForcer, joint_logits
 from memlaw.objectives import make_objective, token_nll, weighted_loss
 from memlaw.verify import TokenProbs, answer_probs
 
@@ -64,6 +64,64 @@ def check(tf: TeacherForcer, adapter, margin: float, chunk: int = 64) -> tuple[d
     return probs, stubborn, certified
 
 
+class _Run:
+    """One memory's training state: objective, teacher-forcer, batch order, step count, history."""
+
+    def __init__(self, base, enc: Encoded, objective: ObjectiveConfig, cfg: TrainConfig, start_layer: int):
+        self.enc, self.cfg, self.n = enc, cfg, len(enc)
+        self.total = cfg.budget_steps(self.n)           # the LR schedule's length; the cap for until="certified"
+        self.obj = make_objective(objective, self.n, seed=cfg.seed, batch_size=cfg.batch_size)
+        self.tf = TeacherForcer(base, enc, start_layer=start_layer, cache_prefix=cfg.cache_prefix,
+                                answer_logits=cfg.answer_logits)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.queue: list[list[int]] = []
+        self.step, self.done, self.t_cert, self.loss = 0, False, None, float("nan")
+        self.history: list[dict] = []
+
+    def next_rows(self) -> list[int]:
+        """The next batch; a new epoch draws a fresh order of the objective's active records."""
+        if not self.queue:
+            active = self.obj.active(self.step / self.total)
+            pool = torch.arange(self.n) if active is None else active
+            order = pool[torch.randperm(len(pool), generator=self.gen)].tolist()
+            self.queue = [order[lo: lo + self.cfg.batch_size] for lo in range(0, len(order), self.cfg.batch_size)]
+        return self.queue.pop(0)
+
+    def loss_of(self, logits, batch):
+        """Weighted loss of one batch and whether any token carries weight (a sync point)."""
+        nll = token_nll(logits, batch.targets, batch.mask)
+        correct = (logits.argmax(-1) == batch.targets) & batch.mask
+        w = self.obj.weights(nll, batch.mask, correct, batch.rows)
+        return weighted_loss(nll, w), bool(w.any())
+
+    def lr(self) -> float:
+        return self.cfg.lr * max(0.0, 1.0 - self.step / self.total)
+
+    def after_step(self, adapter, t0: float, lr: float, on_check: CheckCallback | None) -> tuple[int | None, int | None]:
+        """Count the step; at check steps run the no-dropout pass and apply the stop rule."""
+        self.step += 1
+        stubborn = certified = None
+        if self.step % self.cfg.check_every == 0 or self.step == self.total:
+            probs, stubborn, certified = check(self.tf, adapter, self.cfg.margin)
+            elapsed = time.perf_counter() - t0
+            self.history.append({"step": self.step, "loss": self.loss, "stubborn": stubborn, "certified": certified,
+                                 "lr": lr, "elapsed": elapsed})
+            if on_check is not None:
+                on_check(self.step, probs)
+            if certified == self.n and self.t_cert is None:
+                self.t_cert = elapsed
+            if self.cfg.until == "certified" and certified == self.n:
+                self.done = True
+        if self.step >= self.total:
+            self.done = True
+        return stubborn, certified
+
+    def result(self, t0: float) -> TrainResult:
+        wall = time.perf_counter() - t0
+        certified = bool(self.history) and self.history[-1]["certified"] == self.n
+        return TrainResult(self.step, certified, self.t_cert, wall, self.history)
+
+
 def write(base, adapter, enc: Encoded, objective: ObjectiveConfig, cfg: TrainConfig, *,
           on_step: StepCallback | None = None, on_check: CheckCallback | None = None) -> TrainResult:
     """Train `adapter` (already attached to `base`) on the encoded memory.
@@ -77,57 +135,102 @@ def write(base, adapter, enc: Encoded, objective: ObjectiveConfig, cfg: TrainCon
         on_step: called after every optimizer step (progress bars, Ray, notebooks).
         on_check: called at every check with the step and every record's p_t (probability grids).
     """
-    n = len(enc)
-    total = cfg.budget_steps(n)                      # the LR schedule's length; the cap for until="certified"
     torch.manual_seed(cfg.seed)                      # dropout masks
-    order_gen = torch.Generator().manual_seed(cfg.seed)
+    run = _Run(base, enc, objective, cfg, adapter.first_layer)
     params = list(adapter.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total))
-    obj = make_objective(objective, n, seed=cfg.seed, batch_size=cfg.batch_size)
-    tf = TeacherForcer(base, enc, start_layer=adapter.first_layer, cache_prefix=cfg.cache_prefix,
-                       answer_logits=cfg.answer_logits)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / run.total))
     adapter.train()
     t0 = time.perf_counter()
-    history: list[dict] = []
-    step, certified_all, t_cert, loss_val = 0, False, None, float("nan")
-    while step < total and not certified_all:
-        active = obj.active(step / total)
-        pool = torch.arange(n) if active is None else active
-        order = pool[torch.randperm(len(pool), generator=order_gen)].tolist()
-        for lo in range(0, len(order), cfg.batch_size):
-            rows = order[lo: lo + cfg.batch_size]
-            logits, batch = tf.logits(rows)
-            nll = token_nll(logits, batch.targets, batch.mask)
-            correct = (logits.argmax(-1) == batch.targets) & batch.mask
-            w = obj.weights(nll, batch.mask, correct, batch.rows)
-            loss = weighted_loss(nll, w)
-            if bool(w.any()):                        # sync point: zero weights mean a skipped step
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            sched.step()                             # the schedule advances on skipped steps too (paper)
-            step += 1
-            loss_val = float(loss.detach())
-            stubborn = certified = None
-            if step % cfg.check_every == 0 or step == total:
-                probs, stubborn, certified = check(tf, adapter, cfg.margin)
-                elapsed = time.perf_counter() - t0
-                history.append({"step": step, "loss": loss_val, "stubborn": stubborn, "certified": certified,
-                                "lr": sched.get_last_lr()[0], "elapsed": elapsed})
-                if on_check is not None:
-                    on_check(step, probs)
-                if certified == n and t_cert is None:
-                    t_cert = elapsed
-                if cfg.until == "certified" and certified == n:
-                    certified_all = True
-            if on_step is not None:
-                on_step(StepInfo(step, total, loss_val, stubborn, certified, n, time.perf_counter() - t0))
-            if certified_all or step >= total:
-                break
+    while not run.done:
+        loss, any_weight = run.loss_of(*run.tf.logits(run.next_rows()))
+        if any_weight:                               # zero weights mean a skipped step (zero gradient)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        sched.step()                                 # the schedule advances on skipped steps too (paper)
+        run.loss = float(loss.detach())
+        stubborn, certified = run.after_step(adapter, t0, sched.get_last_lr()[0], on_check)
+        if on_step is not None:
+            on_step(StepInfo(run.step, run.total, run.loss, stubborn, certified, run.n, time.perf_counter() - t0))
     adapter.eval()
-    wall = time.perf_counter() - t0
-    final_cert = bool(history) and history[-1]["certified"] == n
-    logger.info("write: %d steps in %.1f s, certified %s", step, wall, final_cert)
-    return TrainResult(step, final_cert, t_cert, wall, history)
+    result = run.result(t0)
+    logger.info("write: %d steps in %.1f s, certified %s", result.steps, result.wall_s, result.certified)
+    return result
+
+
+def write_many(base, stack, encs: list[Encoded], objectives: list[ObjectiveConfig], cfgs: list[TrainConfig], *,
+               on_step: Callable[[int, StepInfo], None] | None = None) -> list[TrainResult]:
+    """Train K probe adapters (a `ProbeStack`, attached) on K memories in one forward pass per step.
+
+    Each adapter sees exactly what `write` would give it: its own batches, objective, LR schedule,
+    gradient clipping and AdamW moments (a vectorised AdamW with per-adapter step counts), and it
+    stops on its own rule; a stopped adapter is frozen. Only the pass is shared.
+    """
+    K = len(encs)
+    torch.manual_seed(cfgs[0].seed)
+    runs = [_Run(base, e, o, c, stack.first_layer) for e, o, c in zip(encs, objectives, cfgs)]
+    moments = [(p, torch.zeros_like(p), torch.zeros_like(p)) for p in (stack.A, stack.B)]
+    t_adam = torch.zeros(K)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    stack.train()
+    t0 = time.perf_counter()
+    while not all(r.done for r in runs):
+        live = [k for k, r in enumerate(runs) if not r.done]
+        parts = [(runs[k].tf, runs[k].next_rows()) for k in live]
+        stack.index = torch.cat([torch.full((len(rows),), k) for k, (_, rows) in zip(live, parts)])
+        outs = joint_logits(parts)
+        total, stepping = 0.0, torch.zeros(K, dtype=torch.bool)
+        for k, (logits, batch) in zip(live, outs):
+            loss, any_weight = runs[k].loss_of(logits, batch)
+            runs[k].loss = float(loss.detach())
+            if any_weight:
+                total = total + loss
+                stepping[k] = True
+        lrs = torch.tensor([r.lr() for r in runs])
+        if stepping.any():
+            total.backward()
+            stack.clip_(cfgs[0].clip)
+            t_adam += stepping.float()
+            for p, mom, var in moments:
+                _adamw_(p, mom, var, stepping, t_adam, lrs, beta1, beta2, eps)
+            stack.A.grad = stack.B.grad = None
+        stack.index = None
+        for k in live:
+            stubborn, certified = runs[k].after_step(_Slice(stack, k), t0, runs[k].lr(), None)
+            if on_step is not None:
+                r = runs[k]
+                on_step(k, StepInfo(r.step, r.total, r.loss, stubborn, certified, r.n, time.perf_counter() - t0))
+    stack.eval()
+    return [r.result(t0) for r in runs]
+
+
+@torch.no_grad()
+def _adamw_(p, m, v, stepping, t, lrs, beta1, beta2, eps) -> None:
+    """AdamW (weight decay 0) on the adapters marked `stepping`, each with its own step count and LR."""
+    g = p.grad
+    sel = stepping[:, None, None]
+    m.copy_(torch.where(sel, beta1 * m + (1 - beta1) * g, m))
+    v.copy_(torch.where(sel, beta2 * v + (1 - beta2) * g * g, v))
+    tt = t.clamp(min=1)[:, None, None]
+    step_size = (lrs[:, None, None] / (1 - beta1 ** tt))
+    denom = v.sqrt() / (1 - beta2 ** tt).sqrt() + eps
+    p.sub_(torch.where(sel, step_size * m / denom, torch.zeros_like(p)))
+
+
+class _Slice:
+    """Adapter k of a stack, as `check` sees it: eval/train toggles the stack, the pass uses slice k."""
+
+    def __init__(self, stack, k: int):
+        self.stack, self.k = stack, k
+
+    def eval(self):
+        self.stack.eval()
+        self.stack.index = self.k
+        return self
+
+    def train(self, mode: bool = True):
+        self.stack.train(mode)
+        self.stack.index = None
+        return self

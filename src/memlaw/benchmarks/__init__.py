@@ -1,5 +1,19 @@
-"""Benchmarks are data builders: data in, `Record`s out (no special code paths)."""
+"""Benchmarks are data builders: data in, `Record`s out (no special code paths).
 
-from memlaw.benchmarks.phonebook import phonebook
+- `phonebook`: the paper's PhoneBook (`phonebook`, PB<N> by `phonebook_length`) and fresh seeded
+  books (`generate_phonebook`, exact entropy `phonebook_bits`);
+- `long_context`: the paper's r0…r100 documents and a builder of them in any model's token space;
+- `linear_rule`: f(x, y) = 3x + 5y + 7, a seeded train / held-out split of pairs;
+- `methods`: SFT vs MemFT-OT vs MemFT-SW over ranks × lengths (`memlaw bench methods`).
+"""
 
-__all__ = ["phonebook"]
+from memlaw.benchmarks.linear_rule import LinearRule, linear_rule, rule
+from memlaw.benchmarks.long_context import (QUESTION, RATIOS, Document, build_document, long_context,
+                                            noise_positions, paper_document, prefix_value)
+from memlaw.benchmarks.phonebook import generate_phonebook, phonebook, phonebook_bits, phonebook_length
+
+__all__ = [
+    "phonebook", "phonebook_length", "generate_phonebook", "phonebook_bits",
+    "QUESTION", "RATIOS", "Document", "paper_document", "build_document", "noise_positions", "prefix_value",
+    "long_context", "LinearRule", "linear_rule", "rule",
+]  # fmt: skip

@@ -5,6 +5,8 @@ Each submodule registers its commands on the one Typer `app`.
 
 from memlaw.cli._common import app
 from memlaw.cli import memory  # noqa: F401  (write, recall, verify, demo)
+from memlaw.cli import sweep  # noqa: F401  (sweep, runs, fit, plan)
+from memlaw.cli import bench  # noqa: F401  (bench methods)
 
 
 def main() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
 from contextlib import nullcontext
 
 import typer
@@ -18,22 +20,46 @@ err = Console(stderr=True, highlight=False)
 
 
 def setup_logging(verbose: bool = False) -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    import transformers
+    """Log memlaw's INFO lines with -v; quiet transformers and its progress bars.
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    transformers reads the two variables when it is imported; it is not imported here, so that a
+    command refusing bad input does so before the seconds that importing torch takes.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")   # what disable_progress_bar() sets
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if "transformers" in sys.modules:                             # imported already: tell it directly
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
 
 
 def run(fn):
-    """Call `fn`; a MemlawError becomes one line on stderr and exit code 2."""
+    """Call `fn`; a MemlawError becomes one line on stderr and exit code 2, Ctrl-C one line and 130.
+
+    Nothing is half-written either way: adapter directories and files are written atomically.
+    Other exceptions are bugs and keep their traceback.
+    """
     try:
         return fn()
     except MemlawError as e:
-        err.print(f"memlaw: error: {e}", markup=False, soft_wrap=True)
-        raise typer.Exit(2)
+        typer.echo(f"memlaw: error: {one_line(str(e))}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("memlaw: interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def one_line(message: str) -> str:
+    """`message` on one line: line breaks become spaces, other control characters (a file name's
+    terminal escapes, say) are shown escaped."""
+    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 
-__all__ = ["app", "out", "err", "setup_logging", "run", "nullcontext"]
+__all__ = ["app", "out", "err", "setup_logging", "run", "one_line", "nullcontext"]

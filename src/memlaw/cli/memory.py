@@ -15,7 +15,7 @@ from rich.table import Table
 
 from memlaw.cli._common import app, err, nullcontext, out, run, setup_logging
 from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig
-from memlaw.errors import MemlawError
+from memlaw.errors import AdapterError
 from memlaw.records import redact as redact_value
 
 class Kind(str, Enum):
@@ -96,23 +96,36 @@ def write(
     template: Annotated[Optional[str], typer.Option(help="Prompt template: chat or plain (default: chat if the tokenizer has one).")] = None,
     no_records: Annotated[bool, typer.Option("--no-records", help="Do not save records.jsonl with the adapter.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    redact: Annotated[bool, typer.Option(help="Hide values in everything printed.")] = False,
+    redact: Annotated[bool, typer.Option(help="Hide values in everything printed (write never prints them: "
+                                               "its table has none and --json shows their sizes only).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Write RECORDS into a new adapter, verify them, and save the adapter directory."""
+    """Write RECORDS into a new adapter, verify them, and save the adapter directory.
+
+    Bad records or an --out that is not an adapter directory are refused (exit 2) before any
+    training, and nothing is written. OUT is replaced atomically: killed at any moment, it holds
+    the previous adapter or the new one, never a mix; rerun the command to finish an interrupted write.
+    """
     setup_logging(verbose)
 
     def go():
-        from memlaw.memory import write_memory
+        from memlaw.adapters import check_out_dir
+        from memlaw.records import load_records
 
+        # bad input is refused here, in a fraction of a second, before torch and the model load
         adapter_cfg = AdapterConfig(kind=adapter.value, rank=rank, layer=layer)
         train_cfg = TrainConfig(lr=lr, batch_size=batch_size, max_steps=max_steps, epochs=epochs,
                                 until=until.value, seed=seed)
+        prompt = PromptConfig(template=template)
+        recs = load_records(records)
+        check_out_dir(out_dir)
+        from memlaw.memory import write_memory
+
         bar, on_step = progress_bar(not as_json and sys.stderr.isatty())
         with bar if bar is not None else nullcontext():
-            result = write_memory(records, model=model, out=out_dir, adapter=adapter_cfg,
+            result = write_memory(recs, model=model, out=out_dir, adapter=adapter_cfg,
                                   objective=ObjectiveConfig(name=objective.value), train=train_cfg,
-                                  prompt=PromptConfig(template=template), dtype=dtype,
+                                  prompt=prompt, dtype=dtype,
                                   save_records=not no_records, on_step=on_step)
         _report(result, str(out_dir), as_json, redact)
         if until == Until.certified and not result.train.certified:
@@ -147,10 +160,13 @@ def recall(
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Decode at most this many tokens.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Print the value greedy decoding recalls for each KEY, one per line."""
+    """Print the value greedy decoding recalls for each KEY, one per line (values: mind where stdout goes)."""
     setup_logging()
 
     def go():
+        from memlaw.adapters import read_meta
+
+        read_meta(directory)  # a missing or damaged adapter is refused before torch loads
         from memlaw.memory import Memory
 
         with Memory.open(directory) as mem:
@@ -169,32 +185,47 @@ def verify(
     directory: Annotated[Path, typer.Argument(help="Adapter directory.")],
     records: Annotated[Optional[Path], typer.Argument(help="Records to check (default: the ones saved with the adapter).")] = None,
     no_recall: Annotated[bool, typer.Option("--no-recall", help="Certificate only; skip greedy decoding.")] = False,
-    per_record: Annotated[bool, typer.Option("--per-record", help="Also print a row per record.")] = False,
+    per_record: Annotated[bool, typer.Option("--per-record", help=(
+        "Also print a row per record with its greedy output, which is the value itself when recalled: "
+        "values are shown (table and --json) only with this option, and not with --redact."))] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    redact: Annotated[bool, typer.Option(help="Hide values (greedy outputs) in the output.")] = False,
+    redact: Annotated[bool, typer.Option(help="Show greedy outputs (values) as their sizes only, even with "
+                                              "--per-record.")] = False,
 ) -> None:
-    """Certify the records in one forward pass and confirm with greedy decoding: a table, or JSON."""
+    """Certify the records in one forward pass and confirm with greedy decoding: a table, or JSON.
+
+    First checks the directory's integrity: tensors and records.jsonl against the sha256s in
+    memlaw.json, and memlaw.json against its own; any mismatch is an error (exit 2).
+    """
     setup_logging()
 
     def go():
         from memlaw.adapters import check_integrity, read_meta
-        from memlaw.memory import Memory
+        from memlaw.records import load_records, records_sha256
 
         meta = read_meta(directory)
-        tampered = check_integrity(directory, meta)
-        if tampered:
-            raise MemlawError(f"{directory}: {', '.join(tampered)} does not match the sha256 in memlaw.json (tampered or torn)")
+        problems = check_integrity(directory, meta)
+        if problems:
+            raise AdapterError(f"{directory}: {'; '.join(problems)}")
+        recs = load_records(records) if records is not None else None
+        from memlaw.memory import Memory
+
         t0 = time.perf_counter()
         with Memory.open(directory) as mem:
-            v = mem.verify(records, recall=not no_recall)
+            v = mem.verify(recs, recall=not no_recall)
         wall = time.perf_counter() - t0
+        same = recs is None or records_sha256(recs) == meta.get("records_sha256")
+        hide = redact or not per_record
         if as_json:
             out.print_json(json.dumps({"adapter": str(directory), "wall_s": round(wall, 3), "integrity": "ok",
-                                       **v.to_dict(redact=redact)}))
+                                       "records_match": same, **v.to_dict(redact=hide)}))
             return
         out.print(summary_table(str(directory), v.summary()))
         if per_record:
-            out.print(record_table(v, redact))
+            out.print(record_table(v, hide))
+        if not same:
+            out.print(f"note: {records} are not the records this adapter was written with (records_sha256 differs)",
+                      markup=False)
         out.print(f"integrity ok  ({wall:.1f} s)")
 
     run(go)

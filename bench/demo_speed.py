@@ -1,0 +1,88 @@
+"""The demo's write speed with each DESIGN §6 fast path on and off (cached prefix, answer-only logits, bf16).
+
+Runs the demo's write (PhoneBook, probe rank 16 on SmolLM2-135M, until every record certifies) once
+per variant in this one process and prints steps/s and time to certified, with ratios against the
+all-off baseline run in the same process. Machine facts are printed with the table.
+
+    python bench/demo_speed.py [--n 32] [--max-steps 600] [--repeats 1] [--steps-only 30]
+
+`--steps-only K` times K optimizer steps per variant instead of running to certified (quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from memlaw.benchmarks import phonebook
+from memlaw.cli.memory import DEMO_TRAIN
+from memlaw.config import AdapterConfig, TrainConfig
+from memlaw.memory import write_memory
+from memlaw.models import load_base
+
+VARIANTS = [  # name, dtype, cache_prefix, answer_logits
+    ("all on (memlaw default)", "bfloat16", True, True),
+    ("cached prefix off", "bfloat16", False, True),
+    ("answer-only logits off", "bfloat16", True, False),
+    ("bf16 off (float32)", "float32", True, True),
+    ("all off (baseline)", "float32", False, False),
+]
+
+
+def machine() -> str:
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    amx = "amx_bf16" in flags
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, AMX bf16: {amx}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--max-steps", type=int, default=DEMO_TRAIN.max_steps)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--steps-only", type=int, default=0)
+    args = ap.parse_args()
+    recs = phonebook(args.n)
+    bases = {dt: load_base("smollm2-135m", dtype=dt) for dt in ("bfloat16", "float32")}
+    rows = []
+    for name, dt, cache, answer in VARIANTS:
+        if args.steps_only:
+            cfg = TrainConfig(until="budget", max_steps=args.steps_only, batch_size=DEMO_TRAIN.batch_size,
+                              lr=DEMO_TRAIN.lr, check_every=args.steps_only, cache_prefix=cache, answer_logits=answer)
+        else:
+            cfg = TrainConfig(until="certified", max_steps=args.max_steps, batch_size=DEMO_TRAIN.batch_size,
+                              lr=DEMO_TRAIN.lr, check_every=DEMO_TRAIN.check_every, cache_prefix=cache,
+                              answer_logits=answer)
+        runs = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            res = write_memory(recs, model=bases[dt], adapter=AdapterConfig(kind="probe", rank=16), train=cfg,
+                               recall=not args.steps_only)
+            s = res.verification.summary()
+            runs.append((res.train.steps_per_s, res.train.time_to_certified, res.train.steps, s.get("em"),
+                         time.perf_counter() - t0))
+        sps = statistics.median(r[0] for r in runs)
+        ttc = [r[1] for r in runs if r[1] is not None]
+        rows.append((name, sps, statistics.median(ttc) if ttc else None, runs[0][2], runs[0][3]))
+        print(f"  done: {name}: {sps:.3f} steps/s", flush=True)
+    base_sps, base_ttc = rows[-1][1], rows[-1][2]
+    print(f"\nmachine: {machine()}")
+    print(f"demo write: PhoneBook {args.n} entries, probe r=16, batch {DEMO_TRAIN.batch_size}, lr {DEMO_TRAIN.lr}, "
+          f"median of {args.repeats}\n")
+    head = f"{'variant':28} {'steps/s':>8} {'× base':>7} {'steps':>6} {'to certified s':>15} {'× base':>7} {'EM':>6}"
+    print(head)
+    print("-" * len(head))
+    for name, sps, ttc, steps, em in rows:
+        ttc_s = "-" if ttc is None else f"{ttc:.1f}"
+        ratio = "-" if ttc is None or base_ttc is None else f"{base_ttc / ttc:.2f}"
+        print(f"{name:28} {sps:8.3f} {sps / base_sps:7.2f} {steps:6d} {ttc_s:>15} {ratio:>7} {str(em):>6}")
+
+
+if __name__ == "__main__":
+    main()

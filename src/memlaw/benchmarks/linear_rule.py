@@ -1,0 +1,60 @@
+"""Linear rule: memorise pairs of f(x, y) = 3x + 5y + 7, then answer pairs never seen.
+
+The paper's auxiliary benchmark (seed digest, "Linear rule learning generalization", Qwen3-8B):
+*memory accuracy* is EM on the training pairs, *generalization accuracy* EM of greedy decoding on
+held-out pairs. The digest gives neither the operand range nor the split sizes; its percentages are
+whole numbers at every rank, consistent with 100 held-out pairs. Our defaults: x, y ∈ {0, …, 99}
+(10,000 pairs, f ∈ [7, 802], one to three digits), 100 training pairs and 100 held-out pairs, drawn
+from one seeded shuffle of the whole grid so the two sets are disjoint.
+
+A record is key "x, y" → value "f(x, y)", e.g. "12, 7" → "78".
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from memlaw.errors import ConfigError
+from memlaw.records import Record
+
+
+def rule(x: int, y: int) -> int:
+    """f(x, y) = 3x + 5y + 7."""
+    return 3 * x + 5 * y + 7
+
+
+def rule_record(x: int, y: int) -> Record:
+    return Record(f"{x}, {y}", str(rule(x, y)))
+
+
+@dataclass(frozen=True)
+class LinearRule:
+    """A seeded split of the (x, y) grid: records to memorise and records held out."""
+
+    train: list[Record]
+    held_out: list[Record]
+    low: int
+    high: int
+    seed: int
+
+
+def linear_rule(n_train: int = 100, n_held_out: int = 100, *, seed: int = 0, low: int = 0, high: int = 99) -> LinearRule:
+    """Training and held-out pairs (x, y) ∈ [low, high]², disjoint, from one shuffle seeded by `seed`.
+
+    The training set for (n, seed) is a prefix of the one for (n + k, seed); the held-out set does
+    not depend on `n_train` (it is taken from the end of the shuffle), so growing the training set
+    never changes what generalization is measured on.
+    """
+    if low > high:
+        raise ConfigError(f"linear rule range is empty: low {low} > high {high}")
+    pairs = [(x, y) for x in range(low, high + 1) for y in range(low, high + 1)]
+    if n_train < 1 or n_held_out < 0 or n_train + n_held_out > len(pairs):
+        raise ConfigError(f"linear rule: need 1 <= n_train and n_train + n_held_out <= {len(pairs)} pairs "
+                          f"in [{low}, {high}]², got n_train={n_train}, n_held_out={n_held_out}")
+    random.Random(seed).shuffle(pairs)
+    held = pairs[len(pairs) - n_held_out:] if n_held_out else []
+    return LinearRule([rule_record(*p) for p in pairs[:n_train]], [rule_record(*p) for p in held], low, high, seed)
+
+
+__all__ = ["rule", "rule_record", "LinearRule", "linear_rule"]

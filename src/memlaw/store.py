@@ -1,0 +1,349 @@
+"""The results store: one SQLite file (stdlib `sqlite3`), one row per cell. Schema: docs/store.md.
+
+- WAL journal: readers query while a sweep writes, and never block it.
+- One transaction per cell (its row and its p_t rows), `synchronous=FULL`: a process killed at any
+  moment leaves each cell either fully stored or absent, so a resumed sweep loses and duplicates nothing.
+- A stored `done` row is never replaced (insert-or-ignore on the cell key); a `failed` row is
+  replaced when the cell is run again.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+import logging
+import math
+import os
+import re
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memlaw.errors import StoreError
+from memlaw.fileio import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 60_000   # a second writer waits this long for the write lock (cells take seconds)
+
+COLUMNS: dict[str, str] = {  # flat columns of `cells`, after key/sweep/config/status; name -> SQLite type
+    "model": "TEXT", "benchmark": "TEXT", "kind": "TEXT", "rank": "INTEGER", "length": "INTEGER",
+    "objective": "TEXT", "seed": "INTEGER",
+    "delta_loss": "REAL", "L_base": "REAL", "L_final": "REAL", "em_rate": "REAL", "certified_rate": "REAL",
+    "tf_acc": "REAL", "free_acc": "REAL", "steps": "INTEGER", "wall_s": "REAL", "time_to_certified": "REAL",
+    "n_params": "INTEGER",
+}
+ALL_COLUMNS: dict[str, str] = {"key": "TEXT", "sweep": "TEXT", "status": "TEXT", **COLUMNS, "error": "TEXT",
+                               "created": "TEXT", "config": "TEXT", "metrics": "TEXT", "versions": "TEXT"}
+_JSON_COLUMNS = ("config", "metrics", "versions")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS cells (
+    key TEXT PRIMARY KEY,
+    sweep TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+    {", ".join(f"{name} {typ}" for name, typ in COLUMNS.items())},
+    error TEXT,
+    created TEXT NOT NULL,
+    config TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    versions TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cells_model_kind ON cells (model, kind, objective);
+CREATE TABLE IF NOT EXISTS token_probs (
+    key TEXT NOT NULL REFERENCES cells (key) ON DELETE CASCADE,
+    step INTEGER NOT NULL,
+    record INTEGER NOT NULL,
+    p BLOB NOT NULL,
+    PRIMARY KEY (key, step, record)
+);
+"""
+
+
+class Store:
+    """An open store. Use `open_store`; close it (or use `with`) when done."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self.conn, self.path = conn, path
+
+    # ---------------------------------------------------------------- writing
+
+    def add_cell(self, result: Any, *, sweep: str) -> bool:
+        """Store one cell result (a `memlaw.sweep.cell.CellResult`) in one transaction.
+
+        Returns:
+            True if stored; False if the store already holds this key as `done` (nothing changes).
+        """
+        cell, m = result.cell, result.metrics
+        row = {
+            "key": result.key, "sweep": sweep, "status": result.status,
+            "model": cell.model, "benchmark": cell.benchmark.name, "kind": cell.adapter.kind,
+            "rank": cell.adapter.rank, "length": m.get("length", cell.length), "objective": cell.objective.name,
+            "seed": cell.seed, "error": result.error, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": cell.canonical_json(), "metrics": _dumps(m), "versions": _dumps(result.versions),
+        }
+        for name in ("delta_loss", "L_base", "L_final", "em_rate", "certified_rate", "tf_acc", "free_acc",
+                     "steps", "wall_s", "time_to_certified", "n_params"):
+            row[name] = _finite(m.get(name))
+        cols = list(row)
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")          # take the write lock before reading the status
+            try:
+                have = self.conn.execute("SELECT status FROM cells WHERE key = ?", (result.key,)).fetchone()
+                if have is not None and have[0] == "done":
+                    self.conn.execute("ROLLBACK")
+                    return False
+                self.conn.execute("DELETE FROM token_probs WHERE key = ?", (result.key,))
+                self.conn.execute(f"INSERT OR REPLACE INTO cells ({', '.join(cols)}) "
+                                  f"VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols])
+                self.conn.executemany("INSERT INTO token_probs (key, step, record, p) VALUES (?, ?, ?, ?)",
+                                      [(result.key, s, r, p) for s, r, p in result.token_probs])
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot store cell {result.key[:12]}: {e}") from e
+        return True
+
+    # ---------------------------------------------------------------- reading
+
+    def finished_keys(self) -> set[str]:
+        """Keys of the cells stored as `done` (a sweep skips these)."""
+        return {k for (k,) in self._query("SELECT key FROM cells WHERE status = 'done'")}
+
+    def is_done(self, key: str) -> bool:
+        return self._query("SELECT 1 FROM cells WHERE key = ? AND status = 'done'", (key,)).fetchone() is not None
+
+    def load_cells(self, where: str | Mapping[str, Any] | None = None, *, status: str | None = "done") -> list[dict]:
+        """Rows as dicts (config, metrics, versions parsed from JSON), oldest first.
+
+        Args:
+            where: a filter on the flat columns: "model=smollm2-135m,kind=probe,rank>=4" (ops = != < <= > >=,
+                clauses joined by AND) or a mapping of column -> value (equality).
+            status: "done" (default), "failed", or None for every row.
+        """
+        clauses, params = parse_where(where)
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        sql = "SELECT * FROM cells" + (f" WHERE {' AND '.join(clauses)}" if clauses else "") + " ORDER BY created, rowid"
+        cur = self._query(sql, params)
+        names = [d[0] for d in cur.description]
+        rows = []
+        for values in cur:
+            row = dict(zip(names, values))
+            for c in _JSON_COLUMNS:
+                row[c] = json.loads(row[c])
+            rows.append(row)
+        return rows
+
+    def find_key(self, prefix: str) -> str:
+        """The full key that starts with `prefix` (like a git hash). StoreError if none or several."""
+        if not re.fullmatch(r"[0-9a-f]{1,64}", prefix or ""):
+            raise StoreError(f"cell key must be hex digits, got {prefix!r}")
+        keys = [k for (k,) in self._query("SELECT key FROM cells WHERE key LIKE ?", (prefix + "%",))]
+        if not keys:
+            raise StoreError(f"{self.path}: no cell with key {prefix!r}; `memlaw runs list` shows the keys")
+        if len(keys) > 1:
+            raise StoreError(f"{self.path}: key prefix {prefix!r} matches {len(keys)} cells; give more digits")
+        return keys[0]
+
+    def token_probs(self, key: str) -> list[tuple[int, int, np.ndarray]]:
+        """(step, record index, p_t as float32 array) of one cell, in step then record order."""
+        cur = self._query("SELECT step, record, p FROM token_probs WHERE key = ? ORDER BY step, record", (key,))
+        return [(s, r, np.frombuffer(p, dtype=np.float16).astype(np.float32)) for s, r, p in cur]
+
+    def count(self) -> dict[str, int]:
+        """Rows per status."""
+        return dict(self._query("SELECT status, COUNT(*) FROM cells GROUP BY status").fetchall())
+
+    def export(self, path: str | os.PathLike, format: str = "csv", *,
+               where: str | Mapping[str, Any] | None = None, status: str | None = "done") -> int:
+        """Write the rows to CSV or Parquet, atomically; returns the number of rows.
+
+        Columns: the flat columns, `em` (= em_rate, so `memlaw fit --csv` reads the file as it is),
+        then config, metrics and versions as JSON text.
+        """
+        if format not in ("csv", "parquet"):
+            raise StoreError(f"export format must be csv or parquet, got {format!r}")
+        rows = [_export_row(r) for r in self.load_cells(where, status=status)]
+        names = _export_names()
+        path = Path(path)
+        if format == "csv":
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+            atomic_write_text(path, buf.getvalue())
+            return len(rows)
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise StoreError("parquet export needs pyarrow: pip install pyarrow") from None
+        types = {"TEXT": pa.string(), "INTEGER": pa.int64(), "REAL": pa.float64()}
+        schema = pa.schema([(n, types[{**ALL_COLUMNS, "em": "REAL"}.get(n, "TEXT")]) for n in names])
+        table = pa.Table.from_pylist(rows, schema=schema)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return len(rows)
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self.conn.execute(sql, tuple(params))
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: {e}") from e
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_store(path: str | os.PathLike, *, create: bool = True) -> Store:
+    """Open (and, with `create`, make) a store; sets WAL, checks the schema version.
+
+    Raises:
+        StoreError: the file is missing (create=False), not SQLite, or from a newer memlaw.
+    """
+    path = Path(path)
+    if not create and not path.is_file():
+        raise StoreError(f"{path}: no such store; run `memlaw sweep GRID.yaml --store {path}` first")
+    if path.is_dir():
+        raise StoreError(f"{path}: is a directory, not a store file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _ensure_schema(conn, path)
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{path}: not a memlaw store ({e})") from e
+    return Store(conn, path)
+
+
+def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
+    have = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
+    if have:
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        version = row[0] if row else None
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(f"{path}: schema version {version} is newer than this memlaw's ({SCHEMA_VERSION}); "
+                             "upgrade memlaw")
+        if version == SCHEMA_VERSION:
+            return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for stmt in filter(str.strip, _SCHEMA.split(";")):  # not executescript: it would COMMIT our transaction
+            conn.execute(stmt)
+        if conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+_WHERE_RE = re.compile(r"^\s*([A-Za-z_]+)\s*(!=|<=|>=|=|<|>)\s*(.*?)\s*$")
+
+
+def parse_where(where: str | Mapping[str, Any] | None) -> tuple[list[str], list[Any]]:
+    """'model=smollm2-135m,rank>=4' -> (["model = ?", "rank >= ?"], ["smollm2-135m", 4]). Only flat columns.
+
+    Raises:
+        StoreError: a clause without an operator, an unknown column (with the nearest name), or a
+            non-number for a numeric column.
+    """
+    if where is None or where == "":
+        return [], []
+    items: list[tuple[str, str, Any]]
+    if isinstance(where, Mapping):
+        items = [(k, "=", v) for k, v in where.items()]
+    else:
+        items = []
+        for part in filter(str.strip, str(where).split(",")):
+            m = _WHERE_RE.match(part)
+            if not m:
+                raise StoreError(f"filter clause {part.strip()!r} is not COLUMN OP VALUE (ops: = != < <= > >=)")
+            items.append((m.group(1), m.group(2), m.group(3)))
+    filterable = {k: v for k, v in ALL_COLUMNS.items() if k not in _JSON_COLUMNS}
+    clauses, params = [], []
+    for col, op, value in items:
+        if col not in filterable:
+            close = difflib.get_close_matches(col, list(filterable), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise StoreError(f"unknown column {col!r} in filter{hint}; columns: {', '.join(filterable)}")
+        if filterable[col] in ("INTEGER", "REAL"):
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise StoreError(f"filter {col}{op}{value}: {col} is a number column") from None
+        else:
+            value = str(value)
+        clauses.append(f'"{col}" {op} ?')
+        params.append(value)
+    return clauses, params
+
+
+def _export_names() -> list[str]:
+    flat = [c for c in ALL_COLUMNS if c not in _JSON_COLUMNS]
+    return [*flat, "em", *_JSON_COLUMNS]
+
+
+def _export_row(row: dict) -> dict:
+    out = {k: v for k, v in row.items() if k not in _JSON_COLUMNS}
+    out["em"] = row.get("em_rate")
+    for c in _JSON_COLUMNS:
+        out[c] = _dumps(row[c])
+    return out
+
+
+def _dumps(x: Any) -> str:
+    return json.dumps(_plain(x), sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+
+def _plain(x: Any) -> Any:
+    """JSON-ready: numpy scalars to Python, tuples to lists, NaN and inf to None."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    return _finite(x)
+
+
+def _finite(x: Any) -> Any:
+    """NaN and inf are stored as NULL (SQL and JSON have no place for them)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+__all__ = ["Store", "open_store", "parse_where", "SCHEMA_VERSION", "COLUMNS", "ALL_COLUMNS"]

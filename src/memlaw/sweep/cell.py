@@ -1,0 +1,160 @@
+"""One grid cell: build its records, write them into a fresh adapter, verify. Writes nothing to disk.
+
+`run_cell` is the whole data flow of DESIGN §1 in run order; the executor (local or Ray) keeps the
+base model resident, hands it in, and persists the returned `CellResult` to the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from memlaw.adapters import make_adapter
+from memlaw.benchmarks.phonebook import PHONEBOOK_SIZE, phonebook
+from memlaw.encode import encode
+from memlaw.errors import ConfigError, MemlawError
+from memlaw.records import Record, load_records
+from memlaw.sweep.grid import BenchmarkConfig, CellConfig
+from memlaw.train import StepCallback, write
+from memlaw.verify import TokenProbs, base_answer_losses, verify
+
+logger = logging.getLogger(__name__)
+
+TIMING_KEYS = ("wall_s", "write_s", "steps_per_s", "time_to_certified")
+"""Metrics that measure the machine, not the memory: they differ between two runs of one cell."""
+
+
+@dataclass
+class CellResult:
+    """What one cell produced: its row (status, metrics, versions) and, if asked, p_t at every check."""
+
+    key: str
+    cell: CellConfig
+    status: str                                  # "done", or "failed" (a MemlawError: bad cell, not a crash)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    token_probs: list[tuple[int, int, bytes]] = field(default_factory=list)
+    """(step, record index, float16 p_t bytes of the record's answer tokens) per check; empty unless asked."""
+    error: str | None = None
+
+
+def prefix_by_length(records: list[Record], length: int, tokenizer, *, source: str) -> list[Record]:
+    """The first records whose value tokens add up to exactly `length` (ℓ, terminator excluded).
+
+    Raises:
+        ConfigError: the records run out first, or the running total jumps over `length` (say
+            which lengths are reachable nearby).
+    """
+    total = 0
+    for n, rec in enumerate(records, 1):
+        below = total
+        total += len(tokenizer(rec.value, add_special_tokens=False).input_ids)
+        if total == length:
+            return records[:n]
+        if total > length:
+            raise ConfigError(f"{source}: no prefix has exactly {length} value tokens under this tokenizer; "
+                              f"the nearest are {below} ({n - 1} records) and {total} ({n} records)")
+    raise ConfigError(f"{source}: only {total} value tokens in {len(records)} records, fewer than length {length}")
+
+
+@lru_cache(maxsize=4)
+def _records_file(path: str) -> tuple[Record, ...]:
+    return tuple(load_records(path))
+
+
+def cell_records(benchmark: BenchmarkConfig, length: int, tokenizer) -> list[Record]:
+    """The records of a cell: the benchmark's data holding `length` value tokens under `tokenizer`."""
+    if benchmark.name == "phonebook":
+        try:  # the benchmarks module's PB<N> builder, where this memlaw has it
+            from memlaw.benchmarks.phonebook import phonebook_length
+        except ImportError:
+            source = phonebook(min(length, PHONEBOOK_SIZE))  # every value has >= 1 token: never more entries than ℓ
+            return prefix_by_length(source, length, tokenizer, source=f"phonebook (length {length})")
+        return phonebook_length(tokenizer, length)
+    if benchmark.name == "records":
+        return prefix_by_length(list(_records_file(benchmark.path)), length, tokenizer, source=benchmark.path)
+    if benchmark.name == "long-context":
+        try:
+            from memlaw.benchmarks.long_context import long_context
+        except ImportError:
+            raise ConfigError("benchmark 'long-context' needs memlaw.benchmarks.long_context, "
+                              "which this memlaw lacks") from None
+        # The document is data, not training randomness: its noise seed stays 0 whatever the cell's seed.
+        return long_context(tokenizer, length, benchmark.ratio if benchmark.ratio is not None else "r100")
+    raise ConfigError(f"unknown benchmark {benchmark.name!r}")  # BenchmarkConfig validates; kept for safety
+
+
+def versions() -> dict[str, str]:
+    """Library versions and the platform, stored with each row."""
+    import transformers
+
+    import memlaw
+
+    return {"memlaw": memlaw.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "numpy": np.__version__, "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+def run_cell(cell: CellConfig, base, *, on_step: StepCallback | None = None, token_probs: bool = False,
+             recall: bool = True) -> CellResult:
+    """One write + verify for one grid cell. Persisting is the executor's job.
+
+    Args:
+        cell: the cell.
+        base: the loaded base model; it must be `cell.model` (it is only borrowed: the adapter is
+            detached again before returning).
+        on_step: progress callback of the write loop.
+        token_probs: keep every record's p_t at every certificate check.
+        recall: confirm with greedy decoding (EM, free-run accuracy).
+
+    Returns:
+        A `CellResult`; status "failed" with the error text when the cell itself is invalid (a
+        `MemlawError`, e.g. a length no prefix reaches). Other exceptions propagate.
+    """
+    if base.name != cell.model:
+        raise ConfigError(f"cell is for model {cell.model!r} but the resident base model is {base.name!r}")
+    key, t0 = cell.key, time.perf_counter()
+    try:
+        records = cell_records(cell.benchmark, cell.length, base.tokenizer)
+        enc = encode(records, base.tokenizer, cell.prompt, max_length=base.context_length)
+        losses = base_answer_losses(base, enc)            # L_base: once per memory, no adapter attached
+        adapter = make_adapter(cell.adapter, base, seed=cell.seed)
+    except MemlawError as e:
+        logger.warning("cell %s failed: %s", key[:12], e)
+        return CellResult(key, cell, "failed", versions=versions(), error=str(e))
+    kept: list[tuple[int, int, bytes]] = []
+
+    def on_check(step: int, probs: dict[int, TokenProbs]) -> None:
+        kept.extend((step, i, probs[i].p.to(torch.float16).numpy().tobytes()) for i in sorted(probs))
+
+    adapter.attach(base)
+    try:
+        trained = write(base, adapter, enc, cell.objective, cell.train, on_step=on_step,
+                        on_check=on_check if token_probs else None)
+        checked = verify(base, adapter, enc, recall=recall, margin=cell.train.margin, base_losses=losses)
+    finally:
+        adapter.detach()
+    metrics = {
+        **checked.summary(),
+        "steps": trained.steps, "certified_all": trained.certified, "write_s": trained.wall_s,
+        "steps_per_s": trained.steps_per_s, "time_to_certified": trained.time_to_certified,
+        "wall_s": time.perf_counter() - t0,
+        "dtype": str(base.dtype).removeprefix("torch."), "device": str(base.device),
+        "history": [{k: v for k, v in h.items() if k != "elapsed"} for h in trained.history],
+    }
+    return CellResult(key, cell, "done", metrics, versions(), kept)
+
+
+def comparable(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics without the timing ones: equal across two runs of one cell on one kind of device."""
+    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
+
+
+__all__ = ["CellResult", "run_cell", "cell_records", "prefix_by_length", "versions", "comparable", "TIMING_KEYS"]

@@ -1,0 +1,228 @@
+"""A sweep grid: YAML -> `SweepConfig` -> the list of `CellConfig`s it expands to. Pure, no I/O but the YAML read.
+
+A cell is one write + verify: one model, one benchmark prefix of `length` value tokens, one adapter
+rank, one objective, one seed. Its key is the sha256 of its canonical JSON, so the same cell gets
+the same key in any sweep that contains it, and a store that has the key has the result.
+
+    name: smollm2-phonebook
+    model: smollm2-135m
+    benchmark: {name: phonebook}
+    ranks: [1, 2, 4, 8]
+    lengths: [40, 80, 160, 320]        # value tokens (ℓ), not entries
+    seeds: [0]
+    adapter: {kind: probe}             # rank comes from `ranks`
+    objective: {name: sft}
+    train: {lr: 0.01, batch_size: 16, epochs: 200}
+    prompt: {template: chat}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig, from_dict, to_dict
+from memlaw.errors import ConfigError
+
+BENCHMARKS = ("phonebook", "long-context", "records")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchmarkConfig:
+    name: Literal["phonebook", "long-context", "records"] = "phonebook"
+    """`phonebook`: the paper's list, the first entries holding exactly ℓ value tokens (PB<ℓ>).
+    `long-context`: one record, the first ℓ tokens of a document with noise `ratio`.
+    `records`: a JSONL/CSV file, the first records holding exactly ℓ value tokens."""
+    path: str | None = None
+    """Records file for `records` (JSONL or CSV, as `memlaw write` reads)."""
+    ratio: str | float | None = None
+    """Long-context noise ratio: r0, r20, ..., r100 or a number in [0, 1] (None: r100). Not for the others."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.name not in BENCHMARKS:
+            close = difflib.get_close_matches(str(self.name), BENCHMARKS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"name must be one of {', '.join(BENCHMARKS)}, got {self.name!r}{hint}")
+        if self.name == "records" and not self.path:
+            problems.append("benchmark 'records' needs a path")
+        if self.name != "records" and self.path is not None:
+            problems.append(f"path is only for benchmark 'records', not {self.name!r}")
+        if self.name != "long-context" and self.ratio is not None:
+            problems.append(f"ratio is only for benchmark 'long-context', not {self.name!r}")
+        if problems:
+            raise ConfigError("benchmark: " + "; ".join(problems))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellConfig:
+    """Everything that decides one cell's numbers, and nothing else (its key hashes exactly this)."""
+
+    model: str
+    """Base model: smollm2-135m, gemma3-270m, tiny, a hub id or a local directory."""
+    dtype: str = "auto"
+    """Base model dtype: auto, bfloat16 or float32."""
+    benchmark: BenchmarkConfig
+    length: int
+    """ℓ: value tokens of the memory, summed over its records (terminator excluded)."""
+    adapter: AdapterConfig
+    objective: ObjectiveConfig
+    train: TrainConfig
+    """`train.seed` is the cell's seed."""
+    prompt: PromptConfig
+
+    @property
+    def seed(self) -> int:
+        return self.train.seed
+
+    @property
+    def rank(self) -> int:
+        return self.adapter.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def canonical_json(self) -> str:
+        """Sorted keys, no whitespace, floats as Python writes them: the bytes the key hashes."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @property
+    def key(self) -> str:
+        """sha256 hex of the canonical JSON."""
+        return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CellConfig:
+        """Rebuild a cell from its JSON (as stored); the key comes out the same."""
+        data = dict(data)
+        parts = {"benchmark": BenchmarkConfig, "adapter": AdapterConfig, "objective": ObjectiveConfig,
+                 "train": TrainConfig, "prompt": PromptConfig}
+        for name, part in parts.items():
+            data[name] = _floats(from_dict(part, data.get(name), f"cell.{name}"))
+        return from_dict(cls, data, "cell")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+    """A grid: ranks × lengths × seeds over one model, benchmark, adapter kind, objective and budget."""
+
+    name: str
+    """Written into each row's `sweep` column (the first sweep that ran the cell)."""
+    model: str
+    dtype: str = "auto"
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    ranks: tuple[int, ...]
+    lengths: tuple[int, ...]
+    """ℓ values in value tokens (PhoneBook: entries × tokens per value under the model's tokenizer)."""
+    seeds: tuple[int, ...] = (0,)
+    adapter: AdapterConfig = AdapterConfig()
+    """Everything but `rank`, which comes from `ranks`."""
+    objective: ObjectiveConfig = ObjectiveConfig()
+    train: TrainConfig
+    """Optimizer and budget (`max_steps` or `epochs`, `until`); `seed` comes from `seeds`."""
+    prompt: PromptConfig = PromptConfig()
+    token_probs: bool = False
+    """Keep every record's p_t at every certificate check (side table `token_probs`, float16)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for axis in ("ranks", "lengths", "seeds"):
+            values = getattr(self, axis)
+            if not isinstance(values, tuple) or not values:
+                problems.append(f"{axis} must be a non-empty list")
+            elif any(not isinstance(v, int) or isinstance(v, bool) for v in values):
+                problems.append(f"{axis} must be integers, got {list(values)}")
+            elif len(set(values)) != len(values):
+                problems.append(f"{axis} has repeated values: {list(values)}")
+            elif axis != "seeds" and min(values) < 1:
+                problems.append(f"{axis} must be >= 1, got {list(values)}")
+        if not self.name or not isinstance(self.name, str):
+            problems.append("name must be a non-empty string")
+        if problems:
+            raise ConfigError("sweep: " + "; ".join(problems))
+
+    def cells(self) -> list[CellConfig]:
+        """The grid, smallest lengths first (cheap cells first, so a partial sweep already fits a law)."""
+        return [CellConfig(model=self.model, dtype=self.dtype, benchmark=self.benchmark, length=length,
+                           adapter=dataclasses.replace(self.adapter, rank=rank),
+                           objective=self.objective, train=dataclasses.replace(self.train, seed=seed),
+                           prompt=self.prompt)
+                for length in sorted(self.lengths) for rank in sorted(self.ranks) for seed in sorted(self.seeds)]
+
+
+def sweep_from_dict(data: dict[str, Any], where: str = "sweep") -> SweepConfig:
+    """Build a `SweepConfig` from a mapping; unknown keys (at any level) raise ConfigError with the nearest name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sweep settings, got {type(data).__name__}")
+    data = dict(data)
+    adapter = data.get("adapter") or {}
+    train = data.get("train") or {}
+    if isinstance(adapter, dict) and "rank" in adapter:
+        raise ConfigError(f"{where}: adapter.rank is set by `ranks`; remove it")
+    if isinstance(train, dict) and "seed" in train:
+        raise ConfigError(f"{where}: train.seed is set by `seeds`; remove it")
+    parts = {"benchmark": BenchmarkConfig, "adapter": AdapterConfig, "objective": ObjectiveConfig,
+             "train": TrainConfig, "prompt": PromptConfig}
+    for name, part in parts.items():
+        if name in data:
+            if not isinstance(data[name], dict):
+                raise ConfigError(f"{where}: {name} must be a mapping, got {data[name]!r}")
+            data[name] = _floats(from_dict(part, data[name], f"{where}.{name}"))
+    if "train" not in data:
+        raise ConfigError(f"{where}: missing `train` (a budget: max_steps or epochs)")
+    for name in ("name", "model", "ranks", "lengths"):
+        if name not in data:
+            raise ConfigError(f"{where}: missing `{name}`")
+    return from_dict(SweepConfig, data, where)
+
+
+def load_sweep(path: str | os.PathLike) -> SweepConfig:
+    """Read a sweep YAML (safe loader: no code runs). Errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}:1: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}:1: cannot read the file ({e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise ConfigError(f"{path}:{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    return sweep_from_dict(data, where=str(path))
+
+
+def _floats(cfg: Any) -> Any:
+    """Coerce ints in float-typed fields (YAML `lr: 1`) to float, so `1` and `1.0` give one key."""
+    hints = typing.get_type_hints(type(cfg))
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, int) and not isinstance(v, bool) and _is_float(hints.get(f.name)):
+            changes[f.name] = float(v)
+        elif isinstance(v, tuple) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v) \
+                and _is_float_tuple(hints.get(f.name)):
+            changes[f.name] = tuple(float(x) for x in v)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def _is_float(hint: Any) -> bool:
+    return hint is float or (float in typing.get_args(hint) and int not in typing.get_args(hint))
+
+
+def _is_float_tuple(hint: Any) -> bool:
+    return typing.get_origin(hint) is tuple and typing.get_args(hint)[:1] == (float,)
+
+
+__all__ = ["BenchmarkConfig", "CellConfig", "SweepConfig", "sweep_from_dict", "load_sweep", "BENCHMARKS"]

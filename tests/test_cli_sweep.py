@@ -1,0 +1,171 @@
+"""memlaw sweep / runs / fit / plan end to end on the tiny model (errors: one line, exit 2)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from memlaw.cli import app
+from memlaw.law import law
+from memlaw.records import write_records
+from memlaw.store import open_store
+from memlaw.sweep import sweep_from_dict
+from memlaw.sweep.cell import CellResult
+
+runner = CliRunner()
+
+GRID = {"name": "cli-grid", "model": "tiny", "dtype": "float32", "ranks": [2, 8], "lengths": [20, 30],
+        "adapter": {"layer": 1}, "prompt": {"template": "plain"},
+        "train": {"lr": 0.03, "batch_size": 8, "max_steps": 10, "check_every": 5}}
+
+
+def invoke(*args):
+    res = runner.invoke(app, [str(a) for a in args])
+    return res
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A 2×2 sweep run through the CLI, then run again."""
+    d = tmp_path_factory.mktemp("sweep")
+    (d / "grid.yaml").write_text(yaml.safe_dump(GRID))
+    first = invoke("sweep", d / "grid.yaml", "--store", d / "runs.db", "--json")
+    assert first.exit_code == 0, first.output
+    second = invoke("sweep", d / "grid.yaml", "--store", d / "runs.db", "--json")
+    assert second.exit_code == 0, second.output
+    return d, json.loads(first.stdout), json.loads(second.stdout)
+
+
+def test_sweep_stores_each_cell_and_a_rerun_skips_them(swept):
+    d, first, second = swept
+    assert (first["grid"], first["ran"], first["skipped"], first["failed"]) == (4, 4, 0, 0)
+    assert (second["ran"], second["skipped"]) == (0, 4)
+    with open_store(d / "runs.db") as db:
+        rows = db.load_cells()
+    assert sorted((r["rank"], r["length"]) for r in rows) == [(2, 20), (2, 30), (8, 20), (8, 30)]
+    assert all(r["sweep"] == "cli-grid" and r["model"] == "tiny" and r["steps"] == 10 for r in rows)
+    assert all(r["delta_loss"] is not None and r["n_params"] == 2 * 64 * r["rank"] for r in rows)
+
+
+def test_sweep_prints_a_line_per_cell_without_a_tty(tmp_path):
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump({**GRID, "ranks": [2], "lengths": [20]}))
+    res = invoke("sweep", tmp_path / "grid.yaml", "--store", tmp_path / "runs.db")
+    assert res.exit_code == 0, res.output
+    assert "cell 1/1  rank 2  length 20" in res.stderr and "ETA" in res.stderr
+    assert "1 run (0 failed)" in res.stdout
+
+
+def test_dry_run_lists_cells_and_writes_nothing(swept, tmp_path):
+    d, _, _ = swept
+    res = invoke("sweep", d / "grid.yaml", "--store", d / "runs.db", "--dry-run", "--json")
+    assert res.exit_code == 0 and all(c["stored"] for c in json.loads(res.stdout)["cells"])
+    res = invoke("sweep", d / "grid.yaml", "--store", tmp_path / "new.db", "--dry-run")
+    assert res.exit_code == 0 and "4 cells, 0 stored" in res.stdout
+
+
+def test_runs_list_show_export(swept, tmp_path):
+    d, _, _ = swept
+    res = invoke("runs", "list", "--store", d / "runs.db")
+    assert res.exit_code == 0 and "4 cells" in res.stdout and "ΔL" in res.stdout
+    listed = json.loads(invoke("runs", "list", "--store", d / "runs.db", "--where", "rank=8", "--json").stdout)
+    assert [r["rank"] for r in listed] == [8, 8]
+    shown = invoke("runs", "show", listed[0]["key"][:12], "--store", d / "runs.db")
+    assert shown.exit_code == 0, shown.output
+    row = json.loads(shown.stdout)
+    assert row["key"] == listed[0]["key"] and row["config"]["adapter"]["rank"] == 8 and "versions" in row
+    res = invoke("runs", "export", "--format", "csv", "--out", tmp_path / "runs.csv", "--store", d / "runs.db")
+    assert res.exit_code == 0 and "exported 4 cells" in res.stdout
+    assert len(list(csv.DictReader(open(tmp_path / "runs.csv")))) == 4
+    res = invoke("runs", "export", "--format", "parquet", "--out", tmp_path / "runs.parquet", "--store", d / "runs.db")
+    assert res.exit_code == 0 and (tmp_path / "runs.parquet").stat().st_size > 0
+
+
+def test_fit_store_and_csv(swept, tmp_path):
+    d, _, _ = swept
+    res = invoke("fit", "--store", d / "runs.db", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["n"] == 4 and set(out["law"]["params"]) == {"C", "alpha", "beta", "b"}
+    assert out["source"]["model"] == "tiny" and any("n>=5" in w or "n=4" in w for w in out["warnings"])
+    invoke("runs", "export", "--out", tmp_path / "runs.csv", "--store", d / "runs.db")
+    res = invoke("fit", "--csv", tmp_path / "runs.csv")
+    assert res.exit_code == 0 and "R²" in res.stdout and "MAPE" in res.stdout
+
+
+def test_fit_recovers_planted_parameters_from_a_csv(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "law.csv"
+    with open(path, "w") as f:
+        f.write("rank,length,delta_loss,em\n")
+        for r in (1, 2, 4, 8, 16):
+            for length in (40, 80, 160, 320, 640):
+                y = law(r, length, 6.0, 0.4, 0.3, 0.1) * (1 + 0.01 * rng.standard_normal())
+                f.write(f"{r},{length},{y},{1.0 if length <= 40 * r else 0.5}\n")
+    res = invoke("fit", "--csv", path, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    p = out["law"]["params"]
+    assert p["alpha"] == pytest.approx(0.4, abs=0.05) and p["beta"] == pytest.approx(0.3, abs=0.05)
+    assert out["law"]["r2"] > 0.99 and out["held_out"]["mape"] < 5
+    assert out["frontier"]["gamma"] == pytest.approx(1.0, abs=0.01)
+    text = invoke("fit", "--csv", path)
+    assert "α" in text.stdout and "held-out MAPE" in text.stdout and "frontier" in text.stdout
+
+
+def _planted_store(path, lengths=(20, 40, 60, 80), ranks=(1, 2, 4, 8)):
+    """Rows of the law ΔL = 3·r^0.5·ℓ^-0.2 + 0 with full EM while ℓ <= 10·r (frontier K = 10, γ = 1)."""
+    grid = sweep_from_dict({**GRID, "ranks": list(ranks), "lengths": list(lengths)})
+    with open_store(path) as db:
+        for c in grid.cells():
+            dl = float(law(c.rank, c.length, 3.0, 0.5, 0.2, 0.0))
+            em = 1.0 if c.length <= 10 * c.rank else 0.0
+            db.add_cell(CellResult(c.key, c, "done", {"length": c.length, "delta_loss": dl, "em_rate": em,
+                                                      "L_final": 0.05 if em else 1.0}), sweep="planted")
+
+
+def test_plan_answers_the_rank_and_flags_extrapolation(tmp_path, tiny_records):
+    _planted_store(tmp_path / "runs.db")
+    write_records(tmp_path / "mem.jsonl", tiny_records)           # 8 records × 6 digits: ℓ = 48
+    res = invoke("plan", tmp_path / "mem.jsonl", "--model", "tiny", "--store", tmp_path / "runs.db", "--json")
+    assert res.exit_code == 0, res.output
+    p = json.loads(res.stdout)
+    assert p["length"] == 48 and p["n_records"] == 8 and p["rank_source"] == "frontier"
+    assert p["rank"] == 5 and p["frontier_rank"] == pytest.approx(4.8, rel=1e-3) and p["measured_rank"] == 8
+    assert p["predicted_delta_loss"] == pytest.approx(float(law(5, 48, 3.0, 0.5, 0.2, 0.0)), rel=1e-3)
+    assert p["margin"] == pytest.approx(p["predicted_delta_loss"] - p["needed_delta_loss"])
+    assert p["needed_delta_loss"] == pytest.approx(p["L_base"] - 0.05)
+    assert p["extrapolating"] == []
+    text = invoke("plan", tmp_path / "mem.jsonl", "--model", "tiny", "--store", tmp_path / "runs.db")
+    assert "rank needed: 5" in text.stdout and "interpolating" in text.stdout
+    big = [r.__class__(f"{r.key} {i}", r.value * 2) for i in range(3) for r in tiny_records]   # ℓ = 288
+    write_records(tmp_path / "big.jsonl", big)
+    text = invoke("plan", tmp_path / "big.jsonl", "--model", "tiny", "--store", tmp_path / "runs.db")
+    assert text.exit_code == 0, text.output
+    assert "EXTRAPOLATING" in text.stdout and "outside the fitted lengths" in text.stdout
+
+
+@pytest.mark.parametrize("args,cause", [
+    (["sweep", "{d}/bad.yaml", "--store", "{d}/r.db"], "did you mean 'ranks'"),
+    (["sweep", "{d}/missing.yaml"], "missing.yaml:1: no such file"),
+    (["runs", "list", "--store", "{d}/nothing.db"], "no such store"),
+    (["fit"], "exactly one of --store or --csv"),
+    (["fit", "--store", "{d}/nothing.db"], "no such store"),
+    (["runs", "list", "--store", "{d}/r.db", "--where", "rnak=2"], "did you mean 'rank'"),
+    (["plan", "{d}/bad.yaml", "--model", "tiny", "--store", "{d}/r.db"], "no finished cells"),
+])
+def test_errors_are_one_line_exit_2(tmp_path, args, cause):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**GRID, "rnaks": [1]}))
+    open_store(tmp_path / "r.db").close()
+    res = invoke(*[a.format(d=tmp_path) for a in args])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and cause in lines[0] and "Traceback" not in res.output
+
+
+def test_help_for_every_command():
+    for cmd in (["sweep"], ["runs", "list"], ["runs", "show"], ["runs", "export"], ["fit"], ["plan"]):
+        res = runner.invoke(app, [*cmd, "--help"])
+        assert res.exit_code == 0 and "Usage" in res.stdout

@@ -1,0 +1,243 @@
+"""Sweeps on the tiny model: grid expansion and keys, one cell, the local executor, crash safety, Ray."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from memlaw.errors import ConfigError
+from memlaw.records import Record
+from memlaw.store import open_store
+from memlaw.sweep import CellConfig, load_sweep, run_local, run_sweep, sweep_from_dict
+from memlaw.sweep.cell import comparable, prefix_by_length, run_cell
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+TINY = {"name": "tiny-grid", "model": "tiny", "dtype": "float32", "ranks": [2, 8], "lengths": [20, 30],
+        "adapter": {"layer": 1}, "prompt": {"template": "plain"},
+        "train": {"lr": 0.03, "batch_size": 8, "max_steps": 12, "check_every": 6}}
+
+
+def tiny_sweep(**over) -> "SweepConfig":  # noqa: F821
+    return sweep_from_dict({**TINY, **over})
+
+
+@pytest.fixture
+def one_thread():
+    """CPU numerics depend on the thread count; the Ray actors run 1 thread, so the local runs do too."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- grid
+
+
+def test_grid_expands_lengths_then_ranks_then_seeds():
+    cells = tiny_sweep(seeds=[1, 0]).cells()
+    assert [(c.length, c.rank, c.seed) for c in cells] == [
+        (20, 2, 0), (20, 2, 1), (20, 8, 0), (20, 8, 1), (30, 2, 0), (30, 2, 1), (30, 8, 0), (30, 8, 1)]
+    assert len({c.key for c in cells}) == 8
+    assert all(c.adapter.layer == 1 and c.train.lr == 0.03 for c in cells)
+
+
+def test_key_is_sha256_of_canonical_json_and_survives_a_round_trip():
+    import hashlib
+    import json
+
+    cell = tiny_sweep().cells()[0]
+    assert cell.key == hashlib.sha256(cell.canonical_json().encode()).hexdigest()
+    again = CellConfig.from_dict(json.loads(cell.canonical_json()))
+    assert again == cell and again.key == cell.key
+
+
+def test_key_ignores_the_sweep_name_and_int_vs_float_spelling():
+    a = tiny_sweep().cells()
+    b = tiny_sweep(name="other", train={**TINY["train"], "lr": 0.03, "clip": 1}).cells()
+    assert [c.key for c in a] == [c.key for c in b]
+    c = tiny_sweep(train={**TINY["train"], "max_steps": 13}).cells()
+    assert not {x.key for x in a} & {x.key for x in c}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"rnaks": [1]}, "did you mean 'ranks'"),
+    ({"train": {"lrr": 0.1, "max_steps": 3}}, "did you mean 'lr'"),
+    ({"adapter": {"rank": 4}}, "adapter.rank is set by `ranks`"),
+    ({"train": {"seed": 1, "max_steps": 3}}, "train.seed is set by `seeds`"),
+    ({"ranks": []}, "ranks must be a non-empty list"),
+    ({"lengths": [10, 10]}, "repeated"),
+    ({"benchmark": {"name": "phonebok"}}, "did you mean 'phonebook'"),
+    ({"benchmark": {"name": "phonebook", "ratio": 0.2}}, "ratio is only for"),
+    ({"train": {"lr": 0.1}}, "needs max_steps or epochs"),
+])
+def test_bad_sweeps_raise_config_error_naming_the_problem(change, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("`", ".")):
+        tiny_sweep(**change)
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "g.yaml"
+    bad.write_text("name: x\nmodel: tiny\nranks: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"g\.yaml:\d+: not valid YAML"):
+        load_sweep(bad)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_sweep(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("sweep-*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweep_configs_load(path):
+    cfg = load_sweep(path)
+    assert len(cfg.ranks) >= 2 and len(cfg.lengths) >= 2 and cfg.cells()
+
+
+def test_smollm2_config_is_the_measured_grid():
+    cfg = load_sweep(CONFIGS / "sweep-smollm2-phonebook.yaml")
+    assert cfg.model == "smollm2-135m" and cfg.adapter.kind == "probe"
+    assert len(cfg.ranks) >= 4 and len(cfg.lengths) >= 4
+    assert load_sweep(CONFIGS / "sweep-gemma3-phonebook.yaml").prompt.template == "plain"
+
+
+# ---------------------------------------------------------------- one cell
+
+
+def test_prefix_by_length_takes_exactly_length_value_tokens(tiny_base):
+    recs = [Record(f"k{i}", "123456") for i in range(5)]             # byte tokenizer: 6 tokens each
+    assert len(prefix_by_length(recs, 18, tiny_base.tokenizer, source="t")) == 3
+    with pytest.raises(ConfigError, match="nearest are 18 .3 records. and 24 .4 records."):
+        prefix_by_length(recs, 20, tiny_base.tokenizer, source="t")
+    with pytest.raises(ConfigError, match="only 30 value tokens"):
+        prefix_by_length(recs, 31, tiny_base.tokenizer, source="t")
+
+
+def test_run_cell_measures_and_is_deterministic(tiny_base):
+    cell = tiny_sweep().cells()[1]                                     # rank 8, length 20: 2 entries
+    a = run_cell(cell, tiny_base, token_probs=True)
+    b = run_cell(cell, tiny_base)
+    assert a.status == "done" and a.key == cell.key
+    m = a.metrics
+    assert m["length"] == 20 and m["n_records"] == 2 and m["steps"] == 12 and m["n_params"] == 2 * 64 * 8
+    assert m["delta_loss"] == pytest.approx(m["L_base"] - m["L_final"]) and m["delta_loss"] > 0
+    assert 0 <= m["em_rate"] <= 1 and 0 <= m["certified_rate"] <= 1 and [h["step"] for h in m["history"]] == [6, 12]
+    assert comparable(a.metrics) == comparable(b.metrics)
+    assert sorted({(s, r) for s, r, _ in a.token_probs}) == [(6, 0), (6, 1), (12, 0), (12, 1)]
+    assert all(len(p) == 2 * 11 for _, _, p in a.token_probs)        # float16, 10 digits + EOS
+    assert b.token_probs == []
+
+
+def test_run_cell_refuses_another_model_and_reports_bad_cells_as_failed(tiny_base):
+    other = sweep_from_dict({**TINY, "model": "smollm2-135m"}).cells()[0]
+    with pytest.raises(ConfigError, match="resident base model is 'tiny'"):
+        run_cell(other, tiny_base)
+    bad = tiny_sweep(lengths=[25]).cells()[0]
+    res = run_cell(bad, tiny_base)
+    assert res.status == "failed" and ("PB20 or PB30" in res.error or "nearest are 20" in res.error)
+
+
+# ---------------------------------------------------------------- local executor
+
+
+def test_local_sweep_stores_every_cell_once_and_resumes(tiny_base, tmp_path):
+    cfg = tiny_sweep()
+    events = []
+    with open_store(tmp_path / "runs.db") as store:
+        s = run_local(cfg, store, base=tiny_base, on_cell=events.append)
+        assert (s.grid, s.skipped, s.ran, s.failed) == (4, 0, 4, 0)
+        assert [e.done for e in events] == [0, 1, 2, 3, 4] and events[0].eta_s is None
+        assert events[-1].eta_s == pytest.approx(0.0) and all(e.eta_s > 0 for e in events[1:-1])
+        assert store.finished_keys() == {c.key for c in cfg.cells()}
+        again = run_local(tiny_sweep(ranks=[2, 8, 4]), store, base=tiny_base)
+        assert (again.grid, again.skipped, again.ran) == (6, 4, 2)
+        assert len(store.load_cells()) == 6
+
+
+def test_local_sweep_checks_every_length_before_writing(tiny_base, tmp_path):
+    with open_store(tmp_path / "runs.db") as store:
+        with pytest.raises(ConfigError, match="PB25|25 value tokens"):
+            run_local(tiny_sweep(lengths=[20, 25]), store, base=tiny_base)
+        assert store.load_cells(status=None) == []
+
+
+def test_local_sweep_refuses_a_base_of_another_dtype(tiny_base, tmp_path):
+    with open_store(tmp_path / "runs.db") as store, pytest.raises(ConfigError, match="in bfloat16"):
+        run_local(tiny_sweep(dtype="bfloat16"), store, base=tiny_base)
+
+
+# ---------------------------------------------------------------- crash safety
+
+
+def _sweep_process(grid: Path, store: Path) -> subprocess.Popen:
+    code = "from memlaw.cli import main; main()"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", code, "sweep", str(grid), "--store", str(store), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def _done_rows(store: Path) -> int:
+    if not store.exists():
+        return 0
+    con = sqlite3.connect(store, timeout=30)
+    try:
+        return con.execute("SELECT COUNT(*) FROM cells WHERE status = 'done'").fetchone()[0]
+    except sqlite3.OperationalError:              # schema not created yet
+        return 0
+    finally:
+        con.close()
+
+
+def test_kill_9_at_any_moment_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_base):
+    """Kill a real sweep process with SIGKILL mid-cell, twice, then resume: every cell exactly once."""
+    cfg = {**TINY, "ranks": [2, 4, 8], "train": {**TINY["train"], "max_steps": 40}}
+    grid, store = tmp_path / "grid.yaml", tmp_path / "runs.db"
+    grid.write_text(yaml.safe_dump(cfg))
+    for kill_after_rows in (1, 3):                 # the first kill lands mid-cell 2, the second mid-cell 4
+        proc = _sweep_process(grid, store)
+        deadline = time.monotonic() + 60
+        while _done_rows(store) < kill_after_rows and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.15)                           # into the next cell's write
+        assert proc.poll() is None, proc.stderr.read().decode()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _done_rows(store) >= kill_after_rows
+    assert _done_rows(store) < 6
+    sweep = sweep_from_dict(cfg)
+    with open_store(store) as db:
+        summary = run_local(sweep, db, base=tiny_base)
+        assert summary.skipped + summary.ran == 6 and summary.skipped >= 3
+        con = db.conn
+        assert con.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM cells").fetchone() == (6, 6)
+        assert db.finished_keys() == {c.key for c in sweep.cells()}
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def test_ray_executor_matches_the_local_executor(tiny_base, tmp_path, one_thread):
+    ray = pytest.importorskip("ray")
+    cfg = tiny_sweep()
+    with open_store(tmp_path / "local.db") as store:
+        run_local(cfg, store, base=tiny_base)
+        local = {r["key"]: r for r in store.load_cells()}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        events = []
+        with open_store(tmp_path / "ray.db") as store:
+            s = run_sweep(cfg, store, executor="ray", num_cpus=1, on_cell=events.append)
+            remote = {r["key"]: r for r in store.load_cells()}
+            again = run_sweep(cfg, store, executor="ray")          # everything stored: no actor starts
+    finally:
+        ray.shutdown()
+    assert (s.ran, s.failed, again.ran, again.skipped) == (4, 0, 0, 4) and events[-1].done == 4
+    assert remote.keys() == local.keys()
+    for key in local:
+        assert comparable(remote[key]["metrics"]) == comparable(local[key]["metrics"])
+        assert remote[key]["delta_loss"] == local[key]["delta_loss"] and remote[key]["em_rate"] == local[key]["em_rate"]

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from memlaw.config import PromptConfig
 from memlaw.errors import ConfigError, RecordError
-from memlaw.records import Record
+from memlaw.records import Record, shorten
 
 _SENTINEL = "MEMLAWSENTINELVALUE"
 
@@ -79,7 +79,7 @@ class Encoded:
     prompt: PromptConfig
     terminator: list[int]
     prompt_ids: list[list[int]]
-    value_ids: list[list[int]]
+    value_ids: list[list[int]] = field(repr=False)   # decode to the values: never in a repr
     tokenizer: Any = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -114,14 +114,14 @@ def encode(records: Sequence[Record], tokenizer, prompt: PromptConfig, *, max_le
         where = rec.where or f"record {i + 1}"
         ids = tokenizer(rec.value, add_special_tokens=False).input_ids
         if tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) != rec.value:
-            raise RecordError(f"{where}: value of key {rec.key!r} does not survive the tokenizer round trip "
+            raise RecordError(f"{where}: value of key {shorten(rec.key)} does not survive the tokenizer round trip "
                               "(decode(encode(value)) != value), so it cannot be recalled exactly")
         if special.intersection(ids):
-            raise RecordError(f"{where}: value of key {rec.key!r} contains a special token of this tokenizer")
+            raise RecordError(f"{where}: value of key {shorten(rec.key)} contains a special token of this tokenizer")
         pid = prompt_ids(rec.key, tokenizer, prompt)
         n = len(pid) + len(ids) + len(term)
         if max_length is not None and n > max_length:
-            raise RecordError(f"{where}: record of key {rec.key!r} is {n} tokens, more than the model's context of {max_length}")
+            raise RecordError(f"{where}: record of key {shorten(rec.key)} is {n} tokens, more than the model's context of {max_length}")
         p_ids.append(pid)
         v_ids.append(ids)
     return Encoded(list(records), prompt, term, p_ids, v_ids, tokenizer)

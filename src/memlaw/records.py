@@ -138,7 +138,7 @@ def check_records(records: Sequence[Record]) -> None:
         seen = first.setdefault(record.key, record)
         if seen is not record and seen.value != record.value:
             seen_where = seen.where or f"<records>:{records.index(seen) + 1}"
-            raise RecordError(f"{where}: key {_show(record.key)} already has a different value at "
+            raise RecordError(f"{where}: key {shorten(record.key)} already has a different value at "
                               f"{seen_where}; a key maps to one value: remove or rename one of them")
 
 
@@ -218,7 +218,7 @@ def _json_object(line: str, where: str) -> _JsonObject:
         raise RecordError(f'{where}: expected a JSON object such as {{"key": "...", "value": "..."}}, '
                           f"got {_json_type(obj)}")
     if obj.repeated:
-        raise RecordError(f"{where}: field {_show(obj.repeated[0])} appears more than once in the "
+        raise RecordError(f"{where}: field {shorten(obj.repeated[0])} appears more than once in the "
                           f"object; keep one")
     return obj
 
@@ -227,26 +227,26 @@ def _fields(obj: dict, where: str) -> tuple[str, str]:
     """(key, value) of one JSON object, in the first form whose field names it uses."""
     form = next((f for f in FORMS if f[0] in obj or f[1] in obj), None)
     if form is None:
-        names = ", ".join(_show(name) for name in list(obj)[:5]) or "none"
+        names = ", ".join(shorten(name) for name in list(obj)[:5]) or "none"
         raise RecordError(f"{where}: no 'key' and 'value' fields (found {names}); write "
                           f'{{"key": "...", "value": "..."}} (or the paper\'s query/target form)'
                           f"{_did_you_mean(obj, [n for f in FORMS for n in f])}")
     for name in form:
         if name not in obj:
             other = form[0] if name == form[1] else form[1]
-            raise RecordError(f"{where}: missing field {_show(name)} (this line has {_show(other)})"
+            raise RecordError(f"{where}: missing field {shorten(name)} (this line has {shorten(other)})"
                               f"{_did_you_mean(obj, [name])}")
     if form == STRICT_FORM:
         unknown = [name for name in obj if name not in form]
         if unknown:
-            raise RecordError(f"{where}: unknown field {_show(unknown[0])}; a key/value record has "
+            raise RecordError(f"{where}: unknown field {shorten(unknown[0])}; a key/value record has "
                               f"only the fields 'key' and 'value' (the paper's query/target form may "
                               f"carry more)")
     for name in form:
         if not isinstance(obj[name], str):
             kind = _json_type(obj[name])
             hint = "; quote it: as a number it would lose leading zeros" if kind == "a number" else ""
-            raise RecordError(f"{where}: field {_show(name)} must be a JSON string, got {kind}{hint}")
+            raise RecordError(f"{where}: field {shorten(name)} must be a JSON string, got {kind}{hint}")
     return obj[form[0]], obj[form[1]]
 
 
@@ -285,13 +285,13 @@ def _csv_columns(header: list[str], where: str) -> tuple[int, int]:
     names = [cell.strip().lower() for cell in header]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise RecordError(f"{where}: column {_show(repeated[0])} appears more than once in the header")
+        raise RecordError(f"{where}: column {shorten(repeated[0])} appears more than once in the header")
     form = next((f for f in CSV_FORMS if f[0] in names and f[1] in names), None)
     if form is None:
         half = next(((a, b) for f in CSV_FORMS for a, b in (f, f[::-1]) if a in names), None)
         if half:  # one wanted name is there, so this row is a header: its cells may be quoted
-            raise RecordError(f"{where}: the header row has a {_show(half[0])} column but no "
-                              f"{_show(half[1])} column{_did_you_mean(dict.fromkeys(names), [half[1]])}")
+            raise RecordError(f"{where}: the header row has a {shorten(half[0])} column but no "
+                              f"{shorten(half[1])} column{_did_you_mean(dict.fromkeys(names), [half[1]])}")
         # no wanted name: the row may be data (no header), so its cells, maybe values, are not shown
         raise RecordError(f"{where}: the header row must name the columns 'key' and 'value' (or "
                           f"'query' and 'target'); none of its {len(names)} cells does. If the file "
@@ -299,7 +299,7 @@ def _csv_columns(header: list[str], where: str) -> tuple[int, int]:
     if form == STRICT_FORM:
         unknown = [name for name in names if name not in form]
         if unknown:
-            raise RecordError(f"{where}: unknown column {_show(unknown[0])}; a key,value CSV has only "
+            raise RecordError(f"{where}: unknown column {shorten(unknown[0])}; a key,value CSV has only "
                               f"those two columns (a query,target CSV may carry more)")
     return names.index(form[0]), names.index(form[1])
 
@@ -332,7 +332,7 @@ def _drop_repeats(records: list[Record], source: str) -> list[Record]:
         return records
     first = repeats[0]
     logger.warning("%s: %d record(s) repeat an earlier key with the same value and were dropped "
-                   "(first: key %s at %s, kept from %s)", source, len(repeats), _show(first.key),
+                   "(first: key %s at %s, kept from %s)", source, len(repeats), shorten(first.key),
                    first.where, kept[first.key].where)
     return list(kept.values())
 
@@ -353,7 +353,7 @@ def _json_type(x: object) -> str:
     return "an array" if isinstance(x, list) else "an object"
 
 
-def _show(text: str, limit: int = 60) -> str:
+def shorten(text: str, limit: int = 60) -> str:
     """A key or field name for a message: quoted, escaped onto one line, shortened."""
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
@@ -365,5 +365,5 @@ def _did_you_mean(obj: dict, expected: Sequence[str]) -> str:
             continue
         close = difflib.get_close_matches(name, [n for n in obj if n not in expected], n=1, cutoff=0.7)
         if close:
-            return f" (is {_show(close[0])} a typo of {_show(name)}?)"
+            return f" (is {shorten(close[0])} a typo of {shorten(name)}?)"
     return ""

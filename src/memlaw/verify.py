@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -67,7 +67,7 @@ class RecordVerdict:
     em: bool | None = None   # greedy output, cut at the terminator, equals the value
     free_correct: int | None = None   # value positions where greedy output agrees with the target
     first_failure: int | None = None  # first answer position where greedy output differs
-    output: str | None = None         # the greedy output (a value: shown only when asked)
+    output: str | None = field(default=None, repr=False)   # the greedy output (a value: shown only when asked)
 
 
 def record_verdict(key: str, probs: TokenProbs, n_value: int, margin: float = 0.0) -> RecordVerdict:

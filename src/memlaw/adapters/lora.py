@@ -95,7 +95,10 @@ class LoraAdapter:
     def _copy_in(self, tensors: dict[str, torch.Tensor]) -> None:
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(self.peft, tensors)
+        try:
+            result = set_peft_model_state_dict(self.peft, tensors)
+        except RuntimeError as e:  # shape mismatch: tensors from another config
+            raise AdapterError(f"lora tensors do not fit the adapter config ({str(e).splitlines()[0]})") from None
         missing = [k for k in result.missing_keys if "lora_" in k]
         if missing or result.unexpected_keys:
             raise AdapterError(f"lora tensors do not match the adapter config "

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -63,7 +64,7 @@ def sweep_progress(show_bar: bool, quiet: bool):
         return nullcontext(), on_cell, None
     bar = Progress(TextColumn("[bold]{task.fields[what]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=False)
-    state: dict = {"cells": None, "steps": None}
+    state: dict = {"cells": None, "steps": None, "checked": ""}
 
     def on_cell(e) -> None:
         if state["cells"] is None:
@@ -79,9 +80,10 @@ def sweep_progress(show_bar: bool, quiet: bool):
         if state["steps"] is None or info.step == 1:
             if state["steps"] is not None:
                 bar.remove_task(state["steps"])
-            state["steps"] = bar.add_task("", total=info.total, what="write")
-        desc = f"loss {info.loss:.4f}" + (f"  certified {info.certified}/{info.n_records}" if info.certified is not None else "")
-        bar.update(state["steps"], completed=info.step, description=desc)
+            state["steps"], state["checked"] = bar.add_task("", total=info.total, what="write"), ""
+        if info.certified is not None:             # counts exist at check steps only: keep the last ones
+            state["checked"] = f"  stubborn {info.stubborn}  certified {info.certified}/{info.n_records}"
+        bar.update(state["steps"], completed=info.step, description=f"loss {info.loss:.4f}{state['checked']}")
 
     return bar, on_cell, on_step
 
@@ -121,7 +123,7 @@ def sweep(
         if as_json:
             out.print_json(json.dumps({**summary.to_dict(), "store": str(store)}))
         else:
-            out.print(summary.as_text() + f"; store {store}", markup=False)
+            out.print(summary.as_text() + f"; store {store}", markup=False, soft_wrap=True)
 
     run(go)
 
@@ -138,7 +140,7 @@ def _dry_run(cfg, finished: set[str], as_json: bool) -> None:
         t.add_column(col)
     for r in rows:
         t.add_row(r["key"][:12], str(r["rank"]), str(r["length"]), str(r["seed"]), "yes" if r["stored"] else "no")
-    out.print(t)
+    _print_table(t)
 
 
 # ---------------------------------------------------------------- runs
@@ -172,9 +174,14 @@ def runs_list(
             t.add_row(r["key"][:12], r["status"], r["model"], r["kind"], r["objective"], str(r["rank"]),
                       str(r["length"]), str(r["seed"]), _f(r["delta_loss"]), _f(r["em_rate"], 2),
                       _f(r["certified_rate"], 2), str(r["steps"] if r["steps"] is not None else "-"), _f(r["wall_s"], 1))
-        out.print(t)
+        _print_table(t)
 
     run(go)
+
+
+def _print_table(t: Table) -> None:
+    """On a terminal at its width; piped, wide enough that no column is cut (keys stay copyable)."""
+    (out if out.is_terminal else Console(width=200, highlight=False)).print(t)
 
 
 @runs_app.command("show")
@@ -212,7 +219,7 @@ def runs_export(
 
         with open_store(store, create=False) as db:
             n = db.export(out_file, fmt.value, where=where)
-        out.print(f"exported {n} cells to {out_file}", markup=False)
+        out.print(f"exported {n} cells to {out_file}", markup=False, soft_wrap=True)
 
     run(go)
 
@@ -268,7 +275,8 @@ def _print_fit(res: dict) -> None:
     src = res["source"]
     what = src.get("csv") or ", ".join(f"{k}={src[k]}" for k in ("model", "kind", "objective", "benchmark") if k in src)
     law = res["law"]
-    t = Table(title=f"ΔL = C·r^α·ℓ^(−β) + b   ({res['n']} cells: {what})")
+    out.print(f"ΔL = C·r^α·ℓ^(−β) + b fitted to {res['n']} cells ({what})", markup=False, soft_wrap=True)
+    t = Table()
     t.add_column("parameter")
     t.add_column("value ± stderr", justify="right")
     for name, label in (("C", "C"), ("alpha", "α"), ("beta", "β"), ("b", "b")):
@@ -281,7 +289,7 @@ def _print_fit(res: dict) -> None:
         fmt = lambda v: ",".join(f"{x:g}" for x in v)  # noqa: E731
         line += (f"   held-out MAPE {pct(ho['mape'])} (fit on ranks {fmt(ho['train_ranks'])}, "
                  f"predict ranks {fmt(ho['test_ranks'])})")
-    out.print(line + ("" if law["converged"] else "   (did not converge)"), markup=False)
+    out.print(line + ("" if law["converged"] else "   (did not converge)"), markup=False, soft_wrap=True)
     fr = res.get("frontier")
     if fr:
         pts = ", ".join(f"r={p[0]:g}: ℓ={p[1]:g}" for p in fr["points"])
@@ -289,7 +297,7 @@ def _print_fit(res: dict) -> None:
                   f"  [{pts}]" + (f"  ranks without full EM: {fr['missing_ranks']}" if fr["missing_ranks"] else ""),
                   markup=False)
     for note in res.get("notes", []) + res.get("warnings", []):
-        out.print(f"note: {note}", markup=False)
+        out.print(f"note: {note}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -336,20 +344,20 @@ def plan(
 
 
 def _print_plan(p, model: str, kind: str) -> None:
-    out.print(f"{p.n_records} records, ℓ = {p.length} value tokens under {model}; law from {kind} cells", markup=False)
+    out.print(f"{p.n_records} records, ℓ = {p.length} value tokens under {model}; law from {kind} cells", markup=False, soft_wrap=True)
     if p.rank is None:
-        out.print("no rank: " + "; ".join(p.notes), markup=False)
+        out.print("no rank: " + "; ".join(p.notes), markup=False, soft_wrap=True)
         return
     how = {"frontier": f"frontier needs r ≥ {_f(p.frontier_rank, 2)}",
            "law": f"law needs r ≥ {_f(p.law_rank, 2)} for the ΔL needed"}[p.rank_source]
     out.print(f"rank needed: {p.rank}  ({how}" + (f"; smallest measured rank that recalled ℓ ≥ {p.length}: "
-              f"{p.measured_rank}" if p.measured_rank is not None else "") + ")", markup=False)
+              f"{p.measured_rank}" if p.measured_rank is not None else "") + ")", markup=False, soft_wrap=True)
     out.print(f"predicted ΔL at rank {p.rank}: {_f(p.predicted_delta_loss)} nats; needed {_f(p.needed_delta_loss)} "
               f"(L_base {_f(p.L_base)}); margin {_f(p.margin)} nats"
-              + (f"; capacity margin {p.capacity_margin:+.0%}" if p.capacity_margin is not None else ""), markup=False)
+              + (f"; capacity margin {p.capacity_margin:+.0%}" if p.capacity_margin is not None else ""), markup=False, soft_wrap=True)
     if p.extrapolating:
-        out.print("EXTRAPOLATING: " + "; ".join(p.extrapolating), markup=False)
+        out.print("EXTRAPOLATING: " + "; ".join(p.extrapolating), markup=False, soft_wrap=True)
     else:
-        out.print("within the fitted ranks and lengths (interpolating)", markup=False)
+        out.print("within the fitted ranks and lengths (interpolating)", markup=False, soft_wrap=True)
     for note in p.notes:
-        out.print(f"note: {note}", markup=False)
+        out.print(f"note: {note}", markup=False, soft_wrap=True)

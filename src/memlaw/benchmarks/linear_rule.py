@@ -39,7 +39,8 @@ class LinearRule:
     seed: int
 
 
-def linear_rule(n_train: int = 100, n_held_out: int = 100, *, seed: int = 0, low: int = 0, high: int = 99) -> LinearRule:
+def linear_rule(n_train: int = 100, n_held_out: int = 100, *, seed: int = 0, low: int = 0,
+                high: int = 99) -> LinearRule:
     """Training and held-out pairs (x, y) ∈ [low, high]², disjoint, from one shuffle seeded by `seed`.
 
     The training set for (n, seed) is a prefix of the one for (n + k, seed); the held-out set does

@@ -101,7 +101,7 @@ def paper_document(ratio: str = "r100") -> Document:
     """The paper's document for `ratio` (r0, r20, …, r80, r100 = random.jsonl), NUL characters dropped."""
     path = paper_path(ratio)
     obj = json.loads(path.read_text(encoding="utf-8"))
-    name, value = parse_ratio(ratio)
+    _, value = parse_ratio(ratio)
     return Document(obj["question"], _drop_nul(obj["matching"], str(path)), value, f"paper:{path.name}",
                     tuple(obj.get("noise_positions", ())))
 
@@ -132,6 +132,16 @@ def regular_token_ids(tokenizer) -> list[int]:
     return [i for i, piece in zip(ids, pieces) if "\x00" not in piece]
 
 
+def replace_tokens(ids: list[int], positions: list[int], pool: list[int], seed: int = 0) -> list[int]:
+    """`ids` with the token at each of `positions` replaced by a uniform draw from `pool` (seeded numpy PCG64)."""
+    if not positions:
+        return list(ids)
+    draws = np.random.default_rng(seed).integers(0, len(pool), size=len(positions))
+    noisy = np.asarray(ids, dtype=np.int64)
+    noisy[positions] = np.asarray(pool, dtype=np.int64)[draws]
+    return noisy.tolist()
+
+
 def build_document(text: str, tokenizer, ratio: str | float, *, seed: int = 0, question: str = QUESTION) -> Document:
     """`text` with a share `ratio` of its tokens (under `tokenizer`) replaced by random regular tokens.
 
@@ -140,19 +150,13 @@ def build_document(text: str, tokenizer, ratio: str | float, *, seed: int = 0, q
     `ratio` (exact where every replaced token is a whole word piece).
     """
     _, value = parse_ratio(ratio)
-    ids = tokenizer(_drop_nul(text, "text"), add_special_tokens=False).input_ids
+    ids = tokenizer(_drop_nul(text, "text"), add_special_tokens=False, verbose=False).input_ids
     if not ids:
         raise ConfigError("the long-context source text is empty")
     positions = noise_positions(len(ids), value)
-    if positions:
-        pool = np.asarray(_pool(tokenizer))
-        draws = np.random.default_rng(seed).integers(0, len(pool), size=len(positions))
-        noisy = np.asarray(ids)
-        noisy[positions] = pool[draws]
-        ids = noisy.tolist()
-    decoded = _decode(tokenizer, ids)
+    ids = replace_tokens(ids, positions, _pool(tokenizer) if positions else [], seed)
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-    return Document(question, decoded, value, f"own:{name}", tuple(positions), len(ids))
+    return Document(question, _decode(tokenizer, ids), value, f"own:{name}", tuple(positions), len(ids))
 
 
 _POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -213,7 +217,7 @@ def _head_ids(tokenizer, text: str, n: int, margin: int = 64) -> list[int]:
     """
     chars = max(1024, 8 * (n + margin))
     while True:
-        ids = tokenizer(text[:chars], add_special_tokens=False).input_ids
+        ids = tokenizer(text[:chars], add_special_tokens=False, verbose=False).input_ids
         if chars >= len(text) or len(ids) >= n + margin:
             return ids[:n]
         chars *= 2
@@ -272,4 +276,4 @@ def _own_from_paper(tokenizer, ratio: float, seed: int) -> Document:
 
 
 __all__ = ["QUESTION", "RATIOS", "Document", "parse_ratio", "paper_document", "noise_positions",
-           "regular_token_ids", "build_document", "prefix_value", "long_context", "document"]
+           "regular_token_ids", "replace_tokens", "build_document", "prefix_value", "long_context", "document"]

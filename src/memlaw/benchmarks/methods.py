@@ -73,7 +73,7 @@ class MethodsGrid:
     seed: int = 0
     prompt: PromptConfig = field(default_factory=PromptConfig)
     check_every: int | None = None
-    """Certificate checks (training history) every k steps; None: steps // 20."""
+    """Certificate checks (training history) every k steps; None: steps // 10."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -137,7 +137,7 @@ def cell_configs(grid: MethodsGrid, method: str, rank: int, n_records: int) -> d
         "adapter": AdapterConfig(kind=grid.adapter, rank=rank, layer=grid.layer),
         "objective": ObjectiveConfig(name=OBJECTIVES[grid.benchmark][method]),
         "train": TrainConfig(lr=grid.lr, batch_size=batch, max_steps=grid.steps, until="budget", seed=grid.seed,
-                             check_every=grid.check_every or max(1, grid.steps // 20)),
+                             check_every=grid.check_every or max(1, grid.steps // 10)),
         "prompt": grid.prompt,
     }
 

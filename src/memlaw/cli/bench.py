@@ -46,7 +46,8 @@ def methods(
         help="PhoneBook: PB<N> value tokens (default 160); long-context: ℓ tokens (200); "
              "linear-rule: training pairs (100).")] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps per cell, the same for every method.")] = 300,
-    model: Annotated[str, typer.Option(help="smollm2-135m, gemma3-270m, tiny, a hub id or a local directory.")] = "smollm2-135m",
+    model: Annotated[str, typer.Option(
+        help="smollm2-135m, gemma3-270m, tiny, a hub id or a local directory.")] = "smollm2-135m",
     ratio: Annotated[str, typer.Option(help="Long-context noise: r0, r20, r40, r60, r80, r100.")] = "r100",
     source: Annotated[str, typer.Option(help="Long-context document: own (built in the model's token space "
                                              "from the paper's r0 text) or paper (the paper's Qwen3 files).")] = "own",
@@ -57,9 +58,13 @@ def methods(
     layer: Annotated[Optional[int], typer.Option(help="Probe layer (default: the paper's relative depth).")] = None,
     seed: Annotated[int, typer.Option(help="Seed (adapter init, order, dropout, data).")] = 0,
     dtype: Annotated[str, typer.Option(help="auto (bf16 where fast), bfloat16 or float32.")] = "auto",
-    template: Annotated[Optional[str], typer.Option(help="Prompt template: chat or plain (default: chat if the tokenizer has one).")] = None,
-    out_file: Annotated[Optional[Path], typer.Option("--out", "--store", help="JSONL file: one row per cell with "
-                                                     "its full metrics; cells already there are not run again.")] = None,
+    template: Annotated[Optional[str], typer.Option(
+        help="Prompt template: chat or plain (default: chat if the tokenizer has one).")] = None,
+    out_file: Annotated[Optional[Path], typer.Option(
+        "--out", "--store", help="JSONL file: one row per cell with its full metrics; cells already there "
+                                 "are not run again.")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        help="torch CPU threads (1 is fastest when other jobs share the CPU).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of the table.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -70,6 +75,10 @@ def methods(
         from memlaw.benchmarks.methods import MethodsGrid, append_row, read_rows, run_methods
         from memlaw.models import load_base
 
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(max(1, threads))
         grid = MethodsGrid(benchmark=benchmark.value, ranks=_ints(ranks, "ranks"), lengths=_ints(lengths, "lengths"),
                            steps=steps, lr=lr, batch_size=batch_size, adapter=adapter, layer=layer, ratio=ratio,
                            source=source, held_out=held_out, seed=seed, prompt=PromptConfig(template=template))
@@ -98,8 +107,8 @@ def methods(
         out.print(methods_table(rows, grid, base.name))
         ran = [r for r in rows if r["cell_id"] not in done]
         wall = sum(r["wall_s"] for r in ran)
-        out.print(f"{len(rows)} cells ({len(ran)} run, {len(rows) - len(ran)} from {out_file}), "
-                  f"{grid.steps} optimizer steps each, {wall:.0f} s"
+        reused = f", {len(rows) - len(ran)} from {out_file}" if out_file is not None else ""
+        out.print(f"{len(rows)} cells ({len(ran)} run{reused}), {grid.steps} optimizer steps each, {wall:.0f} s"
                   + (f"; rows in {out_file}" if out_file is not None else ""), markup=False)
 
     run(go)
@@ -117,8 +126,9 @@ def methods_table(rows: list[dict], grid, model: str) -> Table:
 
     columns, cells = table(rows)
     what = {"long-context": f"long-context {grid.ratio} ({grid.source})", "phonebook": "PhoneBook",
-            "linear-rule": f"linear rule (held-out {grid.held_out})"}[grid.benchmark]
-    t = Table(title=f"{what} on {model}: {CELL_METRIC[grid.benchmark]}, {grid.adapter}, {grid.steps} steps each")
+            "linear-rule": f"linear rule, {grid.held_out} held out"}[grid.benchmark]
+    t = Table(title=f"{what} on {model}", caption=f"{CELL_METRIC[grid.benchmark]}; {grid.adapter}, "
+                                                  f"{grid.steps} steps per cell")
     t.add_column("method")
     for c in columns:
         t.add_column(c, justify="right", no_wrap=True)

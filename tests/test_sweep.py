@@ -77,6 +77,7 @@ def test_key_ignores_the_sweep_name_and_int_vs_float_spelling():
     ({"benchmark": {"name": "phonebok"}}, "did you mean 'phonebook'"),
     ({"benchmark": {"name": "phonebook", "ratio": 0.2}}, "ratio is only for"),
     ({"train": {"lr": 0.1}}, "needs max_steps or epochs"),
+    ({"dtype": "fp16"}, "dtype must be one of"),
 ])
 def test_bad_sweeps_raise_config_error_naming_the_problem(change, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("`", ".")):

@@ -34,6 +34,7 @@ from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainCon
 from memlaw.errors import ConfigError
 
 BENCHMARKS = ("phonebook", "long-context", "records")
+DTYPES = ("auto", "bfloat16", "bf16", "float32", "fp32")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,6 +148,10 @@ class SweepConfig:
                 problems.append(f"{axis} must be >= 1, got {list(values)}")
         if not self.name or not isinstance(self.name, str):
             problems.append("name must be a non-empty string")
+        if not self.model or not isinstance(self.model, str):
+            problems.append("model must be a non-empty string (an embedded name, a hub id or a directory)")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if problems:
             raise ConfigError("sweep: " + "; ".join(problems))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from memlaw.errors import ConfigError
 from memlaw.models import BaseModel, load_base, resolve_dtype
@@ -39,6 +40,7 @@ def run_local(sweep: SweepConfig, store: Store, *, base: BaseModel | None = None
     Raises:
         ConfigError: a length the benchmark cannot reach, or a `base` that is not the sweep's model.
     """
+    started = time.perf_counter()
     todo = pending_cells(sweep, store.finished_keys())
     skipped = len(sweep.cells()) - len(todo)
     if not todo:
@@ -50,7 +52,7 @@ def run_local(sweep: SweepConfig, store: Store, *, base: BaseModel | None = None
                           f"{base.name!r} in {base.dtype}")
     # Build every cell's records before the first write: a bad length fails now, not an hour in.
     costs = {c.key: cell_cost(c, len(cell_records(c.benchmark, c.length, base.tokenizer))) for c in todo}
-    tracker = Tracker(costs, skipped, on_cell)
+    tracker = Tracker(costs, skipped, on_cell, started=started)
     for cell in todo:
         if store.is_done(cell.key):          # another writer on this store got there first
             tracker.skip(cell.key)

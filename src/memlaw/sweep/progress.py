@@ -41,7 +41,7 @@ class SweepSummary:
     skipped: int       # already finished before this run
     ran: int           # run and stored now (done or failed)
     failed: int
-    wall_s: float
+    wall_s: float      # the whole run: loading the model (or starting Ray) included
     executor: str
 
     @property
@@ -73,10 +73,14 @@ def cell_cost(cell: CellConfig, n_records: int) -> float:
 class Tracker:
     """Counts finished cells and turns their cost into an ETA; calls `on_cell` with each event."""
 
-    def __init__(self, costs: dict[str, float], skipped: int, on_cell: CellCallback | None):
+    def __init__(self, costs: dict[str, float], skipped: int, on_cell: CellCallback | None, *,
+                 started: float | None = None):
+        """`started`: `time.perf_counter()` when the run began (model loading, actor start-up); the
+        summary's wall time counts from it, the ETA from now (the first cell)."""
         self.costs, self.skipped, self.on_cell = costs, skipped, on_cell
         self.total, self.done, self.failed, self.cost_done = len(costs), 0, 0, 0.0
         self.t0 = time.perf_counter()
+        self.started = self.t0 if started is None else started
         self._emit(None, False)
 
     def finished(self, result: CellResult, stored: bool) -> None:
@@ -102,7 +106,7 @@ class Tracker:
 
     def summary(self, sweep: SweepConfig, executor: str) -> SweepSummary:
         return SweepSummary(sweep.name, len(sweep.cells()), self.skipped, self.done, self.failed,
-                            time.perf_counter() - self.t0, executor)
+                            time.perf_counter() - self.started, executor)
 
 
 __all__ = ["CellEvent", "CellCallback", "SweepSummary", "Tracker", "pending_cells", "cell_cost"]

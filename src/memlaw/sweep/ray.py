@@ -9,6 +9,7 @@ Only the driver touches the store, so the store never needs to be on a shared fi
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from typing import Any
 
@@ -72,13 +73,14 @@ def run_ray(sweep: SweepConfig, store: Store, *, address: str | None = None, num
         on_cell: progress over cells, as the local executor's.
         init_kwargs: extra arguments for `ray.init` (e.g. runtime_env).
     """
+    started = time.perf_counter()
     todo = pending_cells(sweep, store.finished_keys())
     skipped = len(sweep.cells()) - len(todo)
     if not todo:
         return Tracker({}, skipped, on_cell).summary(sweep, "ray")
     ray = _import_ray()
-    started = not ray.is_initialized()
-    if started:
+    own_ray = not ray.is_initialized()
+    if own_ray:
         kwargs = {"include_dashboard": False, "log_to_driver": False, **(init_kwargs or {})}
         ray.init(address=address, **kwargs)
     try:
@@ -95,13 +97,14 @@ def run_ray(sweep: SweepConfig, store: Store, *, address: str | None = None, num
             counts = ray.get(workers[0].count_records.remote(todo))   # checks every length before any write
         except Exception as e:
             raise _cause(e) from None
-        tracker = Tracker({c.key: cell_cost(c, k) for c, k in zip(todo, counts)}, skipped, on_cell)
+        costs = {c.key: cell_cost(c, k) for c, k in zip(todo, counts)}
+        tracker = Tracker(costs, skipped, on_cell, started=started)
         _dispatch(ray, workers, deque(todo), store, sweep, tracker)
         for w in workers:
             ray.kill(w)
         return tracker.summary(sweep, "ray")
     finally:
-        if started:
+        if own_ray:
             ray.shutdown()
 
 

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 
-.PHONY: setup demo test test-fast test-slow bench clean
+.PHONY: setup demo test test-fast test-slow bench clean chromium
 
 setup: $(VENV)/.installed
 
@@ -18,9 +18,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/memlaw demo
 
-test: setup test-fast test-slow
+test: setup chromium test-fast test-slow
 
-test-fast: setup
+# Headless Chromium renders the HTML report in tests/test_report.py (Debian package; root on a fresh
+# machine, sudo otherwise). Skipped when a chromium is already on PATH.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; }
+
+test-fast: setup chromium
 	$(PY) -m pytest -q
 
 test-slow: setup

@@ -177,6 +177,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, what: str | None = None
         return cls(**data)
     except TypeError as e:
         raise ConfigError(f"{what or cls.__name__}: {e}") from None
+    except ConfigError as e:  # name the file or section the settings came from
+        if what is None or str(e).startswith(what):
+            raise
+        raise ConfigError(f"{what}: {e}") from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
                           PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 
 from memlaw.errors import ModelError
@@ -277,6 +277,21 @@ def _load_pretrained(name: str, where: str | Path, dtype: torch.dtype):
         raise ModelError(f"cannot load model {name!r}: not an embedded name ({', '.join([*EMBEDDED, 'tiny'])}), "
                          f"not a local directory, and as a hub id: {cause}{hint}") from e
     return model, tok
+
+
+def check_model_name(name: str) -> None:
+    """Fail fast (before any work is done) on a model name that cannot load: embedded, tiny, a local
+    directory, or a hub id whose config is reachable (cached or online) pass; anything else raises."""
+    if name == "tiny" or name in EMBEDDED or Path(name).is_dir():
+        return
+    try:
+        AutoConfig.from_pretrained(name)
+    except (OSError, ValueError, KeyError) as e:
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        close = difflib.get_close_matches(name, [*EMBEDDED, "tiny"], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ModelError(f"cannot load model {name!r}: not an embedded name ({', '.join([*EMBEDDED, 'tiny'])}), "
+                         f"not a local directory, and as a hub id: {cause}{hint}") from None
 
 
 def load_base(name: str = "smollm2-135m", *, dtype: str | torch.dtype = "auto", device: str = "cpu",

@@ -161,25 +161,37 @@ def write(base, adapter, enc: Encoded, objective: ObjectiveConfig, cfg: TrainCon
 
 
 def write_many(base, stack, encs: list[Encoded], objectives: list[ObjectiveConfig], cfgs: list[TrainConfig], *,
-               on_step: Callable[[int, StepInfo], None] | None = None) -> list[TrainResult]:
+               on_step: Callable[[int, StepInfo], None] | None = None,
+               on_check: Callable[[int, int, dict[int, TokenProbs]], None] | None = None) -> list[TrainResult]:
     """Train K probe adapters (a `ProbeStack`, attached) on K memories in one forward pass per step.
 
     Each adapter sees exactly what `write` would give it: its own batches, objective, LR schedule,
-    gradient clipping and AdamW moments (a vectorised AdamW with per-adapter step counts), and it
-    stops on its own rule; a stopped adapter is frozen. Only the pass is shared.
+    gradient clipping, dropout masks (its own generator, seeded `cfgs[k].seed` as `write` seeds the
+    global one) and AdamW moments (a vectorised AdamW with per-adapter step counts), and it stops on
+    its own rule; a stopped adapter is frozen. Only the pass is shared.
+
+    Args:
+        on_step: called with (k, StepInfo) after every step of each adapter still training.
+        on_check: called with (k, step, every record's p_t) at each of adapter k's checks.
+
+    Returns:
+        One `TrainResult` per adapter; its wall time runs until that adapter stopped.
     """
     K = len(encs)
-    torch.manual_seed(cfgs[0].seed)
     runs = [_Run(base, e, o, c, stack.first_layer) for e, o, c in zip(encs, objectives, cfgs)]
+    stack.seed_dropout([c.seed for c in cfgs])
     moments = [(p, torch.zeros_like(p), torch.zeros_like(p)) for p in (stack.A, stack.B)]
     t_adam = torch.zeros(K)
+    clip = torch.tensor([c.clip for c in cfgs])
     beta1, beta2, eps = 0.9, 0.999, 1e-8
+    results: list[TrainResult | None] = [None] * K
     stack.train()
     t0 = time.perf_counter()
     while not all(r.done for r in runs):
         live = [k for k, r in enumerate(runs) if not r.done]
         parts = [(runs[k].tf, runs[k].next_rows()) for k in live]
         stack.index = torch.cat([torch.full((len(rows),), k) for k, (_, rows) in zip(live, parts)])
+        stack.parts = [(k, len(rows), _seq_len(runs[k].enc, rows)) for k, (_, rows) in zip(live, parts)]
         outs = joint_logits(parts)
         total, stepping = 0.0, torch.zeros(K, dtype=torch.bool)
         for k, (logits, batch) in zip(live, outs):
@@ -191,19 +203,28 @@ def write_many(base, stack, encs: list[Encoded], objectives: list[ObjectiveConfi
         lrs = torch.tensor([r.lr() for r in runs])
         if stepping.any():
             total.backward()
-            stack.clip_(cfgs[0].clip)
+            stack.clip_(clip)
             t_adam += stepping.float()
             for p, mom, var in moments:
                 _adamw_(p, mom, var, stepping, t_adam, lrs, beta1, beta2, eps)
             stack.A.grad = stack.B.grad = None
-        stack.index = None
+        stack.index = stack.parts = None
         for k in live:
-            stubborn, certified = runs[k].after_step(_Slice(stack, k), t0, runs[k].lr(), None)
+            r = runs[k]
+            next_lr = r.cfg.lr * max(0.0, 1.0 - (r.step + 1) / r.total)   # what `write` logs: the LR after this step
+            checked = None if on_check is None else (lambda step, probs, k=k: on_check(k, step, probs))
+            stubborn, certified = r.after_step(_Slice(stack, k), t0, next_lr, checked)
             if on_step is not None:
-                r = runs[k]
                 on_step(k, StepInfo(r.step, r.total, r.loss, stubborn, certified, r.n, time.perf_counter() - t0))
+            if r.done:
+                results[k] = r.result(t0)
     stack.eval()
-    return [r.result(t0) for r in runs]
+    return results  # type: ignore[return-value]   (every run is done, so every result is set)
+
+
+def _seq_len(enc: Encoded, rows: list[int]) -> int:
+    """Padded length of a batch of `rows`: its longest prompt + answer (what `collate` pads to)."""
+    return max(len(enc.prompt_ids[i]) + len(enc.answer_ids(i)) for i in rows)
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ decoding (KV cache); a certified record that greedy decoding gets wrong is count
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import Tensor
-from transformers import GenerationConfig
+from transformers import DynamicCache, GenerationConfig
 
 from memlaw.encode import Encoded
 from memlaw.forward import TeacherForcer
@@ -84,28 +85,62 @@ def record_verdict(key: str, probs: TokenProbs, n_value: int, margin: float = 0.
 
 @torch.no_grad()
 def greedy(base, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int], stop_id: int,
-           batch_size: int = 64) -> list[list[int]]:
-    """Batched greedy decoding with KV cache; prompts of equal length share a batch, so nothing is padded."""
+           batch_size: int = 64, *, hf_generate: bool = False) -> list[list[int]]:
+    """Batched greedy decoding with KV cache; prompts of equal length share a batch, so nothing is padded.
+
+    Each output is cut after its first `stop_id` and at its limit. `hf_generate=True` decodes with
+    transformers' `generate` instead of the minimal loop below (same tokens, more per-step overhead;
+    kept as the reference the tests compare against).
+    """
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     buckets: dict[int, list[int]] = defaultdict(list)
     for i, p in enumerate(prompts):
         buckets[len(p)].append(i)
-    pad = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else stop_id
+    decode = _generate_batch if hf_generate else _greedy_batch
     outputs: list[list[int]] = [[] for _ in prompts]
     for length, idx in sorted(buckets.items()):
         for lo in range(0, len(idx), batch_size):
             part = idx[lo: lo + batch_size]
             ids = torch.tensor([list(prompts[i]) for i in part], device=base.device)
-            n_new = max(limits[i] for i in part)
-            cfg = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=n_new, eos_token_id=stop_id,
-                                   pad_token_id=pad)
-            out = base.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
+            new = decode(base, ids, max(limits[i] for i in part), stop_id)
             for b, i in enumerate(part):
-                new = out[b, length:].tolist()
-                if stop_id in new:
-                    new = new[: new.index(stop_id) + 1]
-                outputs[i] = new[: limits[i]]
+                if stop_id in new[b]:
+                    new[b] = new[b][: new[b].index(stop_id) + 1]
+                outputs[i] = new[b][: limits[i]]
     return outputs
+
+
+def _greedy_batch(base, ids: Tensor, n_new: int, stop_id: int) -> list[list[int]]:
+    """Argmax decoding of equal-length prompts (B, P): one prefill, then one cached step per token.
+
+    The same model calls `generate` makes (no padding, so no attention mask; positions from the
+    cache), without its per-step logits processors and stopping criteria. Returns (B, ≤ n_new) tokens.
+    """
+    model = base.model
+    cache = DynamicCache(config=model.config)
+    keep = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+    logits = model(input_ids=ids, past_key_values=cache, use_cache=True, **keep).logits[:, -1]
+    done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+    steps: list[Tensor] = []
+    for t in range(n_new):
+        token = logits.float().argmax(-1)                         # (B,)
+        steps.append(token)
+        done |= token == stop_id
+        if t == n_new - 1 or bool(done.all()):                    # a sync point, once per token
+            break
+        logits = model(input_ids=token[:, None], past_key_values=cache, use_cache=True, **keep).logits[:, -1]
+    return torch.stack(steps, 1).tolist()
+
+
+def _generate_batch(base, ids: Tensor, n_new: int, stop_id: int) -> list[list[int]]:
+    pad = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else stop_id
+    cfg = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=n_new, eos_token_id=stop_id, pad_token_id=pad)
+    out = base.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
+    return out[:, ids.shape[1]:].tolist()
+
+
+def _takes_logits_to_keep(model) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def score_recall(enc: Encoded, i: int, out: list[int]) -> tuple[bool, int, int | None, str]:

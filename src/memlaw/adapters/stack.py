@@ -5,11 +5,19 @@ out_b + dropout(x_b @ A[k_b] @ B[k_b]), a batched per-sample low-rank map (torch
 differ: A and B are zero-padded to the largest rank, and padding stays exactly zero in training
 (its gradients are x·(g·0ᵀ) = 0 and (x·0)ᵀ·g = 0, and AdamW moves nothing with zero gradients and
 zero moments), so each slice is the adapter it would be alone.
+
+Dropout: when the caller says which rows and lengths belong to which adapter (`parts`, set per pass
+by `write_many`), adapter k draws its own mask from its own generator, seeded like `write` seeds the
+global one, over exactly the (rows, length, d) block a separate run would draw. On CPU that is the
+same mask bit for bit, so a stacked cell matches its separate run with dropout on too (up to the
+floating-point effect of a different batch shape), and it does not depend on which other cells
+share its pass.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memlaw.adapters.probe import ProbeAdapter
@@ -33,7 +41,33 @@ class ProbeStack(nn.Module):
         self.A, self.B = nn.Parameter(A), nn.Parameter(B)
         self.drop = nn.Dropout(probes[0].drop.p)
         self.index: Tensor | int | None = None   # adapter of each sample (B,), or one for all; set per pass
+        self.parts: list[tuple[int, int, int]] | None = None
+        """Per pass: (adapter k, rows, sequence length) of each block of the batch, in order (for dropout)."""
+        self.seeds: list[int] | None = None      # dropout seed of each adapter (`seed_dropout`)
+        self._generators: dict[int, torch.Generator] = {}
         self._handles: list = []
+
+    def seed_dropout(self, seeds: list[int]) -> None:
+        """Give adapter k its own dropout generator, seeded `seeds[k]` (what `write` does with the global one)."""
+        if len(seeds) != len(self.ranks):
+            raise AdapterError(f"seed_dropout needs {len(self.ranks)} seeds, got {len(seeds)}")
+        self.seeds, self._generators = list(seeds), {}
+
+    def _dropout(self, delta: Tensor) -> Tensor:
+        """Dropout on a joint batch: block by block from each adapter's generator when `parts` says how."""
+        if not (self.training and self.drop.p > 0 and self.parts is not None and self.seeds is not None):
+            return self.drop(delta)
+        keep, S = 1.0 - self.drop.p, delta.shape[1]
+        out, lo = [], 0
+        for k, n, length in self.parts:
+            d = delta[lo: lo + n, :length]                          # the block a separate run would see
+            if k not in self._generators:
+                self._generators[k] = torch.Generator(device=delta.device).manual_seed(self.seeds[k])
+            noise = torch.empty_like(d).bernoulli_(keep, generator=self._generators[k])
+            noise.div_(keep)                                        # as ATen's CPU dropout: x * (bernoulli / keep)
+            out.append(F.pad(d * noise, (0, 0, 0, S - length)))
+            lo += n
+        return torch.cat(out)
 
     @property
     def first_layer(self) -> int:
@@ -55,7 +89,7 @@ class ProbeStack(nn.Module):
                 A = self.A[self.index].to(x.dtype)                  # (B, D, R)
                 B = self.B[self.index].to(x.dtype)                  # (B, R, D)
                 delta = torch.bmm(torch.bmm(x, A), B)
-            h = h + self.drop(delta)
+            h = h + self._dropout(delta)
             return (h, *out[1:]) if isinstance(out, tuple) else h
 
         self.to(base.device)
@@ -67,9 +101,12 @@ class ProbeStack(nn.Module):
             h.remove()
         self._handles = []
 
-    def clip_(self, max_norm: float) -> Tensor:
-        """Clip each adapter's gradient to `max_norm` on its own (as separate runs would); returns the norms."""
+    def clip_(self, max_norm: float | Tensor) -> Tensor:
+        """Clip each adapter's gradient to `max_norm` (one for all, or (K,)) on its own, as separate runs
+        would; returns the norms."""
         norms = (self.A.grad.pow(2).sum((1, 2)) + self.B.grad.pow(2).sum((1, 2))).sqrt()   # (K,)
+        if isinstance(max_norm, Tensor):
+            max_norm = max_norm.to(norms)
         scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
         self.A.grad.mul_(scale[:, None, None])
         self.B.grad.mul_(scale[:, None, None])

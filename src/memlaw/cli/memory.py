@@ -265,4 +265,5 @@ def demo(
     run(go)
 
 
+DEMO_RANK = 16
 DEMO_TRAIN = TrainConfig(until="certified", max_steps=600, batch_size=16, lr=1e-2, check_every=10)

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from memlaw.cli._common import app, err, nullcontext, out, run, setup_logging
+from memlaw.errors import ConfigError, MemlawError
 
 runs_app = typer.Typer(no_args_is_help=True, help="Inspect and export the cells in a results store.")
 app.add_typer(runs_app, name="runs")
@@ -111,6 +112,12 @@ def sweep(
         from memlaw.sweep import load_sweep, run_sweep
 
         cfg = load_sweep(grid)
+        from memlaw.models import check_model_name
+
+        try:
+            check_model_name(cfg.model)          # before the store is created: nothing half-written
+        except MemlawError as e:
+            raise ConfigError(f"{grid}: {e}") from None
         with open_store(store) as db:
             if dry_run:
                 _dry_run(cfg, db.finished_keys(), as_json)

@@ -102,7 +102,7 @@ def versions() -> dict[str, str]:
             "numpy": np.__version__, "python": sys.version.split()[0], "platform": platform.platform()}
 
 
-def run_cell(cell: CellConfig, base, *, on_step: StepCallback | None = None, token_probs: bool = False,
+def run_cell(cell: CellConfig, base, *, on_step: StepCallback | None = None, token_probs: bool | int = False,
              recall: bool = True) -> CellResult:
     """One write + verify for one grid cell. Persisting is the executor's job.
 
@@ -111,7 +111,9 @@ def run_cell(cell: CellConfig, base, *, on_step: StepCallback | None = None, tok
         base: the loaded base model; it must be `cell.model` (it is only borrowed: the adapter is
             detached again before returning).
         on_step: progress callback of the write loop.
-        token_probs: keep every record's p_t at every certificate check.
+        token_probs: keep every record's p_t at certificate checks: True at every check, an integer
+            N >= 1 at the first check and then at checks at least N steps after the last one kept;
+            the last check (the final p_t, which `verify` measures again) is always kept. False: none.
         recall: confirm with greedy decoding (EM, free-run accuracy).
 
     Returns:
@@ -129,18 +131,24 @@ def run_cell(cell: CellConfig, base, *, on_step: StepCallback | None = None, tok
     except MemlawError as e:
         logger.warning("cell %s failed: %s", key[:12], e)
         return CellResult(key, cell, "failed", versions=versions(), error=str(e))
+    every = probs_interval(token_probs)
     kept: list[tuple[int, int, bytes]] = []
+    pending: list[tuple[int, dict[int, TokenProbs]]] = []     # the latest check not kept (yet)
 
     def on_check(step: int, probs: dict[int, TokenProbs]) -> None:
-        kept.extend((step, i, probs[i].p.to(torch.float16).numpy().tobytes()) for i in sorted(probs))
+        pending[:] = [(step, probs)]
+        if not kept or step - kept[-1][0] >= every:
+            kept.extend(_probs_rows(*pending.pop()))
 
     adapter.attach(base)
     try:
         trained = write(base, adapter, enc, cell.objective, cell.train, on_step=on_step,
-                        on_check=on_check if token_probs else None)
+                        on_check=on_check if every else None)
         checked = verify(base, adapter, enc, recall=recall, margin=cell.train.margin, base_losses=losses)
     finally:
         adapter.detach()
+    if pending:                                             # the final p_t is always kept
+        kept.extend(_probs_rows(*pending.pop()))
     metrics = {
         **checked.summary(),
         "steps": trained.steps, "certified_all": trained.certified, "write_s": trained.wall_s,
@@ -148,8 +156,40 @@ def run_cell(cell: CellConfig, base, *, on_step: StepCallback | None = None, tok
         "wall_s": time.perf_counter() - t0,
         "dtype": str(base.dtype).removeprefix("torch."), "device": str(base.device),
         "history": [{k: v for k, v in h.items() if k != "elapsed"} for h in trained.history],
+        "records": record_columns(checked),
     }
     return CellResult(key, cell, "done", metrics, versions(), kept)
+
+
+def probs_interval(token_probs: bool | int) -> int:
+    """Steps between kept p_t checks: 0 (keep none), 1 (every check) or N (see `run_cell`)."""
+    if token_probs is True:
+        return 1
+    if token_probs is False or token_probs is None:
+        return 0
+    if not isinstance(token_probs, int) or token_probs < 1:
+        raise ConfigError(f"token_probs must be true, false or an interval in steps >= 1, got {token_probs!r}")
+    return token_probs
+
+
+def _probs_rows(step: int, probs: dict[int, TokenProbs]) -> list[tuple[int, int, bytes]]:
+    return [(step, i, probs[i].p.to(torch.float16).numpy().tobytes()) for i in sorted(probs)]
+
+
+RECORD_COLUMNS = ("n_value", "n_terminator", "certified", "em", "first_failure", "earliest_stubborn", "stubborn",
+                  "min_p", "tf_correct", "free_correct", "loss_final", "loss_base")
+"""Per-record verdict fields kept in `metrics["records"]` (positions are 0-based answer positions)."""
+
+
+def record_columns(checked) -> dict[str, list]:
+    """Every record's verdict, one list per field in record order (compact JSON for `memlaw.analysis`).
+
+    Positions and counts only: no key, no value, no greedy output (values may be secrets).
+    """
+    def plain(x):
+        return round(x, 6) if isinstance(x, float) else x
+
+    return {name: [plain(getattr(v, name)) for v in checked.records] for name in RECORD_COLUMNS}
 
 
 def comparable(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -157,4 +197,5 @@ def comparable(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
 
 
-__all__ = ["CellResult", "run_cell", "cell_records", "prefix_by_length", "versions", "comparable", "TIMING_KEYS"]
+__all__ = ["CellResult", "run_cell", "cell_records", "prefix_by_length", "versions", "comparable", "TIMING_KEYS",
+           "record_columns", "probs_interval", "RECORD_COLUMNS"]

@@ -131,8 +131,9 @@ class SweepConfig:
     train: TrainConfig
     """Optimizer and budget (`max_steps` or `epochs`, `until`); `seed` comes from `seeds`."""
     prompt: PromptConfig = PromptConfig()
-    token_probs: bool = False
-    """Keep every record's p_t at every certificate check (side table `token_probs`, float16)."""
+    token_probs: bool | int = False
+    """Keep every record's p_t at certificate checks (side table `token_probs`, float16): true at every
+    check, N at checks at least N steps apart; the last check (final p_t) is always kept. Not in the key."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -150,6 +151,9 @@ class SweepConfig:
             problems.append("name must be a non-empty string")
         if not self.model or not isinstance(self.model, str):
             problems.append("model must be a non-empty string (an embedded name, a hub id or a directory)")
+        if not isinstance(self.token_probs, (bool, int)) or (not isinstance(self.token_probs, bool)
+                                                               and self.token_probs < 1):
+            problems.append(f"token_probs must be true, false or an interval in steps >= 1, got {self.token_probs!r}")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if problems:
@@ -181,7 +185,7 @@ def sweep_from_dict(data: dict[str, Any], where: str = "sweep") -> SweepConfig:
         if name in data:
             if not isinstance(data[name], dict):
                 raise ConfigError(f"{where}: {name} must be a mapping, got {data[name]!r}")
-            data[name] = _floats(from_dict(part, data[name], f"{where}.{name}"))
+            data[name] = _floats(from_dict(part, data[name], f"{where}: {name}"))
     if "train" not in data:
         raise ConfigError(f"{where}: missing `train` (a budget: max_steps or epochs)")
     for name in ("name", "model", "ranks", "lengths"):
@@ -205,7 +209,16 @@ def load_sweep(path: str | os.PathLike) -> SweepConfig:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         raise ConfigError(f"{path}:{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
-    return sweep_from_dict(data, where=str(path))
+    sweep = sweep_from_dict(data, where=str(path))
+    bench = sweep.benchmark
+    if bench.path is not None:
+        records = Path(bench.path)
+        if not records.is_absolute() and not records.exists():
+            records = path.parent / records           # relative to the grid file
+        if not records.is_file():
+            raise ConfigError(f"{path}: benchmark.path {bench.path}: no such file")
+        sweep = dataclasses.replace(sweep, benchmark=dataclasses.replace(bench, path=str(records)))
+    return sweep
 
 
 def _floats(cfg: Any) -> Any:

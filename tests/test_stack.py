@@ -1,5 +1,6 @@
 """Multi-adapter training: K probes in one pass give what K separate writes give."""
 
+import dataclasses
 import random
 
 import pytest
@@ -28,23 +29,28 @@ def setup(tiny_base, plain):
     return encs, cfgs, train
 
 
-@pytest.mark.parametrize("objective", ["sft", "memft-ot"])
-def test_stack_equals_separate_writes(tiny_base, setup, objective):
+@pytest.mark.parametrize("objective,dropout", [("sft", 0.0), ("memft-ot", 0.0), ("sft", 0.1)])
+def test_stack_equals_separate_writes(tiny_base, setup, objective, dropout):
+    """With dropout on too: each adapter draws its masks from its own generator, seeded like `write`'s."""
     encs, cfgs, train = setup
+    cfgs = [dataclasses.replace(c, dropout=dropout) for c in cfgs]
+    trains = [dataclasses.replace(train, seed=s) for s in (0, 1, 2)]       # one seed per memory
     obj = ObjectiveConfig(name=objective)
     alone = []
-    for enc, cfg in zip(encs, cfgs):
+    for enc, cfg, tr in zip(encs, cfgs, trains):
         ad = make_adapter(cfg, tiny_base, seed=7)
         ad.attach(tiny_base)
-        res = write(tiny_base, ad, enc, obj, train)
+        res = write(tiny_base, ad, enc, obj, tr)
         ad.detach()
         alone.append((ad, res))
     stack = ProbeStack([make_adapter(cfg, tiny_base, seed=7) for cfg in cfgs])
     stack.attach(tiny_base)
-    results = write_many(tiny_base, stack, encs, [obj] * 3, [train] * 3)
+    results = write_many(tiny_base, stack, encs, [obj] * 3, trains)
     stack.detach()
     for k, ((ad, res), joint) in enumerate(zip(alone, results)):
         assert joint.steps == res.steps
+        assert [h["lr"] for h in joint.history] == [h["lr"] for h in res.history]
+        assert [h["loss"] for h in joint.history] == pytest.approx([h["loss"] for h in res.history], abs=1e-4)
         p = stack.unstack(k)
         torch.testing.assert_close(p.A, ad.A.detach(), atol=2e-4, rtol=1e-3)
         torch.testing.assert_close(p.B, ad.B.detach(), atol=2e-4, rtol=1e-3)

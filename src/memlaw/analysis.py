@@ -146,6 +146,7 @@ def stubborn_vs_failure(rows: Iterable[Mapping[str, Any]]) -> StubbornFailure:
     from scipy.stats import spearmanr
 
     res = StubbornFailure()
+    rows = list(rows)
     for row in rows:
         recs = record_rows(row)
         if not recs or all(r.get("em") is None for r in recs):
@@ -165,7 +166,9 @@ def stubborn_vs_failure(rows: Iterable[Mapping[str, Any]]) -> StubbornFailure:
     res.exact = sum(p["earliest_stubborn"] == p["first_failure"] for p in res.points)
     x = np.array([p["earliest_stubborn"] for p in res.points], dtype=float)
     y = np.array([p["first_failure"] for p in res.points], dtype=float)
-    if res.n < 3:
+    if res.n == 0 and res.n_failed == 0 and res.cells_without_records and not any(record_rows(r) for r in rows):
+        res.note = "no cell carries per-record verdicts (metrics.records): nothing to correlate"
+    elif res.n < 3:
         res.note = f"ρ needs at least 3 failed records, got {res.n}"
     elif np.ptp(x) == 0 or np.ptp(y) == 0:
         res.note = "ρ is undefined: one of the two positions is the same for every failed record"

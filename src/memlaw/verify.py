@@ -116,10 +116,14 @@ def _greedy_batch(base, ids: Tensor, n_new: int, stop_id: int) -> list[list[int]
     The same model calls `generate` makes (no padding, so no attention mask; positions from the
     cache), without its per-step logits processors and stopping criteria. Returns (B, ≤ n_new) tokens.
     """
+    if n_new <= 0:
+        return [[] for _ in range(len(ids))]
     model = base.model
-    cache = DynamicCache(config=model.config)
-    keep = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
-    logits = model(input_ids=ids, past_key_values=cache, use_cache=True, **keep).logits[:, -1]
+    params = inspect.signature(model.forward).parameters
+    kw = {"cache" if "cache" in params else "past_key_values": DynamicCache(config=model.config), "use_cache": True}
+    if "logits_to_keep" in params:                                # the LM head on the last position only
+        kw["logits_to_keep"] = 1
+    logits = model(input_ids=ids, **kw).logits[:, -1]
     done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
     steps: list[Tensor] = []
     for t in range(n_new):
@@ -128,7 +132,7 @@ def _greedy_batch(base, ids: Tensor, n_new: int, stop_id: int) -> list[list[int]
         done |= token == stop_id
         if t == n_new - 1 or bool(done.all()):                    # a sync point, once per token
             break
-        logits = model(input_ids=token[:, None], past_key_values=cache, use_cache=True, **keep).logits[:, -1]
+        logits = model(input_ids=token[:, None], **kw).logits[:, -1]
     return torch.stack(steps, 1).tolist()
 
 
@@ -137,10 +141,6 @@ def _generate_batch(base, ids: Tensor, n_new: int, stop_id: int) -> list[list[in
     cfg = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=n_new, eos_token_id=stop_id, pad_token_id=pad)
     out = base.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
     return out[:, ids.shape[1]:].tolist()
-
-
-def _takes_logits_to_keep(model) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def score_recall(enc: Encoded, i: int, out: list[int]) -> tuple[bool, int, int | None, str]:

@@ -7,6 +7,7 @@ from memlaw.cli._common import app
 from memlaw.cli import memory  # noqa: F401  (write, recall, verify, demo)
 from memlaw.cli import sweep  # noqa: F401  (sweep, runs, fit, plan)
 from memlaw.cli import bench  # noqa: F401  (bench methods)
+from memlaw.cli import report  # noqa: F401  (report)
 
 
 def main() -> None:

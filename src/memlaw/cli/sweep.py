@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from enum import Enum
@@ -99,6 +100,9 @@ def sweep(
     num_cpus: Annotated[float, typer.Option(help="Ray: CPUs per actor (torch threads on CPU).")] = 1.0,
     actors: Annotated[Optional[int], typer.Option(help="Ray: number of actors (default: as many as fit).")] = None,
     device: Annotated[str, typer.Option(help="auto (cuda if available), cpu or cuda.")] = "auto",
+    stack: Annotated[Optional[int], typer.Option(min=1, help="Train up to K probe cells in one forward pass, each "
+                                                 "verified and stored alone (overrides the grid's `stack`; 1: off). "
+                                                 "Local executor.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and which are already stored; run nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-cell lines.")] = False,
@@ -118,6 +122,11 @@ def sweep(
             check_model_name(cfg.model)          # before the store is created: nothing half-written
         except MemlawError as e:
             raise ConfigError(f"{grid}: {e}") from None
+        if stack is not None:
+            cfg = dataclasses.replace(cfg, stack=stack)
+        if cfg.stack > 1 and executor == Executor.ray:
+            err.print(f"note: stack {cfg.stack} is for the local executor; Ray actors run one cell at a time",
+                      markup=False, highlight=False)
         with open_store(store) as db:
             if dry_run:
                 _dry_run(cfg, db.finished_keys(), as_json)

@@ -78,6 +78,8 @@ def law_panels(rows: Sequence[Mapping[str, Any]], params: Mapping[str, float] | 
                 fit = law(grid, o, **params) if ax is ax_r else law(o, grid, **params)
                 ax.plot(grid, fit, "-", color=color, alpha=0.8, lw=1.2)
         ax.set_xscale("log")
+        ax.set_xticks(inner, [f"{v:g}" for v in inner])          # the measured values, not 2×10⁰
+        ax.minorticks_off()
         ax.set_xlabel(xlabel)
         ax.set_ylabel("ΔL (nats)")
         ax.grid(alpha=0.3, which="both")
@@ -124,13 +126,13 @@ def heatmap(rows: Sequence[Mapping[str, Any]], value: str, *, title: str, fmt: s
     ax.set_yticks(range(len(ranks)), [f"{x:g}" for x in ranks])
     ax.set_xlabel("length ℓ (value tokens)")
     ax.set_ylabel("rank r")
-    finite = grid[np.isfinite(grid)]
-    mid = float(finite.mean()) if finite.size else 0.0
     for i in range(len(ranks)):
         for j in range(len(lengths)):
             if np.isfinite(grid[i, j]):
+                r, g, b, _ = im.cmap(im.norm(grid[i, j]))
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5         # perceived brightness of the square
                 ax.text(j, i, fmt.format(grid[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if grid[i, j] < mid else "black")
+                        color="white" if dark else "black")
     fig.colorbar(im, ax=ax)
     ax.set_title(title)
     return fig
@@ -220,7 +222,7 @@ def phase_figure(points: Sequence[Mapping[str, Any]], summary: Mapping[str, int]
     ax.set_xlabel("final teacher-forced p_t")
     ax.set_title(f"Phase picture: p_t > 0.5 ⇒ right; violations (shaded) = {summary.get('violations', 0)} "
                  f"of {summary.get('on_path', 0)} on-path positions")
-    ax.legend(fontsize=8, loc="center left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3, axis="x")
     return fig
 

@@ -6,6 +6,7 @@ base model resident, hands it in, and persists the returned `CellResult` to the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import sys
@@ -120,45 +121,148 @@ def run_cell(cell: CellConfig, base, *, on_step: StepCallback | None = None, tok
         A `CellResult`; status "failed" with the error text when the cell itself is invalid (a
         `MemlawError`, e.g. a length no prefix reaches). Other exceptions propagate.
     """
+    prep = prepare_cell(cell, base)                       # records, encoding, L_base, a fresh adapter
+    return prep if isinstance(prep, CellResult) else _write_alone(prep, base, on_step, token_probs, recall)
+
+
+def _write_alone(prep: _Prepared, base, on_step, token_probs, recall) -> CellResult:
+    keeper = ProbsKeeper(token_probs)
+    prep.adapter.attach(base)
+    try:
+        trained = write(base, prep.adapter, prep.enc, prep.cell.objective, prep.cell.train, on_step=on_step,
+                        on_check=keeper if keeper.every else None)
+        checked = verify(base, prep.adapter, prep.enc, recall=recall, margin=prep.cell.train.margin,
+                         base_losses=prep.losses)
+    finally:
+        prep.adapter.detach()
+    return cell_result(prep, base, trained, checked, keeper, wall_s=time.perf_counter() - prep.t0)
+
+
+def run_group(cells: list[CellConfig], base, *, on_step: StepCallback | None = None,
+              token_probs: bool | int = False, recall: bool = True) -> list[CellResult]:
+    """Several `probe` cells (as `stack_groups` forms them) trained in one forward pass per step, each verified alone.
+
+    `ProbeStack` + `write_many` give every cell its own batches, objective, schedule, clipping,
+    AdamW state and dropout masks, so each row is what `run_cell` stores up to the floating-point
+    effect of the joint batch shape (tests/test_sweep_stack.py states the tolerance), plus
+    `stacked: K` in its metrics. A cell's `write_s` is the shared training time until it stopped;
+    `wall_s` adds its own preparation and verification. Results come back in the order of `cells`.
+    """
+    preps = [prepare_cell(c, base) for c in cells]
+    ready = [p for p in preps if isinstance(p, _Prepared)]
+    if len(ready) == 1:                                   # a group of one: the plain path, no note
+        done = {id(ready[0]): _write_alone(ready[0], base, on_step, token_probs, recall)}
+    else:
+        done = _run_stacked(ready, base, on_step, token_probs, recall) if ready else {}
+    return [p if isinstance(p, CellResult) else done[id(p)] for p in preps]
+
+
+def _run_stacked(ready: list[_Prepared], base, on_step, token_probs, recall) -> dict[int, CellResult]:
+    from memlaw.adapters.stack import ProbeStack
+    from memlaw.train import write_many
+
+    K = len(ready)
+    keepers = [ProbsKeeper(token_probs) for _ in ready]
+    stack = ProbeStack([p.adapter for p in ready])
+    stack.attach(base)
+    try:
+        trained = write_many(base, stack, [p.enc for p in ready], [p.cell.objective for p in ready],
+                             [p.cell.train for p in ready], on_step=_lead_progress(on_step, ready),
+                             on_check=(lambda k, step, probs: keepers[k](step, probs)) if keepers[0].every else None)
+    finally:
+        stack.detach()
+    out = {}
+    for k, prep in enumerate(ready):
+        t_verify = time.perf_counter()
+        adapter = stack.unstack(k, dropout=prep.adapter.drop.p)
+        adapter.attach(base)
+        try:
+            checked = verify(base, adapter, prep.enc, recall=recall, margin=prep.cell.train.margin,
+                             base_losses=prep.losses)
+        finally:
+            adapter.detach()
+        wall = prep.prep_s + trained[k].wall_s + time.perf_counter() - t_verify
+        out[id(prep)] = cell_result(prep, base, trained[k], checked, keepers[k], wall_s=wall, stacked=K)
+    return out
+
+
+def _lead_progress(on_step: StepCallback | None, ready: list[_Prepared]):
+    """Progress of a stacked group as one bar: each joint step reports its first adapter still training."""
+    if on_step is None:
+        return None
+    total = max(p.cell.train.budget_steps(len(p.enc)) for p in ready)
+    last: list[int] = []
+
+    def forward(k: int, info) -> None:
+        if not last or k <= last[0]:                    # the first report of a new joint step
+            on_step(dataclasses.replace(info, total=total))
+        last[:] = [k]
+
+    return forward
+
+
+@dataclass
+class _Prepared:
+    """A cell ready to train: its memory, the base model's losses on it, a fresh adapter."""
+
+    cell: CellConfig
+    enc: Any
+    losses: list[tuple[float, float]]
+    adapter: Any
+    t0: float                    # when preparing began
+    prep_s: float                # how long it took
+
+
+def prepare_cell(cell: CellConfig, base) -> _Prepared | CellResult:
+    """Records, encoding, L_base (no adapter attached) and a fresh adapter; a failed result if the cell is invalid."""
     if base.name != cell.model:
         raise ConfigError(f"cell is for model {cell.model!r} but the resident base model is {base.name!r}")
-    key, t0 = cell.key, time.perf_counter()
+    t0 = time.perf_counter()
     try:
         records = cell_records(cell.benchmark, cell.length, base.tokenizer)
         enc = encode(records, base.tokenizer, cell.prompt, max_length=base.context_length)
         losses = base_answer_losses(base, enc)            # L_base: once per memory, no adapter attached
         adapter = make_adapter(cell.adapter, base, seed=cell.seed)
     except MemlawError as e:
-        logger.warning("cell %s failed: %s", key[:12], e)
-        return CellResult(key, cell, "failed", versions=versions(), error=str(e))
-    every = probs_interval(token_probs)
-    kept: list[tuple[int, int, bytes]] = []
-    pending: list[tuple[int, dict[int, TokenProbs]]] = []     # the latest check not kept (yet)
+        logger.warning("cell %s failed: %s", cell.key[:12], e)
+        return CellResult(cell.key, cell, "failed", versions=versions(), error=str(e))
+    return _Prepared(cell, enc, losses, adapter, t0, time.perf_counter() - t0)
 
-    def on_check(step: int, probs: dict[int, TokenProbs]) -> None:
-        pending[:] = [(step, probs)]
-        if not kept or step - kept[-1][0] >= every:
-            kept.extend(_probs_rows(*pending.pop()))
 
-    adapter.attach(base)
-    try:
-        trained = write(base, adapter, enc, cell.objective, cell.train, on_step=on_step,
-                        on_check=on_check if every else None)
-        checked = verify(base, adapter, enc, recall=recall, margin=cell.train.margin, base_losses=losses)
-    finally:
-        adapter.detach()
-    if pending:                                             # the final p_t is always kept
-        kept.extend(_probs_rows(*pending.pop()))
+class ProbsKeeper:
+    """The `on_check` callback that keeps p_t at the checks `token_probs` asks for (see `run_cell`)."""
+
+    def __init__(self, token_probs: bool | int):
+        self.every = probs_interval(token_probs)
+        self.kept: list[tuple[int, int, bytes]] = []
+        self.pending: list[tuple[int, dict[int, TokenProbs]]] = []     # the latest check not kept (yet)
+
+    def __call__(self, step: int, probs: dict[int, TokenProbs]) -> None:
+        self.pending[:] = [(step, probs)]
+        if not self.kept or step - self.kept[-1][0] >= self.every:
+            self.kept.extend(_probs_rows(*self.pending.pop()))
+
+    def rows(self) -> list[tuple[int, int, bytes]]:
+        if self.pending:                                     # the final p_t is always kept
+            self.kept.extend(_probs_rows(*self.pending.pop()))
+        return self.kept
+
+
+def cell_result(prep: _Prepared, base, trained, checked, keeper: ProbsKeeper, *, wall_s: float,
+                stacked: int | None = None) -> CellResult:
+    """The stored row of a trained and verified cell."""
     metrics = {
         **checked.summary(),
         "steps": trained.steps, "certified_all": trained.certified, "write_s": trained.wall_s,
         "steps_per_s": trained.steps_per_s, "time_to_certified": trained.time_to_certified,
-        "wall_s": time.perf_counter() - t0,
+        "wall_s": wall_s,
         "dtype": str(base.dtype).removeprefix("torch."), "device": str(base.device),
         "history": [{k: v for k, v in h.items() if k != "elapsed"} for h in trained.history],
         "records": record_columns(checked),
     }
-    return CellResult(key, cell, "done", metrics, versions(), kept)
+    if stacked is not None:
+        metrics["stacked"] = stacked                # trained in one pass with stacked - 1 other cells
+    return CellResult(prep.cell.key, prep.cell, "done", metrics, versions(), keeper.rows())
 
 
 def probs_interval(token_probs: bool | int) -> int:
@@ -197,5 +301,6 @@ def comparable(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
 
 
-__all__ = ["CellResult", "run_cell", "cell_records", "prefix_by_length", "versions", "comparable", "TIMING_KEYS",
-           "record_columns", "probs_interval", "RECORD_COLUMNS"]
+__all__ = ["CellResult", "run_cell", "run_group", "prepare_cell", "cell_result", "ProbsKeeper", "cell_records",
+           "prefix_by_length", "versions", "comparable", "TIMING_KEYS", "record_columns", "probs_interval",
+           "RECORD_COLUMNS"]

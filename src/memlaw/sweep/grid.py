@@ -134,9 +134,17 @@ class SweepConfig:
     token_probs: bool | int = False
     """Keep every record's p_t at certificate checks (side table `token_probs`, float16): true at every
     check, N at checks at least N steps apart; the last check (final p_t) is always kept. Not in the key."""
+    stack: int = 1
+    """Train up to this many `probe` cells together, one forward pass per step over the shared base
+    (`ProbeStack` + `write_many`), each then verified and stored alone; 1: one cell at a time. Cells
+    that differ only in rank, length and seed are stacked. Not in the key: a stacked cell's row is
+    the row of its separate run up to floating-point effects of the batch shape, with `stacked: K`
+    in its metrics. Used by the local executor."""
 
     def __post_init__(self) -> None:
         problems = []
+        if not isinstance(self.stack, int) or isinstance(self.stack, bool) or self.stack < 1:
+            problems.append(f"stack must be an integer >= 1, got {self.stack!r}")
         for axis in ("ranks", "lengths", "seeds"):
             values = getattr(self, axis)
             if not isinstance(values, tuple) or not values:
@@ -166,6 +174,39 @@ class SweepConfig:
                            objective=self.objective, train=dataclasses.replace(self.train, seed=seed),
                            prompt=self.prompt)
                 for length in sorted(self.lengths) for rank in sorted(self.ranks) for seed in sorted(self.seeds)]
+
+
+def stack_groups(cells: list[CellConfig], size: int) -> list[list[CellConfig]]:
+    """Split `cells` (in order) into groups of at most `size` that may train in one pass.
+
+    Only `probe` cells stack, and only with cells equal in everything but rank, length and seed
+    (model, dtype, layer, dropout, objective, training settings, prompt, benchmark); each group
+    takes the next cells of its kind in order, so cells of similar cost train together.
+    """
+    if size <= 1:
+        return [[c] for c in cells]
+    groups: list[list[CellConfig]] = []
+    open_group: dict[str, list[CellConfig]] = {}
+    for cell in cells:
+        if cell.adapter.kind != "probe":
+            groups.append([cell])
+            continue
+        kind = _stack_kind(cell)
+        group = open_group.get(kind)
+        if group is None or len(group) == size:
+            group = open_group[kind] = []
+            groups.append(group)
+        group.append(cell)
+    return groups
+
+
+def _stack_kind(cell: CellConfig) -> str:
+    """The cell's JSON without rank, length and seed: cells with the same one can share a pass."""
+    d = cell.to_dict()
+    d.pop("length")
+    d["adapter"].pop("rank")
+    d["train"].pop("seed")
+    return json.dumps(d, sort_keys=True)
 
 
 def sweep_from_dict(data: dict[str, Any], where: str = "sweep") -> SweepConfig:
@@ -243,4 +284,5 @@ def _is_float_tuple(hint: Any) -> bool:
     return typing.get_origin(hint) is tuple and typing.get_args(hint)[:1] == (float,)
 
 
-__all__ = ["BenchmarkConfig", "CellConfig", "SweepConfig", "sweep_from_dict", "load_sweep", "BENCHMARKS"]
+__all__ = ["BenchmarkConfig", "CellConfig", "SweepConfig", "sweep_from_dict", "load_sweep", "stack_groups",
+           "BENCHMARKS"]

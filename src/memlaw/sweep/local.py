@@ -8,8 +8,8 @@ import time
 from memlaw.errors import ConfigError
 from memlaw.models import BaseModel, load_base, resolve_dtype
 from memlaw.store import Store
-from memlaw.sweep.cell import cell_records, run_cell
-from memlaw.sweep.grid import SweepConfig
+from memlaw.sweep.cell import cell_records, run_group
+from memlaw.sweep.grid import SweepConfig, stack_groups
 from memlaw.sweep.progress import CellCallback, SweepSummary, Tracker, cell_cost, pending_cells
 from memlaw.train import StepCallback
 
@@ -26,7 +26,8 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def run_local(sweep: SweepConfig, store: Store, *, base: BaseModel | None = None, device: str = "auto",
-              on_cell: CellCallback | None = None, on_step: StepCallback | None = None) -> SweepSummary:
+              on_cell: CellCallback | None = None, on_step: StepCallback | None = None,
+              stack: int | None = None) -> SweepSummary:
     """Run every cell of `sweep` that `store` does not hold yet, storing each as it finishes.
 
     Args:
@@ -35,7 +36,8 @@ def run_local(sweep: SweepConfig, store: Store, *, base: BaseModel | None = None
         base: a loaded base model to use (must be `sweep.model` in `sweep.dtype`); loaded once if None.
         device: where to load the base ("auto": cuda if available).
         on_cell: progress over cells (plan event first, then one per finished cell, with ETA).
-        on_step: progress inside the running cell's write loop.
+        on_step: progress inside the running cell's write loop (of a stacked group: one bar for the group).
+        stack: train up to this many probe cells in one pass (`SweepConfig.stack`, which it overrides).
 
     Raises:
         ConfigError: a length the benchmark cannot reach, or a `base` that is not the sweep's model.
@@ -53,13 +55,16 @@ def run_local(sweep: SweepConfig, store: Store, *, base: BaseModel | None = None
     # Build every cell's records before the first write: a bad length fails now, not an hour in.
     costs = {c.key: cell_cost(c, len(cell_records(c.benchmark, c.length, base.tokenizer))) for c in todo}
     tracker = Tracker(costs, skipped, on_cell, started=started)
-    for cell in todo:
-        if store.is_done(cell.key):          # another writer on this store got there first
-            tracker.skip(cell.key)
+    stack = sweep.stack if stack is None else stack
+    for group in stack_groups(todo, stack):  # only unfinished cells, so a resumed sweep stacks what is left
+        fresh = [c for c in group if not store.is_done(c.key)]
+        for key in {c.key for c in group} - {c.key for c in fresh}:
+            tracker.skip(key)                # another writer on this store got there first
+        if not fresh:
             continue
-        result = run_cell(cell, base, on_step=on_step, token_probs=sweep.token_probs)
-        stored = store.add_cell(result, sweep=sweep.name)
-        tracker.finished(result, stored)
+        results = run_group(fresh, base, on_step=on_step, token_probs=sweep.token_probs)  # a group of one: run_cell
+        for result in results:               # each cell in its own transaction, as it would be alone
+            tracker.finished(result, store.add_cell(result, sweep=sweep.name))
     return tracker.summary(sweep, "local")
 
 

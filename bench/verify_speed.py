@@ -1,0 +1,126 @@
+"""Verify throughput: certify 1,000 PhoneBook records and greedy-recall them, batched and one at a time.
+
+The adapter is a random nonzero probe (rank 16 at the model's default layer, B ~ N(0, 0.02²)):
+certifying costs the same whether a record certifies or not (one teacher-forced pass), and greedy
+decoding is asked for exactly the answer's length, as `verify` does; the table shows how many
+tokens were generated per record, so an early terminator would be visible.
+
+Rows, each timed in this one process on one resident model:
+- certify, batched: `verify(recall=False)`, batches of `--batch` (cached prefix, answer-only logits);
+- certify, one at a time: one full forward pass per record (a subset of `--single` records);
+- greedy, batched: `verify.greedy`, the KV-cache loop, prompts of equal length batched;
+- greedy, batched, HF generate: the same batches through transformers' `generate` (same tokens);
+- greedy, one at a time: one record per call (the subset), with the loop and with `generate`;
+- verify, batched: certify + greedy recall, what `memlaw verify` and every sweep cell run.
+
+    python bench/verify_speed.py                     # SmolLM2-135M
+    python bench/verify_speed.py --model tiny        # the tiny random model (shows it works)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import memlaw  # noqa: F401  (sets passive OpenMP waiting before torch loads)
+import torch
+
+from memlaw.adapters import make_adapter
+from memlaw.benchmarks.phonebook import phonebook
+from memlaw.config import AdapterConfig, PromptConfig
+from memlaw.encode import encode
+from memlaw.forward import TeacherForcer
+from memlaw.models import load_base
+from memlaw.sweep.local import resolve_device
+from memlaw.verify import answer_probs, greedy, verify
+
+
+def machine(device: str) -> str:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    cpu = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")),
+               platform.processor() or platform.machine())
+    text = (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, AMX bf16: "
+            f"{'amx_bf16' in flags}, torch {torch.__version__}")
+    if device.startswith("cuda"):
+        text += f"; GPU: {torch.cuda.get_device_name()}"
+    return text
+
+
+def timed(fn):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--n", type=int, default=1000, help="PhoneBook records")
+    ap.add_argument("--single", type=int, default=50, help="records timed one at a time")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rank", type=int, default=16)
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    base = load_base(args.model, dtype=args.dtype, device=device)
+    prompt = PromptConfig(template="plain") if args.model == "tiny" else PromptConfig()
+    enc = encode(phonebook(args.n), base.tokenizer, prompt, max_length=base.context_length)
+    adapter = make_adapter(AdapterConfig(kind="probe", rank=args.rank, layer=1 if args.model == "tiny" else None),
+                           base, seed=0)
+    with torch.no_grad():
+        adapter.B.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(0))
+    adapter.attach(base)
+    adapter.eval()
+    stop = enc.terminator[0]
+    limits = [len(enc.answer_ids(i)) for i in range(len(enc))]
+    sub = list(range(min(args.single, len(enc))))
+    rows = []   # (what, records, seconds, tokens generated or None)
+
+    greedy(base, enc.prompt_ids[:8], limits[:8], stop)                       # warm-up (kernels, allocator)
+    _, s = timed(lambda: verify(base, adapter, enc, recall=False, batch_size=args.batch))
+    rows.append(("certify, batched", len(enc), s, None))
+    tf = TeacherForcer(base, enc, start_layer=adapter.first_layer, cache_prefix=False)
+    _, s = timed(lambda: [answer_probs(tf, [i], chunk=1) for i in sub])
+    rows.append(("certify, one at a time", len(sub), s, None))
+    loop, s = timed(lambda: greedy(base, enc.prompt_ids, limits, stop, batch_size=args.batch))
+    rows.append(("greedy, batched", len(enc), s, sum(map(len, loop))))
+    hf, s = timed(lambda: greedy(base, enc.prompt_ids, limits, stop, batch_size=args.batch, hf_generate=True))
+    rows.append(("greedy, batched, HF generate", len(enc), s, sum(map(len, hf))))
+    one, s = timed(lambda: [greedy(base, [enc.prompt_ids[i]], limits[i], stop)[0] for i in sub])
+    rows.append(("greedy, one at a time", len(sub), s, sum(map(len, one))))
+    one_hf, s = timed(lambda: [greedy(base, [enc.prompt_ids[i]], limits[i], stop, hf_generate=True)[0] for i in sub])
+    rows.append(("greedy, one at a time, HF generate", len(sub), s, sum(map(len, one_hf))))
+    _, s = timed(lambda: verify(base, adapter, enc, recall=True, batch_size=args.batch))
+    rows.append(("verify (certify + recall), batched", len(enc), s, None))
+    adapter.detach()
+
+    same = loop == hf and one == loop[: len(sub)] and one_hf == loop[: len(sub)]
+    rate = {what: n / s for what, n, s, _ in rows}
+    print(f"\nmachine: {machine(device)}")
+    print(f"model {args.model} ({base.dtype}, {device}); PhoneBook {len(enc)} records, {len(set(map(len, enc.prompt_ids)))} "
+          f"distinct prompt lengths, answers of {min(limits)}-{max(limits)} tokens; random nonzero probe r={args.rank} "
+          f"at layer {adapter.first_layer}; batch {args.batch}; one-at-a-time rows on the first {len(sub)} records")
+    print(f"greedy tokens identical across loop / HF generate / batched / one at a time: {'yes' if same else 'NO'}\n")
+    head = f"{'':36} {'records':>8} {'seconds':>8} {'records/s':>10} {'tokens/rec':>10} {'× one at a time':>16}"
+    print(head)
+    print("-" * len(head))
+    single = {"certify": rate["certify, one at a time"], "greedy": rate["greedy, one at a time"],
+              "verify": rate["certify, one at a time"] * rate["greedy, one at a time"]
+              / (rate["certify, one at a time"] + rate["greedy, one at a time"])}
+    for what, n, s, tokens in rows:
+        ratio = rate[what] / single[what.split(" ")[0].rstrip(",")]
+        tok = "-" if tokens is None else f"{tokens / n:.1f}"
+        print(f"{what:36} {n:8d} {s:8.2f} {rate[what]:10.1f} {tok:>10} {ratio:15.2f}×")
+    print("\n(verify's one-at-a-time reference combines the two one-at-a-time rates: 1 / (1/certify + 1/greedy))")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""CLI: `memlaw report` writes one static HTML page (figures and tables) from a results store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from memlaw.cli._common import app, out, run, setup_logging
+
+
+@app.command()
+def report(
+    store: Annotated[Path, typer.Option("--store", help="SQLite results store (read only).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for index.html, report.json and figures/.")],
+    where: Annotated[Optional[str], typer.Option(
+        help="Filter on store columns, e.g. model=smollm2-135m,kind=probe (ops = != < <= > >=).")] = None,
+    methods: Annotated[Optional[Path], typer.Option(
+        "--methods", help="JSONL rows of `memlaw bench methods --out FILE` (MemFT vs SFT tables).")] = None,
+    redact: Annotated[bool, typer.Option(
+        help="Leave out free text that could quote input (error messages, memory notes). Record values are "
+             "never stored, so no report shows them.")] = False,
+    svg: Annotated[bool, typer.Option(help="Also write every figure as SVG.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Write DIR/index.html: law fit, scaling panels, heat maps, stubborn tokens, ρ, phase picture, tables.
+
+    The page opens offline (figures embedded, no CDN, no server); every file is written atomically.
+    """
+    setup_logging(verbose)
+
+    def go():
+        from memlaw.errors import ConfigError
+        from memlaw.report import build_report, write_report
+        from memlaw.store import open_store
+
+        methods_rows = None
+        if methods is not None:
+            from memlaw.benchmarks.methods import read_rows
+
+            if not methods.is_file():
+                raise ConfigError(f"{methods}:1: no such methods file (rows of `memlaw bench methods --out`)")
+            methods_rows = list(read_rows(methods).values())
+        with open_store(store, create=False) as db:
+            rows = db.load_cells(where)
+            failed = db.load_cells(where, status="failed")
+            probs = {r["key"]: p for r in rows if (p := db.token_probs(r["key"]))}
+        if not rows and not methods_rows:
+            raise ConfigError(f"{store}: no finished cells" + (f" match --where {where}" if where else ""))
+        rep = build_report(rows, probs, failed=failed, methods=methods_rows, redact=redact,
+                           source=f"store {store}" + (f" where {where}" if where else ""))
+        page = write_report(rep, out_dir, svg=svg)
+        out.print(f"wrote {page} ({len(rep.figures)} figures, {len(rows)} cells)", markup=False, soft_wrap=True)
+
+    run(go)
+
+
+__all__ = ["report"]

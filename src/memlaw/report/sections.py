@@ -1,0 +1,285 @@
+"""The report's sections: store rows -> `Section`s of paragraphs, tables and figures. Pure (no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from memlaw import analysis
+from memlaw.errors import MemlawError
+from memlaw.report import Cell, FigureSpec, Section, Table, fmt
+
+MAX_GRIDS = 4
+"""Probability grids drawn: failed records first (latest failure), then the last records to certify."""
+
+
+def _slug(*parts: Any) -> str:
+    text = "-".join(str(p) for p in parts if p is not None)
+    return "".join(c if c.isascii() and c.isalnum() else "-" for c in text.lower()).strip("-")[:80] or "x"
+
+
+def _pm(value: float | None, se: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g} ± {se:.2g}" if se is not None else f"{value:.4g} ± ?"
+
+
+def law_section(group: tuple, rows: list[Mapping[str, Any]], plots) -> tuple[Section, dict[str, Any]]:
+    from memlaw.plan import fit_rows, law_rows
+
+    model, kind, objective, benchmark = group
+    name = f"{model} · {kind} · {objective} · {benchmark}"
+    sec = Section(id=_slug("law", *group), title=f"Memory law: {name}")
+    summary: dict[str, Any] = {"group": dict(zip(analysis.GROUP, group)), "cells": len(rows)}
+    try:
+        lrows = law_rows(rows)
+        fit = fit_rows(lrows)
+    except (MemlawError, ValueError, FloatingPointError) as e:
+        sec.paragraphs.append(f"No law fit: {e}")
+        lrows, fit = [], None
+    params = None
+    if fit is not None:
+        law = fit["law"]
+        params = law["params"] if law["converged"] else None
+        summary["fit"] = {k: fit.get(k) for k in ("law", "held_out", "frontier", "notes", "warnings")}
+        ho = fit.get("held_out")
+        t = Table(id=_slug("fit", *group), caption=f"ΔL = C·r^α·ℓ^(−β) + b fitted to {len(lrows)} cells "
+                                                   "(nonlinear least squares; ± standard error)",
+                  columns=["quantity", "value"], rows=[])
+        for key, label in (("C", "C"), ("alpha", "α"), ("beta", "β"), ("b", "b")):
+            t.rows.append([label, _pm(law["params"][key], law["stderr"][key])])
+        t.rows.append(["R²", fmt(law["r2"], 4)])
+        t.rows.append(["MAPE", "-" if law["mape"] is None else f"{law['mape']:.2f}%"])
+        if ho:
+            ranks = ",".join(f"{x:g}" for x in ho["train_ranks"])
+            test = ",".join(f"{x:g}" for x in ho["test_ranks"])
+            t.rows.append([f"held-out MAPE (fit on ranks {ranks}, predict {test})",
+                           "-" if ho["mape"] is None else f"{ho['mape']:.2f}%"])
+        else:
+            t.rows.append(["held-out MAPE", "- (needs ≥ 2 ranks)"])
+        fr = fit.get("frontier")
+        if fr:
+            t.rows.append(["capacity frontier ℓ_max = K·r^γ",
+                           f"K = {_pm(fr['K'], fr['K_stderr'])}, γ = {_pm(fr['gamma'], fr['gamma_stderr'])}"])
+        t.rows.append(["paper", "R² > 0.98, MAPE 0.5–8%"])
+        t.rows.append(["converged", fmt(law["converged"])])
+        sec.tables.append(t)
+        for note in fit.get("notes", []) + fit.get("warnings", []):
+            sec.paragraphs.append(f"Note: {note}")
+    if lrows:
+        sec.figures.append(FigureSpec(_slug("law-panels", *group), "ΔL against rank (per length) and against "
+                                      "length (per rank); points measured, lines the fitted law.",
+                                      plots.law_panels(lrows, params)))
+        if params is not None:
+            sec.figures.append(FigureSpec(_slug("predicted", *group), "The law's prediction against measured ΔL.",
+                                          plots.predicted_vs_true(lrows, params)))
+    done = [r for r in rows if r.get("em_rate") is not None]
+    if done:
+        sec.figures.append(FigureSpec(_slug("heat-em", *group), "Exact match (greedy recall) over rank × length.",
+                                      plots.heatmap(done, "em_rate", title="EM rate", fmt="{:.0%}")))
+    with_loss = [r for r in rows if r.get("L_final") is not None]
+    if with_loss:
+        sec.figures.append(FigureSpec(_slug("heat-lfinal", *group), "Final mean value-token loss over rank × "
+                                      "length.", plots.heatmap(with_loss, "L_final", title="L_final (nats)",
+                                                               fmt="{:.3f}", cmap="magma_r")))
+    return sec, summary
+
+
+def cells_section(rows: list[Mapping[str, Any]], failed: list[Mapping[str, Any]], redact: bool) -> Section:
+    sec = Section(id="cells", title="Cells")
+    cols = ["key", "model", "kind", "objective", "r", "ℓ", "seed", "records", "steps", "L_base", "L_final", "ΔL",
+            "EM", "certified", "TF acc", "free acc", "stubborn", "bits/param", "t certified (s)", "wall (s)"]
+    t = Table(id="cells-table", caption=f"{len(rows)} finished cells (ΔL on value tokens; accuracies over ℓ)",
+              columns=cols, rows=[])
+    for r in analysis.cell_rows(rows):
+        t.rows.append([r["key"][:10], str(r["model"]), str(r["kind"]), str(r["objective"]), fmt(r["rank"]),
+                       fmt(r["length"]), fmt(r["seed"]), fmt(r["n_records"]), fmt(r["steps"]), fmt(r["L_base"]),
+                       fmt(r["L_final"]), fmt(r["delta_loss"]), fmt(r["em_rate"], pct=True),
+                       fmt(r["certified_rate"], pct=True), fmt(r["tf_acc"], pct=True), fmt(r["free_acc"], pct=True),
+                       fmt(r["stubborn"]), fmt(r["bits_per_param"]), fmt(r["time_to_certified"], 1),
+                       fmt(r["wall_s"], 1)])
+    sec.tables.append(t)
+    if failed:
+        ft = Table(id="failed-table", caption=f"{len(failed)} failed cells (invalid cells, not crashes)",
+                   columns=["key", "rank", "length", "error"], rows=[])
+        for r in failed:
+            ft.rows.append([r["key"][:10], fmt(r.get("rank")), fmt(r.get("length")),
+                            "(redacted)" if redact else str(r.get("error") or "")])
+        sec.tables.append(ft)
+    return sec
+
+
+def stubborn_section(rows, token_probs, plots) -> tuple[Section, dict[str, Any]]:
+    sec = Section(id="stubborn", title="Stubborn tokens and first failures")
+    sf = analysis.stubborn_vs_failure(rows)
+    curves = analysis.stubborn_curves(rows)
+    sec.paragraphs.append(
+        "A token is stubborn when its teacher-forced probability p_t ≤ 0.5. For every record whose greedy "
+        "output failed, the earliest stubborn position is compared with the first position where greedy "
+        "decoding went wrong (Spearman rank correlation over those records only).")
+    t = Table(id="rho-table", caption="Earliest stubborn position vs first free-run failure",
+              columns=["", "Spearman ρ", "n (failed records)", "p-value", "failure at the earliest stubborn",
+                       "failures without a stubborn token"], rows=[])
+    t.rows.append(["this report", fmt(sf.rho), str(sf.n), "-" if sf.p_value is None else f"{sf.p_value:.2g}",
+                   f"{sf.exact}/{sf.n}" if sf.n else "-", str(sf.n_no_stubborn)])
+    t.rows.append(["paper", f"{analysis.PAPER_RHO}", str(analysis.PAPER_N), "-", "-", "-"])
+    sec.tables.append(t)
+    if sf.note:
+        sec.paragraphs.append(f"Note: {sf.note}.")
+    if sf.cells_without_records:
+        sec.paragraphs.append(f"{sf.cells_without_records} cell(s) carry no per-record verdicts (stored by an "
+                              "older memlaw or without greedy recall) and are not counted.")
+    sec.figures.append(FigureSpec("stubborn", "Left: stubborn tokens at each certificate check, one line per cell. "
+                                  "Right: earliest stubborn vs first failure per failed record (jittered).",
+                                  plots.stubborn_figure(curves, sf.points, rho=sf.rho, n=sf.n)))
+    timeline = Table(id="timeline-table", caption="Stubborn tokens per record over training (cells with stored "
+                     "p_t): certified since = first checked step from which a record stays certified",
+                     columns=["key", "r", "ℓ", "records", "checks stored", "stubborn at first check",
+                              "stubborn at last check", "certified at the end", "median certified since",
+                              "last certified since"], rows=[])
+    for r in rows:
+        probs = token_probs.get(r["key"]) or []
+        if not probs:
+            continue
+        over = analysis.stubborn_over_training(probs, margin=((r.get("config") or {}).get("train") or {})
+                                               .get("margin", 0.0))
+        steps = sorted({x["step"] for x in over})
+        since = analysis.certified_since(over)
+        done = sorted(s for s in since.values() if s is not None)
+        timeline.rows.append([
+            r["key"][:10], fmt(r.get("rank")), fmt(r.get("length")), str(len(since)), str(len(steps)),
+            str(sum(x["stubborn"] for x in over if x["step"] == steps[0])),
+            str(sum(x["stubborn"] for x in over if x["step"] == steps[-1])), f"{len(done)}/{len(since)}",
+            fmt(done[len(done) // 2]) if done else "-", fmt(done[-1]) if done else "-"])
+    if timeline.rows:
+        sec.tables.append(timeline)
+    else:
+        sec.paragraphs.append("No cell stored per-token p_t (sweep option `token_probs`): no per-record timelines "
+                              "or probability grids.")
+    return sec, sf.to_dict()
+
+
+def _grid_picks(rows, token_probs) -> list[tuple[Mapping[str, Any], dict[str, Any], str]]:
+    """(row, record, why) for the probability grids: failed records first, then the last to certify."""
+    failed, late = [], []
+    for r in rows:
+        probs = token_probs.get(r["key"]) or []
+        if not probs:
+            continue
+        recs = {x["record"]: x for x in analysis.record_rows(r)}
+        since = analysis.certified_since(analysis.stubborn_over_training(probs))
+        for i, s in since.items():
+            rec = recs.get(i, {"record": i})
+            if rec.get("first_failure") is not None:
+                failed.append((rec["first_failure"], r, rec, "greedy recall failed"))
+            elif s is None:
+                failed.append((-1, r, rec, "not certified at the end"))
+            else:
+                late.append((s, r, rec, "certified late"))
+    failed.sort(key=lambda x: (-x[0], -(x[1].get("length") or 0)))
+    late.sort(key=lambda x: (-x[0], -(x[1].get("length") or 0)))
+    picks, seen = [], set()
+    for _, r, rec, why in failed[: MAX_GRIDS // 2] + late + failed[MAX_GRIDS // 2:]:
+        if (r["key"], rec["record"]) not in seen and len(picks) < MAX_GRIDS:
+            seen.add((r["key"], rec["record"]))
+            picks.append((r, rec, why))
+    return picks
+
+
+def grids_section(rows, token_probs, plots) -> Section | None:
+    picks = _grid_picks(rows, token_probs)
+    if not picks:
+        return None
+    sec = Section(id="grids", title="Probability grids")
+    sec.paragraphs.append("p_t of every answer token (rows) at every stored check (columns); blue above 0.5, red "
+                          "at or below. The dotted line separates value tokens from the terminator; the arrow "
+                          "marks the first free-run failure.")
+    for r, rec, why in picks:
+        steps, grid = analysis.probability_grid(token_probs[r["key"]], rec["record"])
+        title = f"cell {r['key'][:10]} (r{r.get('rank')}, ℓ{r.get('length')}), record {rec['record']}: {why}"
+        sec.figures.append(FigureSpec(_slug("grid", r["key"][:10], rec["record"]), title,
+                                      plots.probability_grid(steps, grid, n_value=rec.get("n_value"), title=title,
+                                                             first_failure=rec.get("first_failure"))))
+    return sec
+
+
+def phase_section(rows, token_probs, plots) -> tuple[Section, dict[str, Any]]:
+    sec = Section(id="phase", title="Phase picture: p_t and free-run correctness")
+    points = [p for r in rows for p in analysis.phase_points(r, token_probs.get(r["key"]) or [])]
+    summary = analysis.phase_summary(points)
+    sec.paragraphs.append(
+        "Position t is right under free-run when greedy decoding produced the target there and at every earlier "
+        "position (t before the first failure); the first failure is wrong; later positions are off-path (greedy "
+        "saw another prefix than the teacher-forced pass) and are left out. On the path, p_t > 0.5 forces the "
+        "greedy token to be the target, and a wrong position has p_t ≤ 0.5: violations must be 0 (up to numerics "
+        "between the teacher-forced pass and the cached decode). p_t ≤ 0.5 can still be right (argmax anyway).")
+    t = Table(id="phase-table", caption="On-path answer positions by side of the boundary (final p_t)",
+              columns=["", "p_t > 0.5", "p_t ≤ 0.5"], rows=[
+                  ["right", str(summary["right_above"]), str(summary["right_below"])],
+                  ["wrong (first failure)", Cell(str(summary["violations"]), strong=summary["violations"] > 0),
+                   str(summary["wrong_below"])]])
+    sec.tables.append(t)
+    sec.paragraphs.append(f"{summary['on_path']} on-path positions; {summary['off_path']} off-path and "
+                          f"{summary['not_decoded']} never decoded (after the first terminator token) left out.")
+    if points:
+        sec.figures.append(FigureSpec("phase", "Final p_t of every on-path answer position, right vs wrong; the "
+                                      "shaded area (p_t > 0.5 and wrong) must stay empty.",
+                                      plots.phase_figure([p for p in points if p["status"] in ("right", "wrong")],
+                                                         summary)))
+    else:
+        sec.paragraphs.append("Needs cells with stored p_t (`token_probs`) and per-record verdicts.")
+    return sec, summary
+
+
+def misalignment_section(rows) -> tuple[Section, dict[str, Any]]:
+    mis = analysis.misalignment(rows)
+    sec = Section(id="misalignment", title="Loss vs recall")
+    sec.paragraphs.append(
+        f"Cells whose mean value-token loss L_final is below ln 2 = {analysis.LN2:.3f} nats (geometric-mean p_t "
+        f"above 0.5) yet recall fewer than 100% of their records exactly: {mis.n_misaligned} of the {mis.n_low} "
+        "low-loss cells. A low average loss hides the few stubborn tokens that break exact recall.")
+    t = Table(id="misalignment-table", caption="Low loss, failed exact match (lowest L_final first)",
+              columns=["key", "model", "r", "ℓ", "L_final", "ΔL", "EM", "certified", "stubborn tokens",
+                       "failed records", "of which own loss < ln 2", "loss below a 100%-EM cell's"], rows=[])
+    for r in mis.rows:
+        t.rows.append([r["key"][:10], str(r["model"]), fmt(r["rank"]), fmt(r["length"]), fmt(r["L_final"], 4),
+                       fmt(r["delta_loss"]), fmt(r["em_rate"], pct=True), fmt(r["certified_rate"], pct=True),
+                       fmt(r["stubborn"]), fmt(r["failed_records"]), fmt(r["failed_low_loss"]),
+                       fmt(r["below_recalled"])])
+    sec.tables.append(t)
+    return sec, mis.to_dict()
+
+
+def methods_section(methods_rows: Sequence[Mapping[str, Any]], plots, redact: bool) -> Section:
+    from memlaw.benchmarks.methods import CELL_METRIC, format_score, table
+
+    sec = Section(id="methods", title="MemFT vs SFT")
+    by_bench: dict[str, list] = {}
+    for r in methods_rows:
+        by_bench.setdefault(r.get("benchmark", "?"), []).append(r)
+    for bench, rows in by_bench.items():
+        columns, cells = table(rows)
+        metric = CELL_METRIC.get(bench, "score")
+        models = sorted({str(r.get("model")) for r in rows})
+        steps = sorted({r.get("steps") for r in rows if r.get("steps") is not None})
+        t = Table(id=_slug("methods", bench), caption=f"{bench} on {', '.join(models)}: {metric}, "
+                  f"{'/'.join(map(str, steps))} optimizer steps per cell (best per column in bold)",
+                  columns=["method", *columns], rows=[])
+        key = lambda v: (v[1], v[0]) if isinstance(v, (list, tuple)) else v  # noqa: E731
+        best = {c: max((cells[m][c] for m in cells if cells[m].get(c) is not None), key=key, default=None)
+                for c in columns}
+        for method, by_col in cells.items():
+            t.rows.append([method, *[Cell(format_score(by_col.get(c)), strong=by_col.get(c) is not None
+                                          and key(by_col[c]) == key(best[c])) for c in columns]])
+        sec.tables.append(t)
+        sec.figures.append(FigureSpec(_slug("methods", bench), f"{bench}: {metric} per method.",
+                                      plots.methods_figure(columns, cells, metric=metric.split(" / ")[0],
+                                                           title=f"{bench}: MemFT vs SFT")))
+        if not redact:
+            notes = {str(r["memory"]) for r in rows if r.get("memory")}
+            sec.paragraphs += [f"{bench} memory: {n}" for n in sorted(notes)]
+    return sec
+
+
+__all__ = ["law_section", "cells_section", "stubborn_section", "grids_section", "phase_section",
+           "misalignment_section", "methods_section", "MAX_GRIDS"]

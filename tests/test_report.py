@@ -1,0 +1,204 @@
+"""The report: a 2×2 tiny sweep with p_t into a tmp store, figures, `memlaw report`, redaction, headless Chromium."""
+
+import json
+import random
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from typer.testing import CliRunner
+
+from memlaw import analysis
+from memlaw.cli import app
+from memlaw.records import Record, write_records
+from memlaw.report import build_report, html, plots
+from memlaw.store import open_store
+from memlaw.sweep import run_local, sweep_from_dict
+from memlaw.sweep.cell import CellResult
+
+SECRET = "908172"            # one record's value: it must never reach the store or the report
+ERROR_SECRET = "quoted-input-3141"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory, tiny_base):
+    tmp = tmp_path_factory.mktemp("report")
+    rng = random.Random(1)
+    values = ["".join(rng.choice("0123456789") for _ in range(6)) for _ in range(8)]
+    values[2] = SECRET
+    write_records(tmp / "records.jsonl", [Record(f"key {c}", v) for c, v in zip("abcdefgh", values)])
+    sweep = sweep_from_dict({
+        "name": "tiny-report", "model": "tiny", "dtype": "float32", "ranks": [2, 8], "lengths": [24, 48],
+        "benchmark": {"name": "records", "path": str(tmp / "records.jsonl")}, "adapter": {"layer": 1},
+        "prompt": {"template": "plain"}, "train": {"lr": 0.03, "batch_size": 8, "max_steps": 100, "check_every": 10},
+        "token_probs": True})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with open_store(tmp / "runs.db") as store:
+            run_local(sweep, store, base=tiny_base)
+            cell = sweep.cells()[0]                     # a failed row whose error quotes some input
+            store.add_cell(CellResult("f" * 64, cell, "failed", versions={}, error=f"bad input {ERROR_SECRET}"),
+                           sweep="tiny-report")
+    finally:
+        torch.set_num_threads(threads)
+    return tmp / "runs.db"
+
+
+@pytest.fixture(scope="module")
+def rows(store_path):
+    with open_store(store_path, create=False) as store:
+        rows = store.load_cells()
+        return rows, {r["key"]: store.token_probs(r["key"]) for r in rows}
+
+
+METHODS = [{"cell_id": f"c{i}", "benchmark": "phonebook", "method": m, "rank": r, "length": 160, "model": "tiny",
+            "steps": 300, "score": s, "memory": {"document": "doc.txt"}}
+           for i, (m, r, s) in enumerate([("SFT", 1, 0.5), ("MemFT-OT", 1, 0.75), ("MemFT-SW", 1, 0.7),
+                                          ("SFT", 4, 0.9), ("MemFT-OT", 4, 1.0), ("MemFT-SW", 4, 1.0)])]
+
+
+@pytest.fixture(scope="module")
+def page_dir(store_path, tmp_path_factory):
+    """`memlaw report` run once through the CLI (with the methods file), shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("page")
+    methods = out / "methods.jsonl"
+    methods.write_text("".join(json.dumps(r) + "\n" for r in METHODS))
+    res = runner.invoke(app, ["report", "--store", str(store_path), "--out", str(out / "site"),
+                              "--methods", str(methods)])
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.output
+    return out / "site"
+
+
+# ---------------------------------------------------------------- analysis on a real tiny sweep
+
+
+def test_the_tiny_sweep_obeys_the_theory(rows):
+    rows, probs = rows
+    assert len(rows) == 4 and all(probs[r["key"]] for r in rows)
+    points = [p for r in rows for p in analysis.phase_points(r, probs[r["key"]])]
+    summary = analysis.phase_summary(points)
+    assert summary["on_path"] > 0 and summary["violations"] == 0          # p_t > 0.5 on the path => right
+    sf = analysis.stubborn_vs_failure(rows)
+    assert sf.n_failed > 0 and sf.n_no_stubborn == 0
+    assert all(p["first_failure"] >= p["earliest_stubborn"] for p in sf.points)   # greedy is right before it
+    for r in rows:                                      # final stored p_t (float16) matches the verdicts
+        recs = analysis.record_rows(r)
+        _, final = analysis.final_probs(probs[r["key"]])
+        for x in recs:
+            p = final[x["record"]]
+            assert (p < 0.499).sum() <= x["stubborn"] <= (p <= 0.501).sum()
+            assert x["min_p"] == pytest.approx(float(p.min()), abs=1e-3)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def test_every_figure_function_returns_a_figure_that_renders(rows):
+    rows, probs = rows
+    lrows = [{"rank": r["rank"], "length": r["length"], "delta_loss": r["delta_loss"]} for r in rows]
+    params = {"C": 1.0, "alpha": 0.5, "beta": 0.2, "b": 0.1}
+    key = rows[0]["key"]
+    steps, grid = analysis.probability_grid(probs[key], 0)
+    sf = analysis.stubborn_vs_failure(rows)
+    pts = [p for r in rows for p in analysis.phase_points(r, probs[r["key"]])]
+    figs = [plots.law_panels(lrows, params), plots.law_panels(lrows, None), plots.predicted_vs_true(lrows, params),
+            plots.heatmap(rows, "em_rate", title="EM"), plots.heatmap(rows, "L_final", title="L"),
+            plots.probability_grid(steps, grid, n_value=6, first_failure=2),
+            plots.stubborn_figure(analysis.stubborn_curves(rows), sf.points, rho=sf.rho, n=sf.n),
+            plots.stubborn_figure([], [], rho=None, n=0),
+            plots.phase_figure(pts, analysis.phase_summary(pts)),
+            plots.methods_figure(["r1", "r4"], {"SFT": {"r1": 0.5, "r4": (0.9, 0.2)}, "MemFT-OT": {"r1": None}})]
+    assert all(isinstance(f, Figure) for f in figs)
+    png, svg = plots.render(figs[0], "png"), plots.render(figs[0], "svg")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg[:500]
+    again = plots.heatmap(rows, "em_rate", title="EM")                          # no timestamps: reproducible
+    assert plots.render(again, "svg") == plots.render(figs[3], "svg")
+
+
+# ---------------------------------------------------------------- the page
+
+
+def test_report_page_has_every_section_table_and_embedded_image(page_dir):
+    html = (page_dir / "index.html").read_text()
+    for table in ("fit-tiny-probe-sft-records", "rho-table", "timeline-table", "phase-table", "misalignment-table",
+                  "methods-phonebook", "cells-table", "failed-table"):
+        assert f'id="{table}"' in html, table
+    for text in ("Spearman ρ", "0.908", "155", "held-out MAPE", "R²", "MAPE", "MemFT-OT"):
+        assert text in html
+    figures = sorted(p.stem for p in (page_dir / "figures").glob("*.png"))
+    assert sorted(p.stem for p in (page_dir / "figures").glob("*.svg")) == figures
+    assert len(figures) >= 8 and {"stubborn", "phase", "methods-phonebook"} <= set(figures)
+    assert any(f.startswith("grid-") for f in figures) and any(f.startswith("heat-em") for f in figures)
+    assert html.count('src="data:image/png;base64,') == len(figures)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)      # nothing to fetch: opens offline
+    assert ERROR_SECRET in html                                                # errors are shown unless --redact
+    summary = json.loads((page_dir / "report.json").read_text())
+    assert summary["cells"] == 4 and summary["phase"]["violations"] == 0
+    assert summary["stubborn_vs_failure"]["paper"] == {"rho": 0.908, "n": 155}
+
+
+def test_secret_values_never_reach_the_store_or_any_report(store_path, rows, tmp_path):
+    assert SECRET.encode() not in store_path.read_bytes()
+    rows, probs = rows
+    with open_store(store_path, create=False) as store:
+        failed = store.load_cells(status="failed")
+    for redact in (False, True):
+        rep = build_report(rows, probs, failed=failed, methods=METHODS, redact=redact)
+        text = html.page(rep, {f.name: b"" for f in rep.figures}) + json.dumps(rep.summary)   # no rendering
+        assert SECRET not in text
+        assert (ERROR_SECRET in text) is (not redact)
+        assert ("doc.txt" in text) is (not redact)
+        assert ("Redacted" in text) is redact
+    res = runner.invoke(app, ["report", "--store", str(store_path), "--out", str(tmp_path / "cli"), "--redact",
+                              "--no-svg"])
+    assert res.exit_code == 0, res.output
+    assert SECRET not in (tmp_path / "cli" / "index.html").read_text()
+    assert not list((tmp_path / "cli" / "figures").glob("*.svg"))
+
+
+def test_report_errors_are_one_line(tmp_path, store_path):
+    res = runner.invoke(app, ["report", "--store", str(tmp_path / "none.db"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "no such store" in res.output
+    res = runner.invoke(app, ["report", "--store", str(store_path), "--out", str(tmp_path / "o"),
+                              "--where", "rank>=100"])
+    assert res.exit_code == 2 and "no finished cells" in res.output
+    res = runner.invoke(app, ["report", "--store", str(store_path), "--out", str(tmp_path / "o"),
+                              "--methods", str(tmp_path / "missing.jsonl")])
+    assert res.exit_code == 2 and "missing.jsonl:1" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- headless Chromium
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian chromium (`make chromium` installs it)")
+def test_chromium_loads_every_image_and_shows_the_tables(page_dir, tmp_path):
+    url = (page_dir / "index.html").resolve().as_uri()
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
+                          "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    body = re.search(r"<body[^>]*>", dom)
+    assert body, dom[-2000:]
+    n = int(re.search(r'data-images="(\d+)"', body.group()).group(1))
+    loaded = int(re.search(r'data-images-loaded="(\d+)"', body.group()).group(1))
+    assert n >= 8 and loaded == n                          # every <img> decoded (naturalWidth > 0)
+    for table in ("rho-table", "phase-table", "misalignment-table", "cells-table", "methods-phonebook"):
+        assert re.search(rf'<table id="{table}">.*?<td>', dom, re.S), table
+    shot = tmp_path / "report.png"
+    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1280,3000",
+                    "--virtual-time-budget=5000", f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.size == (1280, 3000)
+        assert len(set(np.asarray(im.convert("L").resize((64, 150))).ravel().tolist())) > 20   # not blank

@@ -112,7 +112,8 @@ def main() -> None:
           f"grid: ranks {args.ranks} x lengths {args.lengths} x seeds {args.seeds} = {n_cells} probe cells, "
           f"{args.max_steps} steps each, batch {args.batch}; median of {args.repeats}; wall time of the cells "
           "(model loaded once, before)\n")
-    head = f"{'stack':>5} {'wall s':>8} {'cells/hour':>11} {'× stack 1':>10} {'max |ΔΔL|':>10} {'EM, certified equal':>20}"
+    head = (f"{'stack':>5} {'wall s':>8} {'cells/hour':>11} {'× stack 1':>10} {'max |ΔΔL|':>10} "
+            f"{'EM, certified equal':>20}")
     print(head)
     print("-" * len(head))
     for stack, wall in walls.items():

@@ -105,7 +105,8 @@ def main() -> None:
     same = loop == hf and one == loop[: len(sub)] and one_hf == loop[: len(sub)]
     rate = {what: n / s for what, n, s, _ in rows}
     print(f"\nmachine: {machine(device)}")
-    print(f"model {args.model} ({base.dtype}, {device}); PhoneBook {len(enc)} records, {len(set(map(len, enc.prompt_ids)))} "
+    print(f"model {args.model} ({base.dtype}, {device}); PhoneBook {len(enc)} records, "
+          f"{len(set(map(len, enc.prompt_ids)))} "
           f"distinct prompt lengths, answers of {min(limits)}-{max(limits)} tokens; random nonzero probe r={args.rank} "
           f"at layer {adapter.first_layer}; batch {args.batch}; one-at-a-time rows on the first {len(sub)} records")
     print(f"greedy tokens identical across loop / HF generate / batched / one at a time: {'yes' if same else 'NO'}\n")

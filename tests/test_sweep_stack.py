@@ -57,18 +57,22 @@ def test_stacked_sweep_stores_what_separate_cells_store(tiny_base, tmp_path, dro
         assert [(s, r) for s, r, _ in joint_p[key]] == [(s, r) for s, r, _ in alone_p[key]]
         for (_, _, p), (_, _, q) in zip(joint_p[key], alone_p[key]):
             assert p == pytest.approx(q, abs=2e-3)                 # float16 storage: a rounding step apart at most
-        assert joint[key]["config"] == a["config"] and joint[key]["delta_loss"] == pytest.approx(a["delta_loss"], abs=TOL)
+        assert joint[key]["config"] == a["config"]
+        assert joint[key]["delta_loss"] == pytest.approx(a["delta_loss"], abs=TOL)
 
 
 def test_stacked_sweep_resumes_with_the_unfinished_cells_only(tiny_base, tmp_path):
+    steps = []
     with open_store(tmp_path / "runs.db") as store:
-        first = run_local(_grid(stack=4, train={**GRID["train"], "max_steps": 20}), store, base=tiny_base)
+        first = run_local(_grid(stack=4, train={**GRID["train"], "max_steps": 20}), store, base=tiny_base,
+                          on_step=steps.append)
         again = run_local(_grid(ranks=[2, 4, 8], stack=4, train={**GRID["train"], "max_steps": 20}), store,
                           base=tiny_base)
         rows = store.load_cells()
     assert (first.ran, again.ran, again.skipped) == (4, 2, 4)
     assert sorted(r["metrics"]["stacked"] for r in rows) == [2, 2, 4, 4, 4, 4]   # the new rank-4 cells: a pair
     assert len({r["key"] for r in rows}) == 6
+    assert [i.step for i in steps] == list(range(1, 21)) and {i.total for i in steps} == {20}   # one bar per group
 
 
 def test_stack_option_overrides_the_grid(tiny_base, tmp_path):

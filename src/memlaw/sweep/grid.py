@@ -139,7 +139,9 @@ class SweepConfig:
     (`ProbeStack` + `write_many`), each then verified and stored alone; 1: one cell at a time. Cells
     that differ only in rank, length and seed are stacked. Not in the key: a stacked cell's row is
     the row of its separate run up to floating-point effects of the batch shape, with `stacked: K`
-    in its metrics. Used by the local executor."""
+    in its metrics. Used by the local executor. Off by default: alone, a cell's numbers are
+    bit-reproducible; stacked, they depend in the last bits on which cells share its pass (a
+    resumed sweep may group differently), and a crash loses the group's unfinished training."""
 
     def __post_init__(self) -> None:
         problems = []

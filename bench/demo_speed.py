@@ -18,6 +18,7 @@ import platform
 import statistics
 import time
 
+import memlaw  # noqa: F401  (sets passive OpenMP waiting before torch loads)
 import torch
 
 from memlaw.benchmarks import phonebook

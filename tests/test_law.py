@@ -204,7 +204,7 @@ def test_rank_for_unreachable():
 
 def test_summary_is_json_ready():
     s = quiet_fit(*planted("mult"), relative=True).summary()
-    assert set(s) == {"params", "stderr", "r2", "mape", "n", "converged", "relative"}
+    assert set(s) == {"params", "stderr", "r2", "mape", "n", "converged", "relative", "fix_b"}
     assert set(s["params"]) == set(s["stderr"]) == {"C", "alpha", "beta", "b"}
     assert json.loads(json.dumps(s, allow_nan=False)) == s
 
@@ -357,3 +357,29 @@ def test_read_law_csv_bad(tmp_path, text, line, match):
     path.write_text(text)
     with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}:{line}: .*{match}"):
         read_law_csv(path)
+
+
+def test_fix_b_recovers_pure_power_law_and_tames_log_linear_data():
+    import warnings
+
+    r, length = np.meshgrid([1.0, 2, 4, 8], [20.0, 40, 80, 160])
+    r, length = r.ravel(), length.ravel()
+    planted = 3.0 * r**0.2 * length ** (-0.15)
+    fit = MemoryLaw(fix_b=True).fit(r, length, planted)
+    assert fit.params_.b == 0.0 and fit.stderr_.b == 0.0
+    np.testing.assert_allclose([fit.params_.C, fit.params_.alpha, fit.params_.beta], [3.0, 0.2, 0.15], rtol=1e-6)
+    # log-linear data: the free fit runs off (C -> inf, b -> -inf); with b fixed it converges
+    y = 3.0 + 0.1 * np.log(r) - 0.2 * np.log(length)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fixed = MemoryLaw(fix_b=True).fit(r, length, y)
+    assert fixed.converged_ and np.isfinite(fixed.stderr_.alpha) and fixed.params_.C < 100
+
+
+def test_saturated_cells_left_out_of_the_law_only():
+    rows = [{"rank": rk, "length": ln, "delta_loss": 2.0 * rk**0.3 * ln**-0.2, "em": 1.0 if ln <= 20 * rk else 0.5,
+             "L_final": 0.01 if ln <= 20 * rk else 1.0} for rk in (1, 2, 4, 8) for ln in (20, 40, 80, 160, 320)]
+    out = fit_table(rows, saturated_below=0.1, fix_b=True)
+    assert out["law"]["n"] == sum(r["L_final"] >= 0.1 for r in rows)
+    assert out["frontier"] is not None and len(out["frontier"]["points"]) == 4
+    assert any("saturated" in n for n in out["notes"])

@@ -117,7 +117,8 @@ def _log_linear_start(lu: np.ndarray, lv: np.ndarray, y: np.ndarray) -> np.ndarr
     return np.array([math.exp(log_A), alpha, beta, 0.0])
 
 
-def _stderr(r: np.ndarray, length: np.ndarray, p: LawParams, w: np.ndarray, rss: float) -> tuple[LawParams, bool]:
+def _stderr(r: np.ndarray, length: np.ndarray, p: LawParams, w: np.ndarray, rss: float,
+            free: np.ndarray | None = None) -> tuple[LawParams, bool]:
     """Standard errors from cov = s²·(JᵀJ)⁻¹, s² = RSS/(n−4); (se, well_posed).
 
     J = w · ∂ΔL/∂(C, α, β, b) and RSS = Σ (w · (ΔL − pred))², with w the residual weights of the fit.
@@ -125,15 +126,20 @@ def _stderr(r: np.ndarray, length: np.ndarray, p: LawParams, w: np.ndarray, rss:
     n = r.size
     g = r**p.alpha * length ** (-p.beta)
     J = np.column_stack([g, p.C * g * np.log(r), -p.C * g * np.log(length), np.ones(n)]) * w[:, None]
+    fixed_b = free is not None and not free[3]
+    if fixed_b:                                           # b held at 0: three parameters
+        J = J[:, :3]
+    k = J.shape[1]
     # Scale columns to unit norm first: conditioning then reflects the design, not the units of C.
     norms = np.linalg.norm(J, axis=0)
-    if n <= 4 or not np.all(np.isfinite(J)) or np.any(norms == 0):
+    if n <= k or not np.all(np.isfinite(J)) or np.any(norms == 0):
         return LawParams(*[math.inf] * 4), False
     _, s, Vt = np.linalg.svd(J / norms, full_matrices=False)
     if s[-1] < _RCOND * s[0]:
         return LawParams(*[math.inf] * 4), False
-    cov = (Vt.T / s**2) @ Vt / np.outer(norms, norms) * (rss / (n - 4))
-    return LawParams(*np.sqrt(np.clip(np.diag(cov), 0.0, None))), True
+    cov = (Vt.T / s**2) @ Vt / np.outer(norms, norms) * (rss / (n - k))
+    se = list(np.sqrt(np.clip(np.diag(cov), 0.0, None)))
+    return LawParams(*(se + [0.0] if fixed_b else se)), True
 
 
 def _solve(r: np.ndarray, length: np.ndarray, y: np.ndarray, w: np.ndarray, free: np.ndarray, *,
@@ -181,10 +187,14 @@ class MemoryLaw:
         relative: Minimise relative residuals (pred − ΔL)/ΔL instead of absolute ones. Use it when the
             noise scales with ΔL (multiplicative): the unweighted fit's standard errors then come out
             about 2x too small for α and β, the relative fit's are calibrated. Needs every ΔL ≠ 0.
+        fix_b: hold b = 0 (a pure power law). On small grids whose ΔL is nearly log-linear in r and ℓ
+            the free fit slides along C → ∞, α, β → 0, b → −∞ (C·r^α·ℓ^−β + b ≈ C + b + Cα·ln r −
+            Cβ·ln ℓ) and never converges; b = 0 removes that direction.
     """
 
-    def __init__(self, *, loss: str = "linear", max_nfev: int | None = None, relative: bool = False):
-        self.loss, self.max_nfev, self.relative = loss, max_nfev, relative
+    def __init__(self, *, loss: str = "linear", max_nfev: int | None = None, relative: bool = False,
+                 fix_b: bool = False):
+        self.loss, self.max_nfev, self.relative, self.fix_b = loss, max_nfev, relative, fix_b
 
     def fit(self, r: ArrayLike, length: ArrayLike, delta_loss: ArrayLike) -> MemoryLaw:
         """Fit ΔL = C · r^α · ℓ^(−β) + b to observed loss reductions.
@@ -215,9 +225,10 @@ class MemoryLaw:
         if self.relative and np.any(y == 0):
             raise ConfigError(f"relative fit needs delta_loss != 0, got 0 at index {int(np.argmax(y == 0))}")
         w = 1.0 / np.abs(y) if self.relative else np.ones(n)
-        problems = [f"only n={n} points: 4 parameters need n >= 5 for an error estimate"] if n < 5 else []
+        k = 3 if self.fix_b else 4
+        problems = [f"only n={n} points: {k} parameters need n >= {k + 1} for an error estimate"] if n <= k else []
         # A single rank (length) says nothing about α (β): fix it at 0 instead of letting it drift.
-        free = np.array([True, np.unique(r).size > 1, np.unique(length).size > 1, True])
+        free = np.array([True, np.unique(r).size > 1, np.unique(length).size > 1, not self.fix_b])
         for name, var, i, param in (("rank", r, 1, "alpha"), ("length", length, 2, "beta")):
             if not free[i]:
                 problems.append(f"{name} takes one value ({var[0]:g}): {param} is not identifiable and is fixed at 0")
@@ -230,8 +241,8 @@ class MemoryLaw:
         self.residuals_ = y - pred
         self.n_ = n
         rss = float(np.sum((self.residuals_ * w) ** 2))
-        self.stderr_, well_posed = _stderr(r, length, self.params_, w, rss)
-        if not well_posed and n >= 5:
+        self.stderr_, well_posed = _stderr(r, length, self.params_, w, rss, free)
+        if not well_posed and n > k:
             problems.append("the covariance is singular or ill-conditioned (does the grid vary both rank and "
                             "length?); stderr set to inf")
         if problems:
@@ -291,6 +302,7 @@ class MemoryLaw:
             "n": self.n_,
             "converged": self.converged_,
             "relative": self.relative,
+            "fix_b": self.fix_b,
         }
 
 
@@ -312,7 +324,7 @@ def _mape(y: np.ndarray, pred: np.ndarray) -> float:
 
 def held_out_mape(
     r: ArrayLike, length: ArrayLike, delta_loss: ArrayLike, *, split: str = "rank", relative: bool = False
-) -> dict[str, Any]:
+, fix_b: bool = False) -> dict[str, Any]:
     """Extrapolation check: fit the law on the smaller half of the distinct ranks (or lengths), predict the rest.
 
     With an odd number of distinct values the middle one goes to the training half.
@@ -340,7 +352,7 @@ def held_out_mape(
     if values.size < 2:
         raise ConfigError(f"held-out split by {split} needs >= 2 distinct {split}s, got {values.size}")
     train = key <= values[(values.size + 1) // 2 - 1]
-    model = MemoryLaw(relative=relative).fit(r[train], length[train], y[train])
+    model = MemoryLaw(relative=relative, fix_b=fix_b).fit(r[train], length[train], y[train])
     pred = model.predict(r[~train], length[~train])
     return {
         "split": split,
@@ -441,12 +453,17 @@ class Frontier:
 # ---------------------------------------------------------------- tables and files
 
 
-def fit_table(rows: Iterable[Mapping[str, Any]], *, relative: bool = False) -> dict[str, Any]:
+def fit_table(rows: Iterable[Mapping[str, Any]], *, relative: bool = False,
+              saturated_below: float | None = None, fix_b: bool = False) -> dict[str, Any]:
     """Fit the law, the held-out check and (when rows carry `em`) the frontier on one table.
 
     Args:
-        rows: Mappings with keys rank, length, delta_loss and optionally em.
+        rows: Mappings with keys rank, length, delta_loss and optionally em and L_final.
         relative: Passed to `MemoryLaw` (law and held-out fits).
+        saturated_below: leave cells with L_final below this (nats) out of the law and held-out
+            fits. ΔL = L_base − L_final cannot exceed L_base, so a memory stored completely sits on
+            that ceiling whatever its rank; the law describes the non-saturated regime (the paper's
+            wording). The frontier still uses every cell.
 
     Returns:
         {"law": MemoryLaw.summary(), "held_out": held_out_mape(...) or None, "frontier":
@@ -457,13 +474,17 @@ def fit_table(rows: Iterable[Mapping[str, Any]], *, relative: bool = False) -> d
         missing = [k for k in ("rank", "length", "delta_loss") if row.get(k) is None]
         if missing:
             raise ConfigError(f"row {i}: missing key(s) {', '.join(missing)}")
-    r, length, y = _check_data([w["rank"] for w in rows], [w["length"] for w in rows],
-                               delta_loss=[w["delta_loss"] for w in rows])
-    out: dict[str, Any] = {"law": MemoryLaw(relative=relative).fit(r, length, y).summary()}
-    out["held_out"] = out["frontier"] = None
     notes = []
+    fitted = rows
+    if saturated_below is not None:
+        fitted = [w for w in rows if w.get("L_final") is None or w["L_final"] >= saturated_below]
+        notes.append(f"law: {len(rows) - len(fitted)} saturated cells (L_final < {saturated_below}) left out")
+    r, length, y = _check_data([w["rank"] for w in fitted], [w["length"] for w in fitted],
+                               delta_loss=[w["delta_loss"] for w in fitted])
+    out: dict[str, Any] = {"law": MemoryLaw(relative=relative, fix_b=fix_b).fit(r, length, y).summary()}
+    out["held_out"] = out["frontier"] = None
     if np.unique(r).size >= 2:
-        out["held_out"] = held_out_mape(r, length, y, relative=relative)
+        out["held_out"] = held_out_mape(r, length, y, relative=relative, fix_b=fix_b)
     else:
         notes.append("held_out: needs >= 2 distinct ranks")
     with_em = [w for w in rows if w.get("em") is not None]

@@ -47,11 +47,12 @@ def law_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "L_final": r.get("L_final")} for r in usable]
 
 
-def fit_rows(rows: list[dict[str, Any]], *, relative: bool = False) -> dict[str, Any]:
+def fit_rows(rows: list[dict[str, Any]], *, relative: bool = False,
+             saturated_below: float | None = None, fix_b: bool = False) -> dict[str, Any]:
     """`law.fit_table` on law rows, plus the group's ranges; FitWarnings are caught into `warnings`."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FitWarning)
-        out = fit_table(rows, relative=relative)
+        out = fit_table(rows, relative=relative, saturated_below=saturated_below, fix_b=fix_b)
     out["warnings"] = [str(w.message) for w in caught if issubclass(w.category, FitWarning)]
     out["ranks"] = sorted({float(r["rank"]) for r in rows})
     out["lengths"] = sorted({float(r["length"]) for r in rows})

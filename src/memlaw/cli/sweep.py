@@ -249,6 +249,11 @@ def fit(
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Or a CSV with columns rank,length,delta_loss[,em].")] = None,
     where: WhereOpt = None,
     relative: Annotated[bool, typer.Option(help="Minimise relative residuals (noise that scales with ΔL).")] = False,
+    saturated_below: Annotated[Optional[float], typer.Option(
+        help="Leave cells with L_final below this (nats) out of the law fit: ΔL cannot exceed L_base, so "
+             "fully stored memories sit on that ceiling. The frontier still uses every cell.")] = None,
+    fix_b: Annotated[bool, typer.Option("--fix-b", help="Hold b = 0 (a pure power law): small grids that "
+                                        "are nearly log-linear make the free fit diverge (C → ∞, b → −∞).")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fit ΔL = C·r^α·ℓ^(−β) + b: parameters ± standard errors, R², MAPE, held-out MAPE, capacity frontier."""
@@ -274,7 +279,8 @@ def fit(
                 stored = db.load_cells(where)
             rows = law_rows(stored)
             source = {"store": str(store), "where": where, **{k: stored[0][k] for k in GROUP}}
-        result = {**fit_rows(rows, relative=relative), "source": source, "n": len(rows)}
+        result = {**fit_rows(rows, relative=relative, saturated_below=saturated_below, fix_b=fix_b), "source": source,
+                  "n": len(rows)}
         if as_json:
             out.print_json(json.dumps(result))
         else:

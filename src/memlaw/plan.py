@@ -84,7 +84,8 @@ class Plan:
         return asdict(self)
 
 
-def plan(length: int, rows: list[dict[str, Any]], *, n_records: int = 0, L_base: float | None = None) -> Plan:
+def plan(length: int, rows: list[dict[str, Any]], *, n_records: int = 0, L_base: float | None = None,
+         fix_b: bool = False, saturated_below: float | None = None) -> Plan:
     """Which rank holds `length` value tokens, from the law rows of one group. Pure.
 
     Args:
@@ -95,13 +96,20 @@ def plan(length: int, rows: list[dict[str, Any]], *, n_records: int = 0, L_base:
     """
     if length < 1:
         raise ConfigError(f"length must be >= 1, got {length}")
-    r = np.array([float(x["rank"]) for x in rows])
-    ls = np.array([float(x["length"]) for x in rows])
-    y = np.array([float(x["delta_loss"]) for x in rows])
+    # Optionally as `memlaw fit --fix-b --saturated-below`: fully stored memories sit on the
+    # ΔL = L_base ceiling, and a free b lets small, nearly log-linear grids diverge.
+    fit_on = rows
+    if saturated_below is not None:
+        fit_on = [x for x in rows if x.get("L_final") is None or x["L_final"] >= saturated_below] or rows
+    r = np.array([float(x["rank"]) for x in fit_on])
+    ls = np.array([float(x["length"]) for x in fit_on])
+    y = np.array([float(x["delta_loss"]) for x in fit_on])
     notes: list[str] = []
+    if len(fit_on) < len(rows):
+        notes.append(f"law fitted on {len(fit_on)} non-saturated cells (L_final >= {saturated_below})")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FitWarning)
-        law = MemoryLaw().fit(r, ls, y)
+        law = MemoryLaw(fix_b=fix_b).fit(r, ls, y)
     notes += [str(w.message) for w in caught if issubclass(w.category, FitWarning)]
 
     frontier, frontier_rank, measured = None, None, None

@@ -329,6 +329,9 @@ def plan(
     store: StoreOpt = DEFAULT_STORE,
     kind: Annotated[str, typer.Option(help="Adapter kind whose law to use: probe or lora.")] = "probe",
     where: WhereOpt = None,
+    fix_b: Annotated[bool, typer.Option("--fix-b", help="Law with b = 0 (as memlaw fit --fix-b).")] = False,
+    saturated_below: Annotated[Optional[float], typer.Option(
+        help="Fit the law on cells with L_final at least this (as memlaw fit).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Which rank RECORDS need on MODEL, from the law and frontier fitted to the store's cells."""
@@ -356,7 +359,8 @@ def plan(
         enc = encode(recs, base.tokenizer, prompt, max_length=base.context_length)
         losses = base_answer_losses(base, enc)
         L_base = sum(loss * len(v) for (loss, _), v in zip(losses, enc.value_ids)) / max(1, enc.length)
-        result = make_plan(enc.length, rows, n_records=len(recs), L_base=L_base)
+        result = make_plan(enc.length, rows, n_records=len(recs), L_base=L_base, fix_b=fix_b,
+                           saturated_below=saturated_below)
         if as_json:
             out.print_json(json.dumps({**result.to_dict(), "model": model, "kind": kind, "records": str(records)}))
         else:

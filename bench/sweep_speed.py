@@ -20,8 +20,6 @@ numbers (bf16: p_t up to 0.02 apart after 40 steps), so one study should not mix
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -30,21 +28,11 @@ from pathlib import Path
 import memlaw  # noqa: F401  (sets passive OpenMP waiting before torch loads)
 import torch
 
+from machine import machine
 from memlaw.models import load_base
 from memlaw.store import open_store
 from memlaw.sweep import run_local, sweep_from_dict
 from memlaw.sweep.local import resolve_device
-
-
-def machine(device: str) -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    cpu = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")),
-               platform.processor() or platform.machine())
-    text = (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, AMX bf16: "
-            f"{'amx_bf16' in flags}, torch {torch.__version__}")
-    if device.startswith("cuda"):
-        text += f"; GPU: {torch.cuda.get_device_name()}"
-    return text
 
 
 def grid(args, stack: int) -> dict:

@@ -20,14 +20,13 @@ Rows, each timed in this one process on one resident model:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
 import memlaw  # noqa: F401  (sets passive OpenMP waiting before torch loads)
 import torch
 
+from machine import machine
 from memlaw.adapters import make_adapter
 from memlaw.benchmarks.phonebook import phonebook
 from memlaw.config import AdapterConfig, PromptConfig
@@ -36,17 +35,6 @@ from memlaw.forward import TeacherForcer
 from memlaw.models import load_base
 from memlaw.sweep.local import resolve_device
 from memlaw.verify import answer_probs, greedy, verify
-
-
-def machine(device: str) -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    cpu = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")),
-               platform.processor() or platform.machine())
-    text = (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, AMX bf16: "
-            f"{'amx_bf16' in flags}, torch {torch.__version__}")
-    if device.startswith("cuda"):
-        text += f"; GPU: {torch.cuda.get_device_name()}"
-    return text
 
 
 def timed(fn):

@@ -11,7 +11,7 @@ forward pass, and x @ A @ B is never materialised as a d×d matrix.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +28,27 @@ def default_layer(n_layers: int, family: str) -> int:
     """The paper's relative depth: Llama 18/32, Qwen 24/36; other families use Llama's."""
     frac = 24 / 36 if family.startswith("qwen") else 18 / 32
     return min(n_layers - 1, round(n_layers * frac))
+
+
+def hook_parallel_to_mlp(block: nn.Module, delta: Callable[[Tensor], Tensor | None]) -> list:
+    """Add `delta(x)` to `block`'s output, x being the input of its MLP (None: add nothing).
+
+    Returns the hook handles; `.remove()` them to detach.
+    """
+    seen: dict[str, Tensor] = {}
+
+    def keep(_mod, args, kwargs):
+        seen["x"] = args[0] if args else next(iter(kwargs.values()))
+
+    def add(_mod, _args, out):
+        h = out[0] if isinstance(out, tuple) else out
+        d = delta(seen.pop("x"))
+        if d is None:
+            return out
+        h = h + d
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    return [block.mlp.register_forward_pre_hook(keep, with_kwargs=True), block.register_forward_hook(add)]
 
 
 class ProbeAdapter(nn.Module):
@@ -55,25 +76,10 @@ class ProbeAdapter(nn.Module):
         """Hook onto `base.layers[self.layer]`: capture the MLP input, add x @ A @ B to the layer output."""
         if self._handles:
             raise AdapterError("probe adapter is already attached")
-        block = base.layers[self.layer]
-        seen: dict[str, Tensor] = {}
-
-        def keep(_mod, args, kwargs):
-            seen["x"] = args[0] if args else next(iter(kwargs.values()))
-
-        def add(_mod, _args, out):
-            h = out[0] if isinstance(out, tuple) else out
-            x = seen.pop("x")
-            if not self.enabled:
-                return out
-            h = h + self.drop(x @ self.A.to(x.dtype) @ self.B.to(x.dtype))
-            return (h, *out[1:]) if isinstance(out, tuple) else h
-
         self.to(base.device)
-        self._handles = [
-            block.mlp.register_forward_pre_hook(keep, with_kwargs=True),
-            block.register_forward_hook(add),
-        ]
+        self._handles = hook_parallel_to_mlp(
+            base.layers[self.layer],
+            lambda x: self.drop(x @ self.A.to(x.dtype) @ self.B.to(x.dtype)) if self.enabled else None)
 
     def detach(self) -> None:
         for h in self._handles:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from memlaw.adapters.probe import ProbeAdapter
+from memlaw.adapters.probe import ProbeAdapter, hook_parallel_to_mlp
 from memlaw.errors import AdapterError
 
 
@@ -74,27 +74,18 @@ class ProbeStack(nn.Module):
         return self.layer
 
     def attach(self, base) -> None:
-        block = base.layers[self.layer]
-        seen: dict[str, Tensor] = {}
-
-        def keep(_mod, args, kwargs):
-            seen["x"] = args[0] if args else next(iter(kwargs.values()))
-
-        def add(_mod, _args, out):
-            h = out[0] if isinstance(out, tuple) else out
-            x = seen.pop("x")                                       # (B, S, D)
-            if isinstance(self.index, int):                         # one adapter for the whole batch
-                delta = x @ self.A[self.index].to(x.dtype) @ self.B[self.index].to(x.dtype)
-            else:
-                A = self.A[self.index].to(x.dtype)                  # (B, D, R)
-                B = self.B[self.index].to(x.dtype)                  # (B, R, D)
-                delta = torch.bmm(torch.bmm(x, A), B)
-            h = h + self._dropout(delta)
-            return (h, *out[1:]) if isinstance(out, tuple) else h
-
         self.to(base.device)
-        self._handles = [block.mlp.register_forward_pre_hook(keep, with_kwargs=True),
-                         block.register_forward_hook(add)]
+        self._handles = hook_parallel_to_mlp(base.layers[self.layer], self._delta)
+
+    def _delta(self, x: Tensor) -> Tensor:
+        """x (B, S, D) → dropout(x @ A[k] @ B[k]) with k the adapter of each sample."""
+        if isinstance(self.index, int):                         # one adapter for the whole batch
+            delta = x @ self.A[self.index].to(x.dtype) @ self.B[self.index].to(x.dtype)
+        else:
+            A = self.A[self.index].to(x.dtype)                  # (B, D, R)
+            B = self.B[self.index].to(x.dtype)                  # (B, R, D)
+            delta = torch.bmm(torch.bmm(x, A), B)
+        return self._dropout(delta)
 
     def detach(self) -> None:
         for h in self._handles:

@@ -18,7 +18,6 @@ import platform
 import statistics
 import time
 
-import memlaw  # noqa: F401  (sets passive OpenMP waiting before torch loads)
 import torch
 
 from memlaw.benchmarks import phonebook

@@ -25,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import memlaw  # noqa: F401  (sets passive OpenMP waiting before torch loads)
 import torch
 
 from machine import machine

@@ -23,7 +23,6 @@ import argparse
 import time
 from pathlib import Path
 
-import memlaw  # noqa: F401  (sets passive OpenMP waiting before torch loads)
 import torch
 
 from machine import machine

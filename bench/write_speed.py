@@ -23,7 +23,6 @@ import platform
 import statistics
 import time
 
-import memlaw  # noqa: F401  (sets passive OpenMP waiting before torch loads)
 import torch
 from peft import LoraConfig, get_peft_model
 

@@ -9,6 +9,7 @@ Only the driver touches the store, so the store never needs to be on a shared fi
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from typing import Any
@@ -81,7 +82,9 @@ def run_ray(sweep: SweepConfig, store: Store, *, address: str | None = None, num
     ray = _import_ray()
     own_ray = not ray.is_initialized()
     if own_ray:
-        kwargs = {"include_dashboard": False, "log_to_driver": False, **(init_kwargs or {})}
+        # several actors share a node's cores: spinning OpenMP workers would starve each other
+        passive = {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
+        kwargs = {"include_dashboard": False, "log_to_driver": False, "runtime_env": passive, **(init_kwargs or {})}
         ray.init(address=address, **kwargs)
     try:
         resources = ray.cluster_resources()

@@ -22,6 +22,9 @@ def report(
         help="Leave out free text that could quote input (error messages, memory notes). Record values are "
              "never stored, so no report shows them.")] = False,
     svg: Annotated[bool, typer.Option(help="Also write every figure as SVG.")] = True,
+    fix_b: Annotated[bool, typer.Option("--fix-b", help="Law fit with b = 0 (as memlaw fit --fix-b).")] = False,
+    saturated_below: Annotated[Optional[float], typer.Option(
+        help="Fit the law on cells with L_final at least this (as memlaw fit).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Write DIR/index.html: law fit, scaling panels, heat maps, stubborn tokens, ρ, phase picture, tables.
@@ -49,7 +52,8 @@ def report(
         if not rows and not methods_rows:
             raise ConfigError(f"{store}: no finished cells" + (f" match --where {where}" if where else ""))
         rep = build_report(rows, probs, failed=failed, methods=methods_rows, redact=redact,
-                           source=f"store {store}" + (f" where {where}" if where else ""))
+                           source=f"store {store}" + (f" where {where}" if where else ""),
+                           law_options={"fix_b": fix_b, "saturated_below": saturated_below})
         page = write_report(rep, out_dir, svg=svg)
         out.print(f"wrote {page} ({len(rep.figures)} figures, {len(rows)} cells)", markup=False, soft_wrap=True)
 

@@ -99,7 +99,8 @@ def fmt(x: Any, digits: int = 3, pct: bool = False) -> str:
 
 def build_report(rows: Sequence[Mapping[str, Any]], token_probs: Mapping[str, Sequence] | None = None, *,
                  failed: Sequence[Mapping[str, Any]] = (), methods: Sequence[Mapping[str, Any]] | None = None,
-                 redact: bool = False, source: str = "", title: str = "memlaw report") -> Report:
+                 redact: bool = False, source: str = "", title: str = "memlaw report",
+                 law_options: Mapping[str, Any] | None = None) -> Report:
     """Sections, tables and figures for finished cells `rows` (store rows). Pure: writes nothing.
 
     Args:
@@ -109,6 +110,7 @@ def build_report(rows: Sequence[Mapping[str, Any]], token_probs: Mapping[str, Se
         methods: rows of `memlaw bench methods --out FILE.jsonl` (MemFT vs SFT), if any.
         redact: leave out free text that could quote input (values themselves are never stored).
         source: where the rows came from, for the page header.
+        law_options: passed to the law fit (`fix_b`, `saturated_below`, `relative`), as `memlaw fit`.
     """
     from memlaw.report import plots
     from memlaw.report.sections import (cells_section, grids_section, law_section, methods_section,
@@ -119,7 +121,7 @@ def build_report(rows: Sequence[Mapping[str, Any]], token_probs: Mapping[str, Se
     sections: list[Section] = []
     summary: dict[str, Any] = {"cells": len(rows), "failed": len(failed), "laws": []}
     for group, grows in analysis.groups(rows).items():
-        sec, fit = law_section(group, grows, plots)
+        sec, fit = law_section(group, grows, plots, law_options or {})
         sections.append(sec)
         summary["laws"].append(fit)
     if rows:

@@ -24,7 +24,8 @@ def _pm(value: float | None, se: float | None) -> str:
     return f"{value:.4g} ± {se:.2g}" if se is not None else f"{value:.4g} ± ?"
 
 
-def law_section(group: tuple, rows: list[Mapping[str, Any]], plots) -> tuple[Section, dict[str, Any]]:
+def law_section(group: tuple, rows: list[Mapping[str, Any]], plots,
+                law_options: Mapping[str, Any] | None = None) -> tuple[Section, dict[str, Any]]:
     from memlaw.plan import fit_rows, law_rows
 
     model, kind, objective, benchmark = group
@@ -33,7 +34,7 @@ def law_section(group: tuple, rows: list[Mapping[str, Any]], plots) -> tuple[Sec
     summary: dict[str, Any] = {"group": dict(zip(analysis.GROUP, group)), "cells": len(rows)}
     try:
         lrows = law_rows(rows)
-        fit = fit_rows(lrows)
+        fit = fit_rows(lrows, **(law_options or {}))
     except (MemlawError, ValueError, FloatingPointError) as e:
         sec.paragraphs.append(f"No law fit: {e}")
         lrows, fit = [], None

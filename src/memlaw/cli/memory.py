@@ -18,6 +18,7 @@ from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainCon
 from memlaw.errors import AdapterError
 from memlaw.records import redact as redact_value
 
+
 class Kind(str, Enum):
     probe = "probe"
     lora = "lora"

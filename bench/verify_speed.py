@@ -87,16 +87,23 @@ def main() -> None:
     rows.append(("greedy, one at a time, HF generate", len(sub), s, sum(map(len, one_hf))))
     _, s = timed(lambda: verify(base, adapter, enc, recall=True, batch_size=args.batch))
     rows.append(("verify (certify + recall), batched", len(enc), s, None))
-    adapter.detach()
-
     same = loop == hf and one == loop[: len(sub)] and one_hf == loop[: len(sub)]
+    pairs = {"loop vs HF generate, batched": (loop, hf), "batched vs one at a time, loop": (loop[: len(sub)], one),
+             "batched vs one at a time, HF": (hf[: len(sub)], one_hf), "loop vs HF, one at a time": (one, one_hf)}
+    divergences = {what: diverging(base, enc, a, b) for what, (a, b) in pairs.items()}   # adapter still attached
+    adapter.detach()
     rate = {what: n / s for what, n, s, _ in rows}
     print(f"\nmachine: {machine(device)}")
     print(f"model {args.model} ({base.dtype}, {device}); PhoneBook {len(enc)} records, "
           f"{len(set(map(len, enc.prompt_ids)))} "
           f"distinct prompt lengths, answers of {min(limits)}-{max(limits)} tokens; random nonzero probe r={args.rank} "
           f"at layer {adapter.first_layer}; batch {args.batch}; one-at-a-time rows on the first {len(sub)} records")
-    print(f"greedy tokens identical across loop / HF generate / batched / one at a time: {'yes' if same else 'NO'}\n")
+    print(f"greedy tokens identical across loop / HF generate / batched / one at a time: {'yes' if same else 'NO'}")
+    for what, gaps in divergences.items():
+        n = len(pairs[what][0])
+        worst = f"; top-2 probability gap at the first divergence: max {max(gaps):.2e}" if gaps else ""
+        print(f"  {what}: {len(gaps)} of {n} records differ{worst}")
+    print()
     head = f"{'':36} {'records':>8} {'seconds':>8} {'records/s':>10} {'tokens/rec':>10} {'× one at a time':>16}"
     print(head)
     print("-" * len(head))
@@ -108,6 +115,25 @@ def main() -> None:
         tok = "-" if tokens is None else f"{tokens / n:.1f}"
         print(f"{what:36} {n:8d} {s:8.2f} {rate[what]:10.1f} {tok:>10} {ratio:15.2f}×")
     print("\n(verify's one-at-a-time reference combines the two one-at-a-time rates: 1 / (1/certify + 1/greedy))")
+
+
+@torch.no_grad()
+def diverging(base, enc, a: list[list[int]], b: list[list[int]]) -> list[float]:
+    """For each record whose two greedy outputs differ, the gap between the top two next-token
+    probabilities at the first differing position (teacher-forced on the shared prefix, batch 1).
+
+    A near-zero gap is a tie that batch-shape-dependent bf16 rounding may break either way; a
+    certificate (p > 0.5 on every target token) leaves no such tie on the target path.
+    """
+    gaps = []
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x == y:
+            continue
+        t = next((k for k, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
+        ids = torch.tensor([list(enc.prompt_ids[i]) + x[:t]], device=base.device)
+        top = torch.softmax(base.model(input_ids=ids).logits[0, -1].float(), -1).topk(2).values
+        gaps.append(float(top[0] - top[1]))
+    return gaps
 
 
 if __name__ == "__main__":

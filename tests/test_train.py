@@ -63,3 +63,10 @@ def test_fast_paths_do_not_change_training(tiny_base, tiny_records, plain):
                         answer_logits=False)
     for x, y in zip(fast, slow):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-3)
+
+
+def test_train_attention_must_be_known():
+    from memlaw.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="attention must be 'auto', 'math' or 'model', got 'flash'"):
+        TrainConfig(until="certified", attention="flash")

@@ -17,7 +17,7 @@ import torch
 
 from memlaw.config import ObjectiveConfig, TrainConfig
 from memlaw.encode import Encoded
-from memlaw.forward import TeacherForcer, joint_logits
+from memlaw.forward import TeacherForcer, joint_logits, training_attention
 from memlaw.objectives import make_objective, token_nll, weighted_loss
 from memlaw.verify import TokenProbs, answer_probs
 
@@ -143,7 +143,8 @@ def write(base, adapter, enc: Encoded, objective: ObjectiveConfig, cfg: TrainCon
     adapter.train()
     t0 = time.perf_counter()
     while not run.done:
-        loss, any_weight = run.loss_of(*run.tf.logits(run.next_rows()))
+        with training_attention(cfg.attention, base.device):
+            loss, any_weight = run.loss_of(*run.tf.logits(run.next_rows()))
         if any_weight:                               # zero weights mean a skipped step (zero gradient)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.clip)
@@ -178,6 +179,8 @@ def write_many(base, stack, encs: list[Encoded], objectives: list[ObjectiveConfi
         One `TrainResult` per adapter; its wall time runs until that adapter stopped.
     """
     K = len(encs)
+    if len({c.attention for c in cfgs}) > 1:
+        raise ValueError("write_many: every adapter's TrainConfig needs the same attention (one pass)")
     runs = [_Run(base, e, o, c, stack.first_layer) for e, o, c in zip(encs, objectives, cfgs)]
     stack.seed_dropout([c.seed for c in cfgs])
     moments = [(p, torch.zeros_like(p), torch.zeros_like(p)) for p in (stack.A, stack.B)]
@@ -192,7 +195,8 @@ def write_many(base, stack, encs: list[Encoded], objectives: list[ObjectiveConfi
         parts = [(runs[k].tf, runs[k].next_rows()) for k in live]
         stack.index = torch.cat([torch.full((len(rows),), k) for k, (_, rows) in zip(live, parts)])
         stack.parts = [(k, len(rows), _seq_len(runs[k].enc, rows)) for k, (_, rows) in zip(live, parts)]
-        outs = joint_logits(parts)
+        with training_attention(cfgs[0].attention, base.device):
+            outs = joint_logits(parts)
         total, stepping = 0.0, torch.zeros(K, dtype=torch.bool)
         for k, (logits, batch) in zip(live, outs):
             loss, any_weight = runs[k].loss_of(logits, batch)

@@ -1,4 +1,4 @@
-"""The demo's write speed with each DESIGN §6 fast path on and off (cached prefix, answer-only logits, bf16).
+"""The demo's write speed with each fast path on and off (cached prefix, answer-only logits, bf16, training attention).
 
 Runs the demo's write (PhoneBook, probe rank 16 on SmolLM2-135M, until every record certifies) once
 per variant in this one process and prints steps/s and time to certified, with ratios against the
@@ -13,33 +13,24 @@ all-off baseline run in the same process. Machine facts are printed with the tab
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
-import torch
-
+from machine import machine
 from memlaw.benchmarks import phonebook
 from memlaw.cli.memory import DEMO_RANK, DEMO_TRAIN
 from memlaw.config import AdapterConfig, TrainConfig
 from memlaw.memory import write_memory
 from memlaw.models import load_base
 
-VARIANTS = [  # name, dtype, cache_prefix, answer_logits
-    ("all on (memlaw default)", "bfloat16", True, True),
-    ("cached prefix off", "bfloat16", False, True),
-    ("answer-only logits off", "bfloat16", True, False),
-    ("bf16 off (float32)", "float32", True, True),
-    ("all off (baseline)", "float32", False, False),
+VARIANTS = [  # name, dtype, cache_prefix, answer_logits, training attention
+    ("all on (memlaw default)", "bfloat16", True, True, "auto"),
+    ("cached prefix off", "bfloat16", False, True, "auto"),
+    ("answer-only logits off", "bfloat16", True, False, "auto"),
+    ("bf16 off (float32)", "float32", True, True, "auto"),
+    ("model's attention kernel", "bfloat16", True, True, "model"),
+    ("all off (baseline)", "float32", False, False, "model"),
 ]
-
-
-def machine() -> str:
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    amx = "amx_bf16" in flags
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, AMX bf16: {amx}")
 
 
 def main() -> None:
@@ -48,20 +39,21 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=DEMO_TRAIN.max_steps)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--steps-only", type=int, default=0)
-    ap.add_argument("--rate-only", nargs="*", default=[], help="variants (by index 0-4) timed for 20 steps only")
+    ap.add_argument("--rate-only", nargs="*", default=[], help="variants (by index 0-5) timed for 20 steps only")
     args = ap.parse_args()
     recs = phonebook(args.n)
     bases = {dt: load_base("smollm2-135m", dtype=dt) for dt in ("bfloat16", "float32")}
     rows = []
-    for v, (name, dt, cache, answer) in enumerate(VARIANTS):
+    for v, (name, dt, cache, answer, attention) in enumerate(VARIANTS):
         rate_only = args.steps_only or (20 if str(v) in args.rate_only else 0)
         if rate_only:
             cfg = TrainConfig(until="budget", max_steps=rate_only, batch_size=DEMO_TRAIN.batch_size,
-                              lr=DEMO_TRAIN.lr, check_every=rate_only, cache_prefix=cache, answer_logits=answer)
+                              lr=DEMO_TRAIN.lr, check_every=rate_only, cache_prefix=cache, answer_logits=answer,
+                              attention=attention)
         else:
             cfg = TrainConfig(until="certified", max_steps=args.max_steps, batch_size=DEMO_TRAIN.batch_size,
                               lr=DEMO_TRAIN.lr, check_every=DEMO_TRAIN.check_every, cache_prefix=cache,
-                              answer_logits=answer)
+                              answer_logits=answer, attention=attention)
         runs = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()

@@ -1,0 +1,66 @@
+"""How far p_t moves between batch shapes for a saved adapter, next to its smallest certified margin.
+
+A certificate (every answer token p_t > 0.5 + margin) is exact for the numerics it was checked in.
+In bf16, kernels block a batch of 32 differently from a batch of 1, so p_t moves a little with the
+batch shape; a token whose p_t is closer to 0.5 than that shift could decode differently in
+another batch shape. This prints, for the adapter's own records:
+
+- the max |Δp_t| between the certificate's pass (cached prefix, chunks of 64) and the same pass
+  one record at a time, and a plain full-model pass one record at a time;
+- the smallest p_t (the certificate's tightest margin is that minus 0.5);
+- exact recall with greedy decoding batched, one at a time, and with HF `generate` one at a time.
+
+    python bench/batch_shift.py memlaw-demo        # after `memlaw demo`
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from machine import machine
+from memlaw.encode import encode
+from memlaw.forward import TeacherForcer
+from memlaw.memory import Memory
+from memlaw.verify import answer_probs, greedy
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("adapter", help="an adapter directory saved with its records")
+    args = ap.parse_args()
+    mem = Memory.open(args.adapter)
+    base, adapter = mem.base, mem.adapter
+    recs = mem.records()
+    enc = encode(recs, base.tokenizer, mem.prompt, max_length=base.context_length)
+    cached = TeacherForcer(base, enc, start_layer=adapter.first_layer)
+    batched = answer_probs(cached, chunk=64)
+    shifts = {
+        "cached prefix, one at a time": answer_probs(cached, chunk=1),
+        "plain full pass, one at a time": answer_probs(TeacherForcer(base, enc, plain=True), chunk=1),
+    }
+    stop = mem.terminator[0]
+    limits = [len(enc.answer_ids(i)) for i in range(len(enc))]
+
+    def exact(outs: list[list[int]]) -> int:
+        cut = [o[: o.index(stop)] if stop in o else o for o in outs]
+        return sum(base.tokenizer.decode(o) == r.value for o, r in zip(cut, recs))
+
+    decoded = {
+        "batched (KV-cache loop)": greedy(base, enc.prompt_ids, limits, stop),
+        "one at a time (KV-cache loop)": [greedy(base, [p], n, stop)[0] for p, n in zip(enc.prompt_ids, limits)],
+        "one at a time (HF generate)": [greedy(base, [p], n, stop, hf_generate=True)[0]
+                                        for p, n in zip(enc.prompt_ids, limits)],
+    }
+    low = min(float(tp.p.min()) for tp in batched.values())
+    print(f"machine: {machine()}")
+    print(f"adapter {args.adapter}: {len(enc)} records, base dtype {base.dtype}; smallest p_t {low:.4f} "
+          f"(tightest margin {low - 0.5:+.4f})\n")
+    for what, probs in shifts.items():
+        d = max(float((batched[i].p - probs[i].p).abs().max()) for i in batched)
+        print(f"max |Δp_t|, certificate pass vs {what:32} {d:.4f}")
+    for what, outs in decoded.items():
+        print(f"exact greedy recall, {what:38} {exact(outs)}/{len(enc)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -80,3 +80,31 @@ def test_help_for_every_command():
     for cmd in ("write", "recall", "verify", "demo"):
         res = runner.invoke(app, [cmd, "--help"])
         assert res.exit_code == 0 and "Usage" in res.stdout
+
+
+def test_verify_margin_certifies_exactly_the_records_above_it(written, tiny_records):
+    """--margin m: certified = records whose every answer p_t > 0.5 + m, against p_t computed here."""
+    from memlaw.encode import encode
+    from memlaw.forward import TeacherForcer
+    from memlaw.memory import Memory
+    from memlaw.verify import answer_probs
+
+    d, _ = written
+    with Memory.open(d / "ad") as mem:
+        enc = encode(tiny_records, mem.base.tokenizer, mem.prompt)
+        low = sorted(float(tp.p.min()) for tp in answer_probs(TeacherForcer(mem.base, enc, plain=True)).values())
+    margin = (low[3] + low[4]) / 2 - 0.5           # between the 4th and 5th smallest minimum p_t
+    assert 0 < margin < 0.5
+    res = runner.invoke(app, ["verify", str(d / "ad"), "--no-recall", "--json", "--margin", f"{margin:.6f}"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["summary"]["certified"] == len(low) - 4
+
+
+@pytest.mark.parametrize("margin", ["-0.1", "0.5"])
+def test_bad_margin_is_refused(written, tmp_path, margin):
+    d, _ = written
+    for args in (["verify", str(d / "ad")], ["write", str(d / "mem.jsonl"), "--model", "tiny", "--out", str(tmp_path / "x")]):
+        res = runner.invoke(app, [*args, "--margin", margin])
+        assert res.exit_code == 2
+        assert "margin must be in [0, 0.5)" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()

@@ -150,6 +150,8 @@ class TrainConfig:
             problems.append("a budget run needs max_steps or epochs")
         if self.check_every < 1:
             problems.append(f"check_every must be >= 1, got {self.check_every}")
+        if not isinstance(self.margin, (int, float)) or not 0.0 <= self.margin < 0.5:
+            problems.append(f"margin must be in [0, 0.5), got {self.margin!r}")
         if self.attention not in ("auto", "math", "model"):
             problems.append(f"attention must be 'auto', 'math' or 'model', got {self.attention!r}")
         _raise(problems, "train")

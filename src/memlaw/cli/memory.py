@@ -15,7 +15,7 @@ from rich.table import Table
 
 from memlaw.cli._common import app, err, nullcontext, out, run, setup_logging
 from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig
-from memlaw.errors import AdapterError
+from memlaw.errors import AdapterError, ConfigError
 from memlaw.records import redact as redact_value
 
 
@@ -78,6 +78,11 @@ def record_table(v, redact: bool) -> Table:
     return t
 
 
+MARGIN_HELP = ("Certified means p_t > 0.5 + MARGIN for every answer token. In bf16, p_t moves by up to "
+               "~0.06 between batch shapes (bench/batch_shift.py): use 0.07 for a certificate that holds "
+               "whatever batching recall uses.")
+
+
 @app.command()
 def write(
     records: Annotated[Path, typer.Argument(help="Records: JSONL ({key, value} or {query, target}) or CSV.")],
@@ -93,6 +98,7 @@ def write(
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-2,
     batch_size: Annotated[int, typer.Option(help="Records per optimizer step.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed (adapter init, order, dropout).")] = 0,
+    margin: Annotated[float, typer.Option(help=MARGIN_HELP)] = 0.0,
     dtype: Annotated[str, typer.Option(help="auto (bf16 where fast), bfloat16 or float32.")] = "auto",
     template: Annotated[Optional[str], typer.Option(help="Prompt template: chat or plain (default: chat if the tokenizer has one).")] = None,
     no_records: Annotated[bool, typer.Option("--no-records", help="Do not save records.jsonl with the adapter.")] = False,
@@ -116,7 +122,7 @@ def write(
         # bad input is refused here, in a fraction of a second, before torch and the model load
         adapter_cfg = AdapterConfig(kind=adapter.value, rank=rank, layer=layer)
         train_cfg = TrainConfig(lr=lr, batch_size=batch_size, max_steps=max_steps, epochs=epochs,
-                                until=until.value, seed=seed)
+                                until=until.value, seed=seed, margin=margin)
         prompt = PromptConfig(template=template)
         recs = load_records(records)
         check_out_dir(out_dir)
@@ -186,6 +192,7 @@ def verify(
     directory: Annotated[Path, typer.Argument(help="Adapter directory.")],
     records: Annotated[Optional[Path], typer.Argument(help="Records to check (default: the ones saved with the adapter).")] = None,
     no_recall: Annotated[bool, typer.Option("--no-recall", help="Certificate only; skip greedy decoding.")] = False,
+    margin: Annotated[float, typer.Option(help=MARGIN_HELP)] = 0.0,
     per_record: Annotated[bool, typer.Option("--per-record", help=(
         "Also print a row per record with its greedy output, which is the value itself when recalled: "
         "values are shown (table and --json) only with this option, and not with --redact."))] = False,
@@ -204,6 +211,8 @@ def verify(
         from memlaw.adapters import check_integrity, read_meta
         from memlaw.records import load_records, records_sha256
 
+        if not 0.0 <= margin < 0.5:
+            raise ConfigError(f"margin must be in [0, 0.5), got {margin}")
         meta = read_meta(directory)
         problems = check_integrity(directory, meta)
         if problems:
@@ -213,7 +222,7 @@ def verify(
 
         t0 = time.perf_counter()
         with Memory.open(directory) as mem:
-            v = mem.verify(recs, recall=not no_recall)
+            v = mem.verify(recs, recall=not no_recall, margin=margin)
         wall = time.perf_counter() - t0
         same = recs is None or records_sha256(recs) == meta.get("records_sha256")
         hide = redact or not per_record

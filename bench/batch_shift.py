@@ -21,7 +21,7 @@ from machine import machine
 from memlaw.encode import encode
 from memlaw.forward import TeacherForcer
 from memlaw.memory import Memory
-from memlaw.verify import answer_probs, greedy
+from memlaw.verify import answer_probs, greedy, score_recall
 
 
 def main() -> None:
@@ -38,12 +38,11 @@ def main() -> None:
         "cached prefix, one at a time": answer_probs(cached, chunk=1),
         "plain full pass, one at a time": answer_probs(TeacherForcer(base, enc, plain=True), chunk=1),
     }
-    stop = mem.terminator[0]
+    stop = enc.terminator[0]
     limits = [len(enc.answer_ids(i)) for i in range(len(enc))]
 
     def exact(outs: list[list[int]]) -> int:
-        cut = [o[: o.index(stop)] if stop in o else o for o in outs]
-        return sum(base.tokenizer.decode(o) == r.value for o, r in zip(cut, recs))
+        return sum(score_recall(enc, i, out)[0] for i, out in enumerate(outs))
 
     decoded = {
         "batched (KV-cache loop)": greedy(base, enc.prompt_ids, limits, stop),

@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from memlaw.plan import GROUP  # cells of one law
+
 LN2 = math.log(2.0)
 PAPER_RHO, PAPER_N = 0.908, 155
 """The paper's Spearman ρ(earliest stubborn, first failure) and its number of failed records."""
-GROUP = ("model", "kind", "objective", "benchmark")
-"""Cells of one law (as `memlaw.plan.GROUP`)."""
 
 TokenProbRows = Sequence[tuple[int, int, np.ndarray]]
 

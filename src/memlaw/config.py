@@ -17,6 +17,13 @@ from memlaw.errors import ConfigError
 T = TypeVar("T")
 
 
+def margin_problem(margin: Any) -> str | None:
+    """What is wrong with a certificate margin (certified: every p_t > 0.5 + margin), or None."""
+    if not isinstance(margin, (int, float)) or not 0.0 <= margin < 0.5:
+        return f"margin must be in [0, 0.5), got {margin!r}"
+    return None
+
+
 def _raise(problems: list[str], what: str) -> None:
     if problems:
         raise ConfigError(f"{what}: " + "; ".join(problems))
@@ -150,8 +157,8 @@ class TrainConfig:
             problems.append("a budget run needs max_steps or epochs")
         if self.check_every < 1:
             problems.append(f"check_every must be >= 1, got {self.check_every}")
-        if not isinstance(self.margin, (int, float)) or not 0.0 <= self.margin < 0.5:
-            problems.append(f"margin must be in [0, 0.5), got {self.margin!r}")
+        if (problem := margin_problem(self.margin)) is not None:
+            problems.append(problem)
         if self.attention not in ("auto", "math", "model"):
             problems.append(f"attention must be 'auto', 'math' or 'model', got {self.attention!r}")
         _raise(problems, "train")

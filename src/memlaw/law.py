@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, astuple, dataclass
 from typing import Any
 
@@ -323,8 +323,9 @@ def _mape(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def held_out_mape(
-    r: ArrayLike, length: ArrayLike, delta_loss: ArrayLike, *, split: str = "rank", relative: bool = False
-, fix_b: bool = False) -> dict[str, Any]:
+    r: ArrayLike, length: ArrayLike, delta_loss: ArrayLike, *, split: str = "rank", relative: bool = False,
+    fix_b: bool = False,
+) -> dict[str, Any]:
     """Extrapolation check: fit the law on the smaller half of the distinct ranks (or lengths), predict the rest.
 
     With an odd number of distinct values the middle one goes to the training half.
@@ -453,6 +454,11 @@ class Frontier:
 # ---------------------------------------------------------------- tables and files
 
 
+def unsaturated(rows: Sequence[Mapping[str, Any]], below: float) -> list[Mapping[str, Any]]:
+    """The rows whose L_final is at least `below` (or unknown): the memories not stored completely."""
+    return [w for w in rows if w.get("L_final") is None or w["L_final"] >= below]
+
+
 def fit_table(rows: Iterable[Mapping[str, Any]], *, relative: bool = False,
               saturated_below: float | None = None, fix_b: bool = False) -> dict[str, Any]:
     """Fit the law, the held-out check and (when rows carry `em`) the frontier on one table.
@@ -477,7 +483,7 @@ def fit_table(rows: Iterable[Mapping[str, Any]], *, relative: bool = False,
     notes = []
     fitted = rows
     if saturated_below is not None:
-        fitted = [w for w in rows if w.get("L_final") is None or w["L_final"] >= saturated_below]
+        fitted = unsaturated(rows, saturated_below)
         notes.append(f"law: {len(rows) - len(fitted)} saturated cells (L_final < {saturated_below}) left out")
     r, length, y = _check_data([w["rank"] for w in fitted], [w["length"] for w in fitted],
                                delta_loss=[w["delta_loss"] for w in fitted])
@@ -543,4 +549,5 @@ def read_law_csv(path: str | os.PathLike) -> list[dict[str, float]]:
     return rows
 
 
-__all__ = ["law", "LawParams", "MemoryLaw", "held_out_mape", "Frontier", "fit_table", "read_law_csv", "LOSSES"]
+__all__ = ["law", "LawParams", "MemoryLaw", "held_out_mape", "Frontier", "fit_table", "unsaturated", "read_law_csv",
+           "LOSSES"]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from memlaw.errors import ConfigError, FitWarning
-from memlaw.law import Frontier, MemoryLaw, fit_table
+from memlaw.law import Frontier, MemoryLaw, fit_table, unsaturated
 
 GROUP = ("model", "kind", "objective", "benchmark")
 """Rows of one law share these; a fit over several groups would mix different laws."""
@@ -100,7 +100,7 @@ def plan(length: int, rows: list[dict[str, Any]], *, n_records: int = 0, L_base:
     # ΔL = L_base ceiling, and a free b lets small, nearly log-linear grids diverge.
     fit_on = rows
     if saturated_below is not None:
-        fit_on = [x for x in rows if x.get("L_final") is None or x["L_final"] >= saturated_below] or rows
+        fit_on = unsaturated(rows, saturated_below) or rows
     r = np.array([float(x["rank"]) for x in fit_on])
     ls = np.array([float(x["length"]) for x in fit_on])
     y = np.array([float(x["delta_loss"]) for x in fit_on])

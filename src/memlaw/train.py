@@ -94,8 +94,9 @@ class _Run:
         w = self.obj.weights(nll, batch.mask, correct, batch.rows)
         return weighted_loss(nll, w), bool(w.any())
 
-    def lr(self) -> float:
-        return self.cfg.lr * max(0.0, 1.0 - self.step / self.total)
+    def lr(self, ahead: int = 0) -> float:
+        """The linearly decayed LR at step `self.step + ahead`."""
+        return self.cfg.lr * max(0.0, 1.0 - (self.step + ahead) / self.total)
 
     def after_step(self, adapter, t0: float, lr: float, on_check: CheckCallback | None) -> tuple[int | None, int | None]:
         """Count the step; at check steps run the no-dropout pass and apply the stop rule."""
@@ -215,7 +216,7 @@ def write_many(base, stack, encs: list[Encoded], objectives: list[ObjectiveConfi
         stack.index = stack.parts = None
         for k in live:
             r = runs[k]
-            next_lr = r.cfg.lr * max(0.0, 1.0 - (r.step + 1) / r.total)   # what `write` logs: the LR after this step
+            next_lr = r.lr(ahead=1)                  # what `write` logs: the LR after this step
             checked = None if on_check is None else (lambda step, probs, k=k: on_check(k, step, probs))
             stubborn, certified = r.after_step(_Slice(stack, k), t0, next_lr, checked)
             if on_step is not None:

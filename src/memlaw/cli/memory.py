@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from memlaw.cli._common import app, err, nullcontext, out, run, setup_logging
-from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig
+from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig, margin_problem
 from memlaw.errors import AdapterError, ConfigError
 from memlaw.records import redact as redact_value
 
@@ -211,8 +211,8 @@ def verify(
         from memlaw.adapters import check_integrity, read_meta
         from memlaw.records import load_records, records_sha256
 
-        if not 0.0 <= margin < 0.5:
-            raise ConfigError(f"margin must be in [0, 0.5), got {margin}")
+        if (problem := margin_problem(margin)) is not None:
+            raise ConfigError(problem)
         meta = read_meta(directory)
         problems = check_integrity(directory, meta)
         if problems:

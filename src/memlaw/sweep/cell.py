@@ -23,7 +23,7 @@ from memlaw.benchmarks.phonebook import PHONEBOOK_SIZE, phonebook
 from memlaw.encode import encode
 from memlaw.errors import ConfigError, MemlawError
 from memlaw.records import Record, load_records
-from memlaw.sweep.grid import BenchmarkConfig, CellConfig
+from memlaw.sweep.grid import BenchmarkConfig, CellConfig, probs_interval
 from memlaw.train import StepCallback, write
 from memlaw.verify import TokenProbs, base_answer_losses, verify
 
@@ -263,17 +263,6 @@ def cell_result(prep: _Prepared, base, trained, checked, keeper: ProbsKeeper, *,
     if stacked is not None:
         metrics["stacked"] = stacked                # trained in one pass with stacked - 1 other cells
     return CellResult(prep.cell.key, prep.cell, "done", metrics, versions(), keeper.rows())
-
-
-def probs_interval(token_probs: bool | int) -> int:
-    """Steps between kept p_t checks: 0 (keep none), 1 (every check) or N (see `run_cell`)."""
-    if token_probs is True:
-        return 1
-    if token_probs is False or token_probs is None:
-        return 0
-    if not isinstance(token_probs, int) or token_probs < 1:
-        raise ConfigError(f"token_probs must be true, false or an interval in steps >= 1, got {token_probs!r}")
-    return token_probs
 
 
 def _probs_rows(step: int, probs: dict[int, TokenProbs]) -> list[tuple[int, int, bytes]]:

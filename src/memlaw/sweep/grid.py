@@ -161,9 +161,10 @@ class SweepConfig:
             problems.append("name must be a non-empty string")
         if not self.model or not isinstance(self.model, str):
             problems.append("model must be a non-empty string (an embedded name, a hub id or a directory)")
-        if not isinstance(self.token_probs, (bool, int)) or (not isinstance(self.token_probs, bool)
-                                                               and self.token_probs < 1):
-            problems.append(f"token_probs must be true, false or an interval in steps >= 1, got {self.token_probs!r}")
+        try:
+            probs_interval(self.token_probs)
+        except ConfigError as e:
+            problems.append(str(e))
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if problems:
@@ -176,6 +177,15 @@ class SweepConfig:
                            objective=self.objective, train=dataclasses.replace(self.train, seed=seed),
                            prompt=self.prompt)
                 for length in sorted(self.lengths) for rank in sorted(self.ranks) for seed in sorted(self.seeds)]
+
+
+def probs_interval(token_probs: bool | int) -> int:
+    """Steps between kept p_t checks: 0 (keep none), 1 (every check) or N (see `run_cell`)."""
+    if isinstance(token_probs, bool):
+        return int(token_probs)
+    if not isinstance(token_probs, int) or token_probs < 1:
+        raise ConfigError(f"token_probs must be true, false or an interval in steps >= 1, got {token_probs!r}")
+    return token_probs
 
 
 def stack_groups(cells: list[CellConfig], size: int) -> list[list[CellConfig]]:
@@ -287,4 +297,4 @@ def _is_float_tuple(hint: Any) -> bool:
 
 
 __all__ = ["BenchmarkConfig", "CellConfig", "SweepConfig", "sweep_from_dict", "load_sweep", "stack_groups",
-           "BENCHMARKS"]
+           "probs_interval", "BENCHMARKS"]

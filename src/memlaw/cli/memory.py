@@ -78,9 +78,9 @@ def record_table(v, redact: bool) -> Table:
     return t
 
 
-MARGIN_HELP = ("Certified means p_t > 0.5 + MARGIN for every answer token. In bf16, p_t moves by up to "
-               "~0.06 between batch shapes (bench/batch_shift.py): use 0.07 for a certificate that holds "
-               "whatever batching recall uses.")
+MARGIN_HELP = ("Certified means p_t > 0.5 + MARGIN for every answer token. In bf16, p_t moved by up to "
+               "0.063 between batch shapes on the demo (bench/batch_shift.py): 0.07 guards a certificate "
+               "against such shifts when recall batches differently.")
 
 
 @app.command()

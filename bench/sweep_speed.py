@@ -28,10 +28,9 @@ from pathlib import Path
 import torch
 
 from machine import machine
-from memlaw.models import load_base
+from memlaw.models import load_base, resolve_device
 from memlaw.store import open_store
 from memlaw.sweep import run_local, sweep_from_dict
-from memlaw.sweep.local import resolve_device
 
 
 def grid(args, stack: int) -> dict:

@@ -31,8 +31,7 @@ from memlaw.benchmarks.phonebook import phonebook
 from memlaw.config import AdapterConfig, PromptConfig
 from memlaw.encode import encode
 from memlaw.forward import TeacherForcer
-from memlaw.models import load_base
-from memlaw.sweep.local import resolve_device
+from memlaw.models import load_base, resolve_device
 from memlaw.verify import answer_probs, greedy, verify
 
 
@@ -71,7 +70,8 @@ def main() -> None:
     sub = list(range(min(args.single, len(enc))))
     rows = []   # (what, records, seconds, tokens generated or None)
 
-    greedy(base, enc.prompt_ids[:8], limits[:8], stop)                       # warm-up (kernels, allocator)
+    warm = [next(i for i in range(len(enc)) if len(enc.prompt_ids[i]) == n) for n in set(map(len, enc.prompt_ids))]
+    greedy(base, [enc.prompt_ids[i] for i in warm], [limits[i] for i in warm], stop)   # warm-up: every prompt length
     _, s = timed(lambda: verify(base, adapter, enc, recall=False, batch_size=args.batch))
     rows.append(("certify, batched", len(enc), s, None))
     tf = TeacherForcer(base, enc, start_layer=adapter.first_layer, cache_prefix=False)

@@ -18,14 +18,13 @@ FLOP/s of a memlaw step next to this machine's bf16 and fp32 matmul peaks, measu
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
 import torch
 from peft import LoraConfig, get_peft_model
 
+from machine import machine
 from memlaw.adapters.probe import default_layer
 from memlaw.benchmarks import phonebook
 from memlaw.config import AdapterConfig, PromptConfig, TrainConfig
@@ -37,22 +36,32 @@ LR = {"probe": 1e-2, "lora": 2e-3}
 RANK = {"probe": 16, "lora": 8}
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    """Measured matmul FLOP/s of an n×n×n product in `dtype`: the best of reps (a peak, not a typical
-    rate; on a shared CPU the median moved 440 → 737 GFLOP/s between two runs)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak(dtype: torch.dtype, device: str = "cpu", reps: int = 10) -> float:
+    """Measured matmul FLOP/s of an n×n×n product in `dtype` (n = 2048 on CPU, 8192 on a GPU): the
+    best of reps (a peak, not a typical rate; on a shared CPU the median moved 440 → 737 GFLOP/s
+    between two runs)."""
+    n = 8192 if device.startswith("cuda") else 2048
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     a @ b
     times = []
     for _ in range(reps):
+        sync(device)
         t = time.perf_counter()
         a @ b
+        sync(device)
         times.append(time.perf_counter() - t)
     return 2 * n**3 / min(times)
 
 
-def baseline(kind: str, n: int, batch: int, max_steps: int, seed: int = 0) -> tuple[float | None, int, float]:
+def baseline(kind: str, n: int, batch: int, max_steps: int, seed: int = 0,
+             device: str = "cpu") -> tuple[float | None, int, float]:
     """The plain loop. Returns (time to certified, steps, steps/s)."""
-    base = load_base("smollm2-135m", dtype="float32")
+    base = load_base("smollm2-135m", dtype="float32", device=device)
     model, tok = base.model, base.tokenizer
     enc = encode(phonebook(n), tok, PromptConfig())
     seqs = [p + enc.answer_ids(i) for i, p in enumerate(enc.prompt_ids)]
@@ -61,8 +70,8 @@ def baseline(kind: str, n: int, batch: int, max_steps: int, seed: int = 0) -> tu
     if kind == "probe":
         layer = model.model.layers[default_layer(base.n_layers, base.family)]
         d, r = base.hidden_size, RANK[kind]
-        A = torch.nn.Parameter(torch.empty(d, r).uniform_(-r**-0.5, r**-0.5))
-        B = torch.nn.Parameter(torch.zeros(r, d))
+        A = torch.nn.Parameter(torch.empty(d, r).uniform_(-r**-0.5, r**-0.5).to(device))
+        B = torch.nn.Parameter(torch.zeros(r, d, device=device))
         drop = torch.nn.Dropout(0.1)
         seen = {}
         layer.post_attention_layernorm.register_forward_hook(lambda m, a, out: seen.update(x=out))
@@ -82,7 +91,7 @@ def baseline(kind: str, n: int, batch: int, max_steps: int, seed: int = 0) -> tu
         for b, i in enumerate(rows):
             ids[b, : len(seqs[i])] = torch.tensor(seqs[i])
             labels[b, starts[i]: len(seqs[i])] = torch.tensor(seqs[i][starts[i]:])
-        return ids, labels
+        return ids.to(device), labels.to(device)
 
     def certified() -> bool:
         drop_mode = net.training
@@ -105,6 +114,7 @@ def baseline(kind: str, n: int, batch: int, max_steps: int, seed: int = 0) -> tu
 
     gen = torch.Generator().manual_seed(seed)
     net.train()
+    sync(device)
     t0, step = time.perf_counter(), 0
     while step < max_steps:
         order = torch.randperm(n, generator=gen).tolist()
@@ -118,10 +128,12 @@ def baseline(kind: str, n: int, batch: int, max_steps: int, seed: int = 0) -> tu
             opt.zero_grad()
             step += 1
             if step % 10 == 0 and certified():
+                sync(device)
                 wall = time.perf_counter() - t0
                 return wall, step, step / wall
             if step >= max_steps:
                 break
+    sync(device)
     wall = time.perf_counter() - t0
     return None, step, step / wall
 
@@ -153,25 +165,25 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-steps", type=int, default=800)
     ap.add_argument("--kinds", nargs="+", default=["probe", "lora"])
+    ap.add_argument("--device", default="cpu", help="cpu (the issue's measurement) or cuda: both sides on it")
     args = ap.parse_args()
-    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
-    base = load_base("smollm2-135m")
+    peaks = {"bf16": matmul_peak(torch.bfloat16, args.device), "fp32": matmul_peak(torch.float32, args.device)}
+    base = load_base("smollm2-135m", device=args.device)
     rows = []
     for kind in args.kinds:
         b_runs, m_runs = [], []
         for s in range(args.repeats):     # seed s for both: same init scale, order and dropout stream per seed
             m_runs.append(ours(kind, args.n, args.batch, args.max_steps, base, seed=s))
             print(f"  {kind} memlaw   seed {s}: {m_runs[-1]}", flush=True)
-            b_runs.append(baseline(kind, args.n, args.batch, args.max_steps, seed=s))
+            b_runs.append(baseline(kind, args.n, args.batch, args.max_steps, seed=s, device=args.device))
             print(f"  {kind} baseline seed {s}: {b_runs[-1]}", flush=True)
         rows.append((kind, b_runs, m_runs))
         print(f"  done {kind}", flush=True)
     enc = encode(phonebook(args.n), base.tokenizer, PromptConfig())
     tokens = sum(len(p) + len(enc.answer_ids(i)) for i, p in enumerate(enc.prompt_ids)) * min(args.batch, args.n) / args.n
     answers = sum(len(enc.answer_ids(i)) for i in range(args.n)) * min(args.batch, args.n) / args.n
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; matmul peak bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s, "
-          f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s (2048³, measured now)")
+    print(f"\nmachine: {machine(args.device)}; matmul peak bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s, "
+          f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s (measured now)")
     print(f"PhoneBook {args.n}, batch {args.batch}, median of {args.repeats}; memlaw dtype {base.dtype}\n")
     head = (f"{'adapter':8} {'baseline s':>11} {'memlaw s':>9} {'speed-up':>9} {'base st/s':>10} {'ours st/s':>10} "
             f"{'steps b/m':>10} {'GFLOP/s':>8} {'% peak':>7}")

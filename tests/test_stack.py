@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from memlaw.adapters import make_adapter
+from memlaw.adapters.probe import ProbeAdapter
 from memlaw.adapters.stack import ProbeStack
 from memlaw.config import AdapterConfig, ObjectiveConfig, TrainConfig
 from memlaw.encode import encode
@@ -57,6 +58,30 @@ def test_stack_equals_separate_writes(tiny_base, setup, objective, dropout):
         assert [h["certified"] for h in joint.history] == [h["certified"] for h in res.history]
         # padding of the smaller ranks stayed exactly zero
         assert torch.count_nonzero(stack.A[k, :, cfgs[k].rank:]) == 0 and torch.count_nonzero(stack.B[k, cfgs[k].rank:]) == 0
+
+
+def test_probe_dropout_is_a_replayable_bernoulli_mask():
+    """A separate run's mask is x·A·B · bernoulli(0.9) / 0.9 drawn from the global generator, on any
+    device (not CUDA's fused dropout, whose draws a stack could not replay from its own generators);
+    checked against a draw from a generator seeded the same. Off in eval."""
+    probe = ProbeAdapter(8, 3, layer=0, dropout=0.1)
+    with torch.no_grad():
+        probe.B.normal_()
+    x = torch.randn(4, 6, 8)
+    delta = x @ probe.A @ probe.B
+    probe.train()
+    torch.manual_seed(11)
+    got = probe._delta(x)
+    mask = torch.empty_like(delta).bernoulli_(0.9, generator=torch.Generator().manual_seed(11))
+    assert torch.equal(got, delta * (mask / 0.9))
+    assert 0 < int((mask == 0).sum()) < mask.numel() // 4          # about a tenth dropped
+    stack = ProbeStack([probe])
+    stack.seed_dropout([11])
+    stack.train()
+    stack.parts = [(0, 4, 6)]
+    assert torch.equal(stack._dropout(delta), got)                  # the stack replays the same mask
+    probe.eval()
+    assert torch.equal(probe._delta(x), delta)
 
 
 def test_stack_p_t_match_unstacked(tiny_base, setup):

@@ -48,8 +48,8 @@ def _records(records: str | os.PathLike | Sequence[Record]) -> list[Record]:
 def write_memory(records: str | os.PathLike | Sequence[Record], *, model: str | BaseModel = "smollm2-135m",
                  out: str | os.PathLike | None = None, adapter: AdapterConfig = AdapterConfig(),
                  objective: ObjectiveConfig = ObjectiveConfig(), train: TrainConfig = TrainConfig(until="certified"),
-                 prompt: PromptConfig = PromptConfig(), dtype: str = "auto", save_records: bool = True,
-                 recall: bool = True, on_step: StepCallback | None = None) -> WriteOutcome:
+                 prompt: PromptConfig = PromptConfig(), dtype: str = "auto", device: str = "auto",
+                 save_records: bool = True, recall: bool = True, on_step: StepCallback | None = None) -> WriteOutcome:
     """Write records into a fresh adapter, verify them, and (if `out`) save the adapter directory.
 
     The base model is only borrowed: the adapter is detached again before returning. Bad records
@@ -59,7 +59,7 @@ def write_memory(records: str | os.PathLike | Sequence[Record], *, model: str | 
     recs = _records(records)
     if out is not None:
         check_out_dir(out)
-    base = model if isinstance(model, BaseModel) else load_base(model, dtype=dtype)
+    base = model if isinstance(model, BaseModel) else load_base(model, dtype=dtype, device=device)
     enc = encode(recs, base.tokenizer, prompt, max_length=base.context_length)
     losses = base_answer_losses(base, enc)           # L_base: once per memory, no adapter attached
     ad = make_adapter(adapter, base, seed=train.seed)
@@ -72,6 +72,7 @@ def write_memory(records: str | os.PathLike | Sequence[Record], *, model: str | 
                          save_records=save_records, extra={
                              "training": {"adapter": to_dict(adapter), "objective": to_dict(objective),
                                           "train": to_dict(train), "steps": result.steps,
+                                          "device": base.device.type,
                                           "wall_s": round(result.wall_s, 3),
                                           "time_to_certified": result.time_to_certified},
                              "metrics": checked.summary(),
@@ -90,12 +91,13 @@ class Memory:
         self.terminator: list[int] = list(meta["terminator_ids"])
 
     @classmethod
-    def open(cls, directory: str | os.PathLike, *, base: BaseModel | None = None) -> "Memory":
-        """Load the base model the adapter was written on (in the dtype it was certified in) and attach it."""
+    def open(cls, directory: str | os.PathLike, *, base: BaseModel | None = None, device: str = "auto") -> "Memory":
+        """Load the base model the adapter was written on (in the dtype it was certified in, on `device`:
+        "auto" is cuda where torch sees a GPU) and attach it."""
         directory = Path(directory)
         meta = read_meta(directory)
         if base is None:
-            base = load_base(meta["base_model"]["name"], dtype=meta["dtype"])
+            base = load_base(meta["base_model"]["name"], dtype=meta["dtype"], device=device)
         elif str(base.dtype).removeprefix("torch.") != meta["dtype"]:
             logger.warning("adapter was certified in %s, base runs in %s: certificates may not carry over",
                            meta["dtype"], base.dtype)

@@ -294,6 +294,13 @@ def check_model_name(name: str) -> None:
                          f"not a local directory, and as a hub id: {cause}{hint}") from None
 
 
+def resolve_device(device: str | torch.device = "auto") -> str:
+    """"auto": cuda where torch sees a GPU, else cpu; anything else as given."""
+    if str(device) != "auto":
+        return str(device)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_base(name: str = "smollm2-135m", *, dtype: str | torch.dtype = "auto", device: str = "cpu",
               cache_dir: str | Path | None = None) -> BaseModel:
     """Load a frozen base model for writing and recall.
@@ -302,12 +309,13 @@ def load_base(name: str = "smollm2-135m", *, dtype: str | torch.dtype = "auto", 
         name: 'smollm2-135m' or 'gemma3-270m' (embedded, cached on first use), 'tiny' (random,
             built in code), a local model directory or a hub id.
         dtype: "auto" (bf16 where the device has fast bf16, else fp32), "bf16" or "fp32".
-        device: where the weights go.
+        device: where the weights go ("auto": cuda where torch sees a GPU, else cpu).
         cache_dir: memlaw cache root; default $MEMLAW_CACHE or ~/.cache/memlaw.
 
     Raises:
         ModelError: the name is neither embedded nor loadable, or a dependency is missing.
     """
+    device = resolve_device(device)
     dtype, device_ = resolve_dtype(dtype, device), torch.device(device)
     fingerprint = None
     if name == "tiny":

@@ -185,8 +185,9 @@ def write_many(base, stack, encs: list[Encoded], objectives: list[ObjectiveConfi
     runs = [_Run(base, e, o, c, stack.first_layer) for e, o, c in zip(encs, objectives, cfgs)]
     stack.seed_dropout([c.seed for c in cfgs])
     moments = [(p, torch.zeros_like(p), torch.zeros_like(p)) for p in (stack.A, stack.B)]
-    t_adam = torch.zeros(K)
-    clip = torch.tensor([c.clip for c in cfgs])
+    dev = stack.A.device
+    t_adam = torch.zeros(K, device=dev)
+    clip = torch.tensor([c.clip for c in cfgs], device=dev)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     results: list[TrainResult | None] = [None] * K
     stack.train()
@@ -194,18 +195,18 @@ def write_many(base, stack, encs: list[Encoded], objectives: list[ObjectiveConfi
     while not all(r.done for r in runs):
         live = [k for k, r in enumerate(runs) if not r.done]
         parts = [(runs[k].tf, runs[k].next_rows()) for k in live]
-        stack.index = torch.cat([torch.full((len(rows),), k) for k, (_, rows) in zip(live, parts)])
+        stack.index = torch.cat([torch.full((len(rows),), k, device=dev) for k, (_, rows) in zip(live, parts)])
         stack.parts = [(k, len(rows), _seq_len(runs[k].enc, rows)) for k, (_, rows) in zip(live, parts)]
         with training_attention(cfgs[0].attention, base.device):
             outs = joint_logits(parts)
-        total, stepping = 0.0, torch.zeros(K, dtype=torch.bool)
+        total, stepping = 0.0, torch.zeros(K, dtype=torch.bool, device=dev)
         for k, (logits, batch) in zip(live, outs):
             loss, any_weight = runs[k].loss_of(logits, batch)
             runs[k].loss = float(loss.detach())
             if any_weight:
                 total = total + loss
                 stepping[k] = True
-        lrs = torch.tensor([r.lr() for r in runs])
+        lrs = torch.tensor([r.lr() for r in runs], device=dev)
         if stepping.any():
             total.backward()
             stack.clip_(clip)

@@ -51,6 +51,17 @@ def hook_parallel_to_mlp(block: nn.Module, delta: Callable[[Tensor], Tensor | No
     return [block.mlp.register_forward_pre_hook(keep, with_kwargs=True), block.register_forward_hook(add)]
 
 
+def bernoulli_dropout(x: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """Training dropout as ATen's CPU kernel computes it, x * (bernoulli(1 − p) / (1 − p)), on every device.
+
+    One mask stream per generator, with the same draws for the same shapes: a probe stack replays a
+    separate run's masks from its own generators. CUDA's fused dropout draws its masks another way,
+    so `nn.Dropout` there would give a stacked run other masks than the separate run.
+    """
+    keep = 1.0 - p
+    return x * torch.empty_like(x).bernoulli_(keep, generator=generator).div_(keep)
+
+
 class ProbeAdapter(nn.Module):
     kind = "probe"
 
@@ -77,9 +88,13 @@ class ProbeAdapter(nn.Module):
         if self._handles:
             raise AdapterError("probe adapter is already attached")
         self.to(base.device)
-        self._handles = hook_parallel_to_mlp(
-            base.layers[self.layer],
-            lambda x: self.drop(x @ self.A.to(x.dtype) @ self.B.to(x.dtype)) if self.enabled else None)
+        self._handles = hook_parallel_to_mlp(base.layers[self.layer], self._delta)
+
+    def _delta(self, x: Tensor) -> Tensor | None:
+        if not self.enabled:
+            return None
+        delta = x @ self.A.to(x.dtype) @ self.B.to(x.dtype)
+        return bernoulli_dropout(delta, self.drop.p) if self.training and self.drop.p > 0 else delta
 
     def detach(self) -> None:
         for h in self._handles:

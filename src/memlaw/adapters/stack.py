@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from memlaw.adapters.probe import ProbeAdapter, hook_parallel_to_mlp
+from memlaw.adapters.probe import ProbeAdapter, bernoulli_dropout, hook_parallel_to_mlp
 from memlaw.errors import AdapterError
 
 
@@ -56,16 +56,14 @@ class ProbeStack(nn.Module):
     def _dropout(self, delta: Tensor) -> Tensor:
         """Dropout on a joint batch: block by block from each adapter's generator when `parts` says how."""
         if not (self.training and self.drop.p > 0 and self.parts is not None and self.seeds is not None):
-            return self.drop(delta)
-        keep, S = 1.0 - self.drop.p, delta.shape[1]
+            return bernoulli_dropout(delta, self.drop.p) if self.training and self.drop.p > 0 else delta
+        S = delta.shape[1]
         out, lo = [], 0
         for k, n, length in self.parts:
             d = delta[lo: lo + n, :length]                          # the block a separate run would see
             if k not in self._generators:
                 self._generators[k] = torch.Generator(device=delta.device).manual_seed(self.seeds[k])
-            noise = torch.empty_like(d).bernoulli_(keep, generator=self._generators[k])
-            noise.div_(keep)                                        # as ATen's CPU dropout: x * (bernoulli / keep)
-            out.append(F.pad(d * noise, (0, 0, 0, S - length)))
+            out.append(F.pad(bernoulli_dropout(d, self.drop.p, self._generators[k]), (0, 0, 0, S - length)))
             lo += n
         return torch.cat(out)
 

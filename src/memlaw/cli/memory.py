@@ -81,6 +81,7 @@ def record_table(v, redact: bool) -> Table:
 MARGIN_HELP = ("Certified means p_t > 0.5 + MARGIN for every answer token. In bf16, p_t moved by up to "
                "0.063 between batch shapes on the demo (bench/batch_shift.py): 0.07 guards a certificate "
                "against such shifts when recall batches differently.")
+DEVICE_HELP = "auto (cuda where torch sees a GPU, else cpu), cpu, cuda or cuda:N."
 
 
 @app.command()
@@ -100,6 +101,7 @@ def write(
     seed: Annotated[int, typer.Option(help="Seed (adapter init, order, dropout).")] = 0,
     margin: Annotated[float, typer.Option(help=MARGIN_HELP)] = 0.0,
     dtype: Annotated[str, typer.Option(help="auto (bf16 where fast), bfloat16 or float32.")] = "auto",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     template: Annotated[Optional[str], typer.Option(help="Prompt template: chat or plain (default: chat if the tokenizer has one).")] = None,
     no_records: Annotated[bool, typer.Option("--no-records", help="Do not save records.jsonl with the adapter.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -132,7 +134,7 @@ def write(
         with bar if bar is not None else nullcontext():
             result = write_memory(recs, model=model, out=out_dir, adapter=adapter_cfg,
                                   objective=ObjectiveConfig(name=objective.value), train=train_cfg,
-                                  prompt=prompt, dtype=dtype,
+                                  prompt=prompt, dtype=dtype, device=device,
                                   save_records=not no_records, on_step=on_step)
         _report(result, str(out_dir), as_json, redact)
         if until == Until.certified and not result.train.certified:
@@ -165,6 +167,7 @@ def recall(
     directory: Annotated[Path, typer.Argument(help="Adapter directory.")],
     keys: Annotated[list[str], typer.Argument(help="Keys to recall.")],
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Decode at most this many tokens.")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Print the value greedy decoding recalls for each KEY, one per line (values: mind where stdout goes)."""
@@ -176,7 +179,7 @@ def recall(
         read_meta(directory)  # a missing or damaged adapter is refused before torch loads
         from memlaw.memory import Memory
 
-        with Memory.open(directory) as mem:
+        with Memory.open(directory, device=device) as mem:
             values = mem.recall(keys, max_new_tokens=max_new_tokens)
         if as_json:
             out.print_json(json.dumps(dict(zip(keys, values))))
@@ -193,6 +196,7 @@ def verify(
     records: Annotated[Optional[Path], typer.Argument(help="Records to check (default: the ones saved with the adapter).")] = None,
     no_recall: Annotated[bool, typer.Option("--no-recall", help="Certificate only; skip greedy decoding.")] = False,
     margin: Annotated[float, typer.Option(help=MARGIN_HELP)] = 0.0,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     per_record: Annotated[bool, typer.Option("--per-record", help=(
         "Also print a row per record with its greedy output, which is the value itself when recalled: "
         "values are shown (table and --json) only with this option, and not with --redact."))] = False,
@@ -221,7 +225,7 @@ def verify(
         from memlaw.memory import Memory
 
         t0 = time.perf_counter()
-        with Memory.open(directory) as mem:
+        with Memory.open(directory, device=device) as mem:
             v = mem.verify(recs, recall=not no_recall, margin=margin)
         wall = time.perf_counter() - t0
         same = recs is None or records_sha256(recs) == meta.get("records_sha256")
@@ -247,6 +251,7 @@ def demo(
     n: Annotated[int, typer.Option(help="PhoneBook entries to write.")] = 32,
     rank: Annotated[int, typer.Option(help="Probe rank.")] = 16,
     model: Annotated[str, typer.Option(help="Base model.")] = "smollm2-135m",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     as_json: Annotated[bool, typer.Option("--json")] = False,
     redact: Annotated[bool, typer.Option(help="Hide values in the output.")] = False,
 ) -> None:
@@ -262,7 +267,7 @@ def demo(
         bar, on_step = progress_bar(not as_json and sys.stderr.isatty())
         with bar if bar is not None else nullcontext():
             result = write_memory(recs, model=model, out=out_dir, adapter=AdapterConfig(kind="probe", rank=rank),
-                                  train=DEMO_TRAIN, on_step=on_step)
+                                  train=DEMO_TRAIN, device=device, on_step=on_step)
         wall = time.perf_counter() - t0
         _report(result, str(out_dir), as_json, redact, extra={"demo_wall_s": round(wall, 3)})
         if not as_json:

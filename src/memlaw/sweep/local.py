@@ -6,7 +6,7 @@ import logging
 import time
 
 from memlaw.errors import ConfigError
-from memlaw.models import BaseModel, load_base, resolve_dtype
+from memlaw.models import BaseModel, load_base, resolve_device, resolve_dtype
 from memlaw.store import Store
 from memlaw.sweep.cell import cell_records, run_group
 from memlaw.sweep.grid import SweepConfig, stack_groups
@@ -14,15 +14,6 @@ from memlaw.sweep.progress import CellCallback, SweepSummary, Tracker, cell_cost
 from memlaw.train import StepCallback
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(device: str = "auto") -> str:
-    """"auto": cuda where torch sees a GPU, else cpu."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def run_local(sweep: SweepConfig, store: Store, *, base: BaseModel | None = None, device: str = "auto",
@@ -68,4 +59,4 @@ def run_local(sweep: SweepConfig, store: Store, *, base: BaseModel | None = None
     return tracker.summary(sweep, "local")
 
 
-__all__ = ["run_local", "resolve_device"]
+__all__ = ["run_local"]

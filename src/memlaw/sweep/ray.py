@@ -29,8 +29,7 @@ class CellWorker:
     def __init__(self, model: str, dtype: str, device: str, threads: int | None):
         import torch
 
-        from memlaw.models import load_base
-        from memlaw.sweep.local import resolve_device
+        from memlaw.models import load_base, resolve_device
 
         if threads:  # Ray sets OMP_NUM_THREADS from num_cpus; say it to torch too, so CPU numerics match
             torch.set_num_threads(threads)

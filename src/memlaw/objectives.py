@@ -227,8 +227,14 @@ class Objective:
     def name(self) -> str:
         return self.cfg.name
 
-    def weights(self, token_loss: Tensor, mask: Tensor, correct: Tensor, rows: Tensor) -> Tensor:
-        """Detached (B, T) weights for `weighted_loss`; all zeros means "skip this step"."""
+    @property
+    def needs_correct(self) -> bool:
+        """Whether `weights` reads `correct` (the teacher-forced argmax hits): only the SW window does."""
+        return self.cfg.name == "memft-sw"
+
+    def weights(self, token_loss: Tensor, mask: Tensor, correct: Tensor | None, rows: Tensor) -> Tensor:
+        """Detached (B, T) weights for `weighted_loss`; all zeros means "skip this step". `correct` may
+        be None unless `needs_correct`."""
         cfg = self.cfg
         if cfg.name == "sft":
             return sft_weights(mask)
@@ -236,7 +242,7 @@ class Objective:
             return ot_weights(token_loss, mask, cfg.tau, cfg.fallback)
         if cfg.name == "memft-sw-curriculum":  # the paper's zero_bp: no sub-threshold token, no update
             return ot_weights(token_loss, mask, cfg.tau, "skip")
-        assert self.state is not None
+        assert self.state is not None and correct is not None
         return sw_weights(token_loss, mask, correct, self.state, rows, **_sw_kwargs(cfg))
 
     def active(self, progress: float) -> Tensor | None:

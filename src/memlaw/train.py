@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
 from memlaw.config import ObjectiveConfig, TrainConfig
 from memlaw.encode import Encoded
@@ -90,7 +91,8 @@ class _Run:
     def loss_of(self, logits, batch):
         """Weighted loss of one batch and whether any token carries weight (a sync point)."""
         nll = token_nll(logits, batch.targets, batch.mask)
-        correct = (logits.argmax(-1) == batch.targets) & batch.mask
+        # an argmax over the vocabulary at every answer token: 7% of a probe step, so only when read
+        correct = (logits.argmax(-1) == batch.targets) & batch.mask if self.obj.needs_correct else None
         w = self.obj.weights(nll, batch.mask, correct, batch.rows)
         return weighted_loss(nll, w), bool(w.any())
 
@@ -138,28 +140,71 @@ def write(base, adapter, enc: Encoded, objective: ObjectiveConfig, cfg: TrainCon
     """
     torch.manual_seed(cfg.seed)                      # dropout masks
     run = _Run(base, enc, objective, cfg, adapter.first_layer)
-    params = list(adapter.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    low = base.dtype if adapter.kind == "lora" and cfg.lora_compute == "auto" else torch.float32
+    weights = _MasterWeights(list(adapter.parameters()), low)
+    opt = torch.optim.AdamW(weights.masters, lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / run.total))
     adapter.train()
     t0 = time.perf_counter()
-    while not run.done:
-        with training_attention(cfg.attention, base.device):
-            loss, any_weight = run.loss_of(*run.tf.logits(run.next_rows()))
-        if any_weight:                               # zero weights mean a skipped step (zero gradient)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        sched.step()                                 # the schedule advances on skipped steps too (paper)
-        run.loss = float(loss.detach())
-        stubborn, certified = run.after_step(adapter, t0, sched.get_last_lr()[0], on_check)
-        if on_step is not None:
-            on_step(StepInfo(run.step, run.total, run.loss, stubborn, certified, run.n, time.perf_counter() - t0))
+    try:
+        while not run.done:
+            with training_attention(cfg.attention, base.device):
+                loss, any_weight = run.loss_of(*run.tf.logits(run.next_rows()))
+            if any_weight:                           # zero weights mean a skipped step (zero gradient)
+                loss.backward()
+                weights.grads_to_masters()
+                torch.nn.utils.clip_grad_norm_(weights.masters, cfg.clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                weights.masters_to_params()
+            sched.step()                             # the schedule advances on skipped steps too (paper)
+            run.loss = float(loss.detach())
+            stubborn, certified = run.after_step(adapter, t0, sched.get_last_lr()[0], on_check)
+            if on_step is not None:
+                on_step(StepInfo(run.step, run.total, run.loss, stubborn, certified, run.n,
+                                 time.perf_counter() - t0))
+    finally:
+        weights.restore()
     adapter.eval()
     result = run.result(t0)
     logger.info("write: %d steps in %.1f s, certified %s", result.steps, result.wall_s, result.certified)
     return result
+
+
+class _MasterWeights:
+    """Adapter parameters that compute in `dtype` while AdamW updates float32 master copies.
+
+    With `dtype` float32 the masters are the parameters themselves and every call is a no-op.
+    `restore` leaves float32 parameters holding the masters' values (the weights that get saved,
+    certified and recalled).
+    """
+
+    def __init__(self, params: list[Tensor], dtype: torch.dtype):
+        self.params = params
+        self.mixed = dtype != torch.float32
+        if not self.mixed:
+            self.masters = params
+            return
+        self.masters = [p.detach().float().clone().requires_grad_(True) for p in params]
+        for p in params:
+            p.data = p.data.to(dtype)
+
+    def grads_to_masters(self) -> None:
+        if self.mixed:
+            for p, m in zip(self.params, self.masters):
+                m.grad, p.grad = p.grad.float(), None
+
+    @torch.no_grad()
+    def masters_to_params(self) -> None:
+        if self.mixed:
+            for p, m in zip(self.params, self.masters):
+                p.copy_(m)
+
+    def restore(self) -> None:
+        if self.mixed:
+            for p, m in zip(self.params, self.masters):
+                p.data = m.detach().clone()
+                p.grad = None
 
 
 def write_many(base, stack, encs: list[Encoded], objectives: list[ObjectiveConfig], cfgs: list[TrainConfig], *,

@@ -202,3 +202,15 @@ def test_chromium_loads_every_image_and_shows_the_tables(page_dir, tmp_path):
     with Image.open(shot) as im:
         assert im.size == (1280, 3000)
         assert len(set(np.asarray(im.convert("L").resize((64, 150))).ravel().tolist())) > 20   # not blank
+
+
+def test_grid_picks_read_each_cell_margin():
+    """A record whose p_t end in (0.5, 0.5 + margin] is certified late without a margin, not certified with it."""
+    from memlaw.report.sections import _grid_picks
+
+    probs = [(10, 0, [0.3, 0.9]), (20, 0, [0.55, 0.9]), (30, 0, [0.56, 0.95])]
+    row = {"key": "k", "rank": 1, "length": 2, "metrics": {"records": {"first_failure": [None]}}}
+    plain = _grid_picks([row], {"k": probs})
+    strict = _grid_picks([{**row, "config": {"train": {"margin": 0.1}}}], {"k": probs})
+    assert [why for _, _, why in plain] == ["certified late"]
+    assert [why for _, _, why in strict] == ["not certified at the end"]

@@ -142,8 +142,7 @@ def stubborn_section(rows, token_probs, plots) -> tuple[Section, dict[str, Any]]
         probs = token_probs.get(r["key"]) or []
         if not probs:
             continue
-        over = analysis.stubborn_over_training(probs, margin=((r.get("config") or {}).get("train") or {})
-                                               .get("margin", 0.0))
+        over = analysis.stubborn_over_training(probs, margin=_margin(r))
         steps = sorted({x["step"] for x in over})
         since = analysis.certified_since(over)
         done = sorted(s for s in since.values() if s is not None)
@@ -160,6 +159,11 @@ def stubborn_section(rows, token_probs, plots) -> tuple[Section, dict[str, Any]]
     return sec, sf.to_dict()
 
 
+def _margin(row: Mapping[str, Any]) -> float:
+    """The certificate margin the cell was trained with (0 for cells stored without one)."""
+    return ((row.get("config") or {}).get("train") or {}).get("margin", 0.0)
+
+
 def _grid_picks(rows, token_probs) -> list[tuple[Mapping[str, Any], dict[str, Any], str]]:
     """(row, record, why) for the probability grids: failed records first, then the last to certify."""
     failed, late = [], []
@@ -168,7 +172,7 @@ def _grid_picks(rows, token_probs) -> list[tuple[Mapping[str, Any], dict[str, An
         if not probs:
             continue
         recs = {x["record"]: x for x in analysis.record_rows(r)}
-        since = analysis.certified_since(analysis.stubborn_over_training(probs))
+        since = analysis.certified_since(analysis.stubborn_over_training(probs, margin=_margin(r)))
         for i, s in since.items():
             rec = recs.get(i, {"record": i})
             if rec.get("first_failure") is not None:

@@ -108,3 +108,24 @@ def test_bad_margin_is_refused(written, tmp_path, margin):
         assert res.exit_code == 2
         assert "margin must be in [0, 0.5)" in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_write_records_the_device_it_trained_on(written):
+    d, _ = written
+    meta = json.loads((d / "ad" / "memlaw.json").read_text())
+    assert meta["training"]["device"] == "cpu"          # --device auto on a machine torch sees no GPU on
+
+
+@pytest.mark.parametrize("device,cause", [("tpu9", "unknown device 'tpu9'"), ("cuda", "sees no CUDA GPU")])
+def test_bad_device_is_refused(written, tmp_path, device, cause):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("torch sees a GPU here")
+    d, _ = written
+    for args in (["verify", str(d / "ad")], ["recall", str(d / "ad"), "key a"],
+                 ["write", str(d / "mem.jsonl"), "--model", "tiny", "--out", str(tmp_path / "x")]):
+        res = runner.invoke(app, [*args, "--device", device])
+        assert res.exit_code == 2, res.output
+        assert cause in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()

@@ -295,10 +295,23 @@ def check_model_name(name: str) -> None:
 
 
 def resolve_device(device: str | torch.device = "auto") -> str:
-    """"auto": cuda where torch sees a GPU, else cpu; anything else as given."""
-    if str(device) != "auto":
-        return str(device)
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """"auto": cuda where torch sees a GPU, else cpu; anything else as given, once checked.
+
+    Raises:
+        ModelError: not a device name, or a CUDA device this torch cannot reach.
+    """
+    if str(device) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelError(f"unknown device {str(device)!r}: use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {str(device)!r}: this torch ({torch.__version__}) sees no CUDA GPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelError(f"device {str(device)!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    return str(dev)
 
 
 def load_base(name: str = "smollm2-135m", *, dtype: str | torch.dtype = "auto", device: str = "cpu",

@@ -84,6 +84,25 @@ def test_probe_dropout_is_a_replayable_bernoulli_mask():
     assert torch.equal(probe._delta(x), delta)
 
 
+def test_probe_dropout_does_not_use_torch_dropout(monkeypatch):
+    """torch's dropout is ATen's bernoulli draw on CPU but a fused kernel with other draws on CUDA,
+    which a stack cannot replay: neither the probe nor the stack may call it."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.nn.functional.dropout called")
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", refuse)
+    probe = ProbeAdapter(8, 3, layer=0, dropout=0.1)
+    probe.train()
+    x = torch.randn(2, 5, 8)
+    probe._delta(x)
+    stack = ProbeStack([probe])
+    stack.train()
+    stack._dropout(torch.randn(2, 5, 8))                          # no parts: the whole batch at once
+    stack.seed_dropout([0])
+    stack.parts = [(0, 2, 5)]
+    stack._dropout(torch.randn(2, 5, 8))
+
+
 def test_stack_p_t_match_unstacked(tiny_base, setup):
     encs, cfgs, _ = setup
     stack = ProbeStack([make_adapter(cfg, tiny_base, seed=k) for k, cfg in enumerate(cfgs)])

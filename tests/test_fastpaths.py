@@ -278,6 +278,18 @@ def test_master_weights_step_is_a_float32_adamw_step():
     assert all(p.dtype == torch.float32 and torch.equal(p, r) for p, r in zip(params, ref))
 
 
+def test_master_weights_float32_swaps_the_masters_in_and_back():
+    params = [torch.nn.Parameter(torch.randn(4, 3))]
+    weights = _MasterWeights(params, torch.bfloat16)
+    with torch.no_grad():
+        weights.masters[0].add_(1e-3)                          # a change bf16 cannot hold
+    weights.masters_to_params()
+    low = params[0].data
+    with weights.float32():
+        assert params[0].dtype == torch.float32 and torch.equal(params[0], weights.masters[0])
+    assert params[0].data_ptr() == low.data_ptr() and params[0].dtype == torch.bfloat16   # the same compute copy
+
+
 def test_float32_master_weights_are_the_parameters():
     params = [torch.nn.Parameter(torch.randn(2, 2))]
     weights = _MasterWeights(params, torch.float32)
@@ -289,9 +301,19 @@ def test_float32_master_weights_are_the_parameters():
     assert torch.equal(params[0].grad, torch.ones(2, 2))
 
 
-def test_bf16_lora_certificates_imply_exact_greedy_recall(bases, tiny_records, plain):
-    """A LoRA written on the bf16 base with bf16 compute copies: float32 afterwards, and every
-    certified record is recalled exactly by greedy decoding."""
+def test_bf16_lora_certificates_imply_exact_greedy_recall(bases, tiny_records, plain, monkeypatch):
+    """A LoRA written on the bf16 base with bf16 compute copies: its checks (and so the stop rule) see
+    the float32 weights, it is float32 afterwards, and every certified record is recalled exactly."""
+    import memlaw.train
+
+    seen = []
+    real_check = memlaw.train.check
+
+    def spy(tf, adapter, margin, **kw):
+        seen.append({p.dtype for p in adapter.parameters()})
+        return real_check(tf, adapter, margin, **kw)
+
+    monkeypatch.setattr(memlaw.train, "check", spy)
     base = bases["bfloat16"]
     enc = encode(tiny_records, base.tokenizer, plain)
     ad = make_adapter(AdapterConfig(kind="lora", rank=8), base, seed=0)
@@ -303,5 +325,6 @@ def test_bf16_lora_certificates_imply_exact_greedy_recall(bases, tiny_records, p
         v = verify(base, ad, enc, base_losses=base_answer_losses(base, enc))
     finally:
         ad.detach()
-    assert res.steps > 0
+    assert res.steps > 0 and seen and all(dtypes == {torch.float32} for dtypes in seen)
+    assert res.history[-1]["certified"] == v.summary()["certified"]
     _assert_certified_means_recalled(v)

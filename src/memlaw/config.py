@@ -144,8 +144,8 @@ class TrainConfig:
     """What a LoRA's weights compute in while training. `auto`: the base's dtype, with float32 master
     copies that AdamW updates (in bf16 a SmolLM2 LoRA step took 1.38 s instead of 1.89 s here: PEFT
     otherwise casts the activations entering each of its linears to float32); `float32`: float32
-    throughout. Either way the adapter is float32 after training, and the final certificate is
-    computed on those weights."""
+    throughout. Either way the certificate checks during training (so the stop rule) and the final
+    certificate run on the float32 weights, which are the ones saved."""
 
     def __post_init__(self) -> None:
         problems = []

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -159,7 +160,8 @@ def write(base, adapter, enc: Encoded, objective: ObjectiveConfig, cfg: TrainCon
                 weights.masters_to_params()
             sched.step()                             # the schedule advances on skipped steps too (paper)
             run.loss = float(loss.detach())
-            stubborn, certified = run.after_step(adapter, t0, sched.get_last_lr()[0], on_check)
+            with weights.float32():                  # checks see the weights that will be saved
+                stubborn, certified = run.after_step(adapter, t0, sched.get_last_lr()[0], on_check)
             if on_step is not None:
                 on_step(StepInfo(run.step, run.total, run.loss, stubborn, certified, run.n,
                                  time.perf_counter() - t0))
@@ -199,6 +201,21 @@ class _MasterWeights:
         if self.mixed:
             for p, m in zip(self.params, self.masters):
                 p.copy_(m)
+
+    @contextmanager
+    def float32(self) -> Iterator[None]:
+        """The float32 masters in the parameters' place while inside (no copy), the compute copies after."""
+        if not self.mixed:
+            yield
+            return
+        low = [p.data for p in self.params]
+        for p, m in zip(self.params, self.masters):
+            p.data = m.detach()
+        try:
+            yield
+        finally:
+            for p, x in zip(self.params, low):
+                p.data = x
 
     def restore(self) -> None:
         if self.mixed:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -101,12 +101,14 @@ class _Run:
         """The linearly decayed LR at step `self.step + ahead`."""
         return self.cfg.lr * max(0.0, 1.0 - (self.step + ahead) / self.total)
 
-    def after_step(self, adapter, t0: float, lr: float, on_check: CheckCallback | None) -> tuple[int | None, int | None]:
-        """Count the step; at check steps run the no-dropout pass and apply the stop rule."""
+    def after_step(self, adapter, t0: float, lr: float, on_check: CheckCallback | None,
+                   weights: Callable[[], AbstractContextManager] = nullcontext) -> tuple[int | None, int | None]:
+        """Count the step; at check steps run the no-dropout pass (inside `weights()`) and apply the stop rule."""
         self.step += 1
         stubborn = certified = None
         if self.step % self.cfg.check_every == 0 or self.step == self.total:
-            probs, stubborn, certified = check(self.tf, adapter, self.cfg.margin)
+            with weights():
+                probs, stubborn, certified = check(self.tf, adapter, self.cfg.margin)
             elapsed = time.perf_counter() - t0
             self.history.append({"step": self.step, "loss": self.loss, "stubborn": stubborn, "certified": certified,
                                  "lr": lr, "elapsed": elapsed})
@@ -160,8 +162,8 @@ def write(base, adapter, enc: Encoded, objective: ObjectiveConfig, cfg: TrainCon
                 weights.masters_to_params()
             sched.step()                             # the schedule advances on skipped steps too (paper)
             run.loss = float(loss.detach())
-            with weights.float32():                  # checks see the weights that will be saved
-                stubborn, certified = run.after_step(adapter, t0, sched.get_last_lr()[0], on_check)
+            stubborn, certified = run.after_step(adapter, t0, sched.get_last_lr()[0], on_check,
+                                                 weights.float32)   # checks see the weights that will be saved
             if on_step is not None:
                 on_step(StepInfo(run.step, run.total, run.loss, stubborn, certified, run.n,
                                  time.perf_counter() - t0))

@@ -12,14 +12,14 @@ each of the step's main shapes next to the 2048³ product's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
-import time
 from collections import defaultdict
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from machine import machine
+from machine import machine, matmul_rate
 from memlaw.adapters import make_adapter
 from memlaw.benchmarks import phonebook
 from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig
@@ -30,19 +30,6 @@ from memlaw.train import write
 RANK = {"probe": 16, "lora": 8}
 LR = {"probe": 1e-2, "lora": 2e-3}
 MATMUL = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
-
-
-def rate(m: int, k: int, n: int, dtype: torch.dtype, reps: int = 15) -> float:
-    """Median FLOP/s of an (m×k)·(k×n) product."""
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * m * k * n / statistics.median(times)
 
 
 def main() -> None:
@@ -65,8 +52,7 @@ def main() -> None:
         train = TrainConfig(until="budget", max_steps=args.steps, batch_size=args.batch, lr=LR[kind],
                             check_every=10**6)
         try:
-            write(base, ad, enc, ObjectiveConfig(), TrainConfig(until="budget", max_steps=2, batch_size=args.batch,
-                                                                lr=LR[kind], check_every=10**6))   # warm-up
+            write(base, ad, enc, ObjectiveConfig(), dataclasses.replace(train, max_steps=2))   # warm-up
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 res = write(base, ad, enc, ObjectiveConfig(), train)
         finally:
@@ -82,13 +68,13 @@ def main() -> None:
         for name, t in sorted(self_us.items(), key=lambda x: -x[1])[:10]:
             print(f"  {name:44} {t / 1e6:8.2f} {100 * t / total:6.1f}%")
         print()
-    peak = rate(2048, 2048, 2048, base.dtype, reps=5)
+    peak = matmul_rate(2048, 2048, 2048, base.dtype, reps=5, warmup=3, stat=statistics.median)
     print(f"matmul FLOP/s at a step's shapes ({base.dtype}, median of 15), against the 2048³ product "
           f"({peak / 1e9:.0f} GFLOP/s):")
     shapes = {"q/o projection": (tokens, d, d), "MLP up/gate": (tokens, d, f), "MLP down": (tokens, f, d),
               "LM head (answer positions)": (answers, d, v), "LM head backward": (answers, v, d)}
     for what, (m, k, n) in shapes.items():
-        r = rate(m, k, n, base.dtype)
+        r = matmul_rate(m, k, n, base.dtype, reps=15, warmup=3, stat=statistics.median)
         print(f"  {what:28} {m:5d}×{k:5d}×{n:5d} {r / 1e9:8.0f} GFLOP/s {100 * r / peak:6.0f}% of 2048³")
 
 

@@ -24,7 +24,7 @@ import time
 import torch
 from peft import LoraConfig, get_peft_model
 
-from machine import machine
+from machine import machine, matmul_rate, sync
 from memlaw.adapters.probe import default_layer
 from memlaw.benchmarks import phonebook
 from memlaw.config import AdapterConfig, PromptConfig, TrainConfig
@@ -36,26 +36,12 @@ LR = {"probe": 1e-2, "lora": 2e-3}
 RANK = {"probe": 16, "lora": 8}
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def matmul_peak(dtype: torch.dtype, device: str = "cpu", reps: int = 10) -> float:
     """Measured matmul FLOP/s of an n×n×n product in `dtype` (n = 2048 on CPU, 8192 on a GPU): the
     best of reps (a peak, not a typical rate; on a shared CPU the median moved 440 → 737 GFLOP/s
     between two runs)."""
     n = 8192 if device.startswith("cuda") else 2048
-    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
-    a @ b
-    times = []
-    for _ in range(reps):
-        sync(device)
-        t = time.perf_counter()
-        a @ b
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / min(times)
+    return matmul_rate(n, n, n, dtype, device=device, reps=reps)
 
 
 def baseline(kind: str, n: int, batch: int, max_steps: int, seed: int = 0,

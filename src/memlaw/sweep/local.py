@@ -6,7 +6,7 @@ import logging
 import time
 
 from memlaw.errors import ConfigError
-from memlaw.models import BaseModel, load_base, resolve_device, resolve_dtype
+from memlaw.models import BaseModel, load_base, resolve_dtype
 from memlaw.store import Store
 from memlaw.sweep.cell import cell_records, run_group
 from memlaw.sweep.grid import SweepConfig, stack_groups
@@ -39,7 +39,7 @@ def run_local(sweep: SweepConfig, store: Store, *, base: BaseModel | None = None
     if not todo:
         return Tracker({}, skipped, on_cell).summary(sweep, "local")
     if base is None:
-        base = load_base(sweep.model, dtype=sweep.dtype, device=resolve_device(device))
+        base = load_base(sweep.model, dtype=sweep.dtype, device=device)
     elif base.name != sweep.model or base.dtype != resolve_dtype(sweep.dtype, base.device):
         raise ConfigError(f"sweep {sweep.name!r} is for {sweep.model!r} in {sweep.dtype}; the base given is "
                           f"{base.name!r} in {base.dtype}")

@@ -29,11 +29,11 @@ class CellWorker:
     def __init__(self, model: str, dtype: str, device: str, threads: int | None):
         import torch
 
-        from memlaw.models import load_base, resolve_device
+        from memlaw.models import load_base
 
         if threads:  # Ray sets OMP_NUM_THREADS from num_cpus; say it to torch too, so CPU numerics match
             torch.set_num_threads(threads)
-        self.base = load_base(model, dtype=dtype, device=resolve_device(device))
+        self.base = load_base(model, dtype=dtype, device=device)
 
     def count_records(self, cells: list[CellConfig]) -> list[int]:
         return [len(cell_records(c.benchmark, c.length, self.base.tokenizer)) for c in cells]

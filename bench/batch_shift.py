@@ -21,7 +21,8 @@ from machine import machine
 from memlaw.encode import encode
 from memlaw.forward import TeacherForcer
 from memlaw.memory import Memory
-from memlaw.verify import answer_probs, greedy, score_recall
+from memlaw.forward import answer_probs
+from memlaw.verify import greedy, score_recall
 
 
 def main() -> None:

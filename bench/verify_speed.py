@@ -32,7 +32,8 @@ from memlaw.config import AdapterConfig, PromptConfig
 from memlaw.encode import encode
 from memlaw.forward import TeacherForcer
 from memlaw.models import load_base, resolve_device
-from memlaw.verify import answer_probs, greedy, verify
+from memlaw.forward import answer_probs
+from memlaw.verify import greedy, verify
 
 
 def timed(fn):

@@ -12,7 +12,7 @@ from memlaw.encode import encode
 from memlaw.errors import AdapterError
 from memlaw.forward import TeacherForcer
 from memlaw.models import BaseModel, build_tiny, model_fingerprint
-from memlaw.verify import answer_probs
+from memlaw.forward import answer_probs
 
 
 def _logits(base, enc):
@@ -145,3 +145,10 @@ print(json.dumps(out.tolist()))
     P = len(ids.prompt_ids[0])
     pos = torch.arange(P - 1, P - 1 + len(ids.answer_ids(0)))
     torch.testing.assert_close(got[pos], torch.tensor(want), atol=1e-5, rtol=1e-5)
+
+
+def test_adapter_kinds_come_from_the_config_literal():
+    from memlaw.adapters import KINDS
+    from memlaw.config import AdapterConfig, choices
+
+    assert tuple(KINDS) == choices(AdapterConfig, "kind")

@@ -87,7 +87,7 @@ def test_verify_margin_certifies_exactly_the_records_above_it(written, tiny_reco
     from memlaw.encode import encode
     from memlaw.forward import TeacherForcer
     from memlaw.memory import Memory
-    from memlaw.verify import answer_probs
+    from memlaw.forward import answer_probs
 
     d, _ = written
     with Memory.open(d / "ad") as mem:

@@ -48,7 +48,7 @@ def _die() -> None:
 
 def _arm(point: str, out: Path) -> None:
     """Make this process SIGKILL itself at `point` of saving the adapter (monkeypatching: it dies anyway)."""
-    import memlaw.adapters as adapters
+    import memlaw.adapters.directory as adapters
     import memlaw.adapters.probe as probe
     import memlaw.fileio as fileio
 

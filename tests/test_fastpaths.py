@@ -36,7 +36,8 @@ from memlaw.forward import TeacherForcer, joint_logits, training_attention
 from memlaw.models import load_base
 from memlaw.records import Record
 from memlaw.train import _MasterWeights, write, write_many
-from memlaw.verify import answer_probs, base_answer_losses, greedy, verify
+from memlaw.forward import answer_probs
+from memlaw.verify import base_answer_losses, greedy, verify
 
 FAST = 1e-5          # fast path vs plain path, same dtype
 JOINT_BF16 = 1e-2    # joint pass vs alone, bf16

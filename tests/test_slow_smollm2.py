@@ -13,7 +13,8 @@ from memlaw.encode import encode
 from memlaw.forward import TeacherForcer
 from memlaw.memory import Memory, write_memory
 from memlaw.models import ensure_cached, load_base
-from memlaw.verify import answer_probs, greedy
+from memlaw.forward import answer_probs
+from memlaw.verify import greedy
 
 pytestmark = pytest.mark.slow
 N = 16

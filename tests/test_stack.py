@@ -14,7 +14,7 @@ from memlaw.encode import encode
 from memlaw.forward import TeacherForcer
 from memlaw.records import Record
 from memlaw.train import write, write_many
-from memlaw.verify import answer_probs
+from memlaw.forward import answer_probs
 
 
 def _memory(seed, n, digits):

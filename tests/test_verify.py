@@ -8,7 +8,8 @@ from memlaw.encode import encode
 from memlaw.forward import TeacherForcer
 from memlaw.records import Record
 from memlaw.train import write
-from memlaw.verify import answer_probs, base_answer_losses, greedy, record_verdict, score_recall, value_bits, verify, TokenProbs
+from memlaw.forward import answer_probs, TokenProbs
+from memlaw.verify import base_answer_losses, greedy, record_verdict, score_recall, value_bits, verify
 
 
 def test_answer_probs_match_softmax_of_full_model(tiny_base, tiny_records):

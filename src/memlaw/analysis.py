@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from memlaw.certificate import certified, stubborn
 from memlaw.plan import GROUP  # cells of one law
 
 LN2 = math.log(2.0)
@@ -75,10 +76,10 @@ def stubborn_over_training(token_probs: TokenProbRows, margin: float = 0.0) -> l
     out = []
     for step, record, p in sorted(token_probs, key=lambda x: (x[0], x[1])):
         p = np.asarray(p, dtype=np.float32)
-        stub = np.flatnonzero(p <= 0.5)
+        stub = np.flatnonzero(stubborn(p))
         out.append({"step": int(step), "record": int(record), "stubborn": int(stub.size),
                     "earliest_stubborn": int(stub[0]) if stub.size else None,
-                    "min_p": float(p.min()) if p.size else None, "certified": bool((p > 0.5 + margin).all())})
+                    "min_p": float(p.min()) if p.size else None, "certified": certified(p, margin)})
     return out
 
 
@@ -281,7 +282,7 @@ def phase_summary(points: Iterable[Mapping[str, Any]]) -> dict[str, int]:
             c["not_decoded"] += 1
             continue
         c["on_path"] += 1
-        above = x["p"] > 0.5
+        above = not stubborn(x["p"])
         if x["status"] == "right":
             c["right_above" if above else "right_below"] += 1
         else:

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from memlaw.errors import ConfigError
 
 T = TypeVar("T")
+
+
+def choices(cls: type, name: str) -> tuple[str, ...]:
+    """The values a `Literal` field of config dataclass `cls` allows: the one list of kinds, objectives, ..."""
+    hint = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args and typing.get_origin(args[0]) is Literal:   # Optional[Literal[...]]
+        args = list(typing.get_args(args[0]))
+    return tuple(args)
 
 
 def margin_problem(margin: Any) -> str | None:

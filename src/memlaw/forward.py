@@ -11,6 +11,7 @@ which tests check against `plain=True`.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
@@ -181,4 +182,29 @@ def joint_logits(parts: Sequence[tuple[TeacherForcer, Sequence[int]]]) -> list[t
         n, t = b.positions.shape
         out.append((logits[lo: lo + n, :t], b))
         lo += n
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class TokenProbs:
+    """One record's teacher-forced answer tokens: p_t, −log p_t and argmax correctness, shape (n_answer,)."""
+
+    p: Tensor
+    nll: Tensor
+    correct: Tensor
+
+
+@torch.no_grad()
+def answer_probs(tf: TeacherForcer, rows: Sequence[int] | None = None, chunk: int = 64) -> dict[int, TokenProbs]:
+    """p_t for every answer token of `rows` (default: all records), one forward pass per chunk."""
+    rows = list(range(len(tf.enc))) if rows is None else list(rows)
+    out: dict[int, TokenProbs] = {}
+    for part in tf.batches(rows, chunk):
+        logits, batch = tf.logits(part)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        nll = -logp.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+        correct = logits.argmax(-1) == batch.targets
+        for b, i in enumerate(part):
+            n = int(batch.mask[b].sum())
+            out[i] = TokenProbs(torch.exp(-nll[b, :n]).cpu(), nll[b, :n].cpu(), correct[b, :n].cpu())
     return out

@@ -19,9 +19,9 @@ from torch import Tensor
 
 from memlaw.config import ObjectiveConfig, TrainConfig
 from memlaw.encode import Encoded
-from memlaw.forward import TeacherForcer, joint_logits, training_attention
+from memlaw.certificate import certified as is_certified, stubborn as is_stubborn
+from memlaw.forward import TeacherForcer, TokenProbs, answer_probs, joint_logits, training_attention
 from memlaw.objectives import make_objective, token_nll, weighted_loss
-from memlaw.verify import TokenProbs, answer_probs
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def check(tf: TeacherForcer, adapter, margin: float, chunk: int = 64) -> tuple[d
     adapter.eval()
     probs = answer_probs(tf, chunk=chunk)
     adapter.train()
-    stubborn = sum(int((p.p <= 0.5).sum()) for p in probs.values())
-    certified = sum(bool((p.p > 0.5 + margin).all()) for p in probs.values())
+    stubborn = sum(int(is_stubborn(p.p).sum()) for p in probs.values())
+    certified = sum(is_certified(p.p, margin) for p in probs.values())
     return probs, stubborn, certified
 
 

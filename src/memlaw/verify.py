@@ -20,35 +20,11 @@ from torch import Tensor
 from transformers import DynamicCache, GenerationConfig
 
 from memlaw.encode import Encoded
-from memlaw.forward import TeacherForcer
+from memlaw.certificate import certified, stubborn
+from memlaw.forward import TeacherForcer, TokenProbs, answer_probs
 from memlaw.records import redact as redact_value
 
 LN2 = math.log(2.0)
-
-
-@dataclass(frozen=True, slots=True)
-class TokenProbs:
-    """One record's teacher-forced answer tokens: p_t, −log p_t and argmax correctness, shape (n_answer,)."""
-
-    p: Tensor
-    nll: Tensor
-    correct: Tensor
-
-
-@torch.no_grad()
-def answer_probs(tf: TeacherForcer, rows: Sequence[int] | None = None, chunk: int = 64) -> dict[int, TokenProbs]:
-    """p_t for every answer token of `rows` (default: all records), one forward pass per chunk."""
-    rows = list(range(len(tf.enc))) if rows is None else list(rows)
-    out: dict[int, TokenProbs] = {}
-    for part in tf.batches(rows, chunk):
-        logits, batch = tf.logits(part)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        nll = -logp.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
-        correct = logits.argmax(-1) == batch.targets
-        for b, i in enumerate(part):
-            n = int(batch.mask[b].sum())
-            out[i] = TokenProbs(torch.exp(-nll[b, :n]).cpu(), nll[b, :n].cpu(), correct[b, :n].cpu())
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +50,10 @@ class RecordVerdict:
 def record_verdict(key: str, probs: TokenProbs, n_value: int, margin: float = 0.0) -> RecordVerdict:
     """Certificate and teacher-forced statistics of one record."""
     p, nll = probs.p, probs.nll
-    stubborn = (p <= 0.5).nonzero()
+    weak = stubborn(p).nonzero()
     return RecordVerdict(
-        key=key, certified=bool((p > 0.5 + margin).all()), min_p=float(p.min()), stubborn=int(len(stubborn)),
-        earliest_stubborn=int(stubborn[0]) if len(stubborn) else None, n_value=n_value,
+        key=key, certified=certified(p, margin), min_p=float(p.min()), stubborn=int(len(weak)),
+        earliest_stubborn=int(weak[0]) if len(weak) else None, n_value=n_value,
         n_terminator=len(p) - n_value, tf_correct=int(probs.correct[:n_value].sum()),
         loss_final=float(nll[:n_value].mean()) if n_value else 0.0, loss_final_all=float(nll.mean()),
     )

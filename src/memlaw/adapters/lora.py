@@ -18,6 +18,12 @@ from memlaw.errors import AdapterError
 TENSORS = "adapter_model.safetensors"
 
 
+def make(cfg, base, seed: int = 0) -> "LoraAdapter":
+    """A fresh PEFT LoRA from an `AdapterConfig` (dropout None: 0.0; alpha None: 2·rank)."""
+    return LoraAdapter(cfg.rank, alpha=cfg.lora_alpha, dropout=cfg.dropout or 0.0,
+                       targets=cfg.lora_targets, layers=cfg.lora_layers, seed=seed)
+
+
 class LoraAdapter:
     kind = "lora"
 

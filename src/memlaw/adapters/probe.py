@@ -30,6 +30,15 @@ def default_layer(n_layers: int, family: str) -> int:
     return min(n_layers - 1, round(n_layers * frac))
 
 
+def make(cfg, base, seed: int = 0) -> "ProbeAdapter":
+    """A fresh probe for `base` from an `AdapterConfig` (layer None: the paper's relative depth)."""
+    layer = cfg.layer if cfg.layer is not None else default_layer(base.n_layers, base.family)
+    if layer >= base.n_layers:
+        raise AdapterError(f"layer {layer} does not exist: the model has {base.n_layers} layers (0..{base.n_layers - 1})")
+    dropout = cfg.dropout if cfg.dropout is not None else 0.1
+    return ProbeAdapter(base.hidden_size, cfg.rank, layer, dropout, generator=torch.Generator().manual_seed(seed))
+
+
 def hook_parallel_to_mlp(block: nn.Module, delta: Callable[[Tensor], Tensor | None]) -> list:
     """Add `delta(x)` to `block`'s output, x being the input of its MLP (None: add nothing).
 

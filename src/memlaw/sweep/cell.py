@@ -25,7 +25,8 @@ from memlaw.errors import ConfigError, MemlawError
 from memlaw.records import Record, load_records
 from memlaw.sweep.grid import BenchmarkConfig, CellConfig, probs_interval
 from memlaw.train import StepCallback, write
-from memlaw.verify import TokenProbs, base_answer_losses, verify
+from memlaw.forward import TokenProbs
+from memlaw.verify import base_answer_losses, verify
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ which tests check against `plain=True`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
@@ -195,8 +195,12 @@ class TokenProbs:
 
 
 @torch.no_grad()
-def answer_probs(tf: TeacherForcer, rows: Sequence[int] | None = None, chunk: int = 64) -> dict[int, TokenProbs]:
-    """p_t for every answer token of `rows` (default: all records), one forward pass per chunk."""
+def answer_probs(tf: TeacherForcer, rows: Sequence[int] | None = None, chunk: int = 64, *,
+                 on_chunk: Callable[[dict[int, TokenProbs], int], None] | None = None) -> dict[int, TokenProbs]:
+    """p_t for every answer token of `rows` (default: all records), one forward pass per chunk.
+
+    `on_chunk(probs so far, number of rows)` is called after each chunk (progress lines).
+    """
     rows = list(range(len(tf.enc))) if rows is None else list(rows)
     out: dict[int, TokenProbs] = {}
     for part in tf.batches(rows, chunk):
@@ -207,4 +211,6 @@ def answer_probs(tf: TeacherForcer, rows: Sequence[int] | None = None, chunk: in
         for b, i in enumerate(part):
             n = int(batch.mask[b].sum())
             out[i] = TokenProbs(torch.exp(-nll[b, :n]).cpu(), nll[b, :n].cpu(), correct[b, :n].cpu())
+        if on_chunk is not None:
+            on_chunk(out, len(rows))
     return out

@@ -21,10 +21,11 @@ from memlaw.adapters import check_out_dir, load_adapter, load_saved_records, mak
 from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig, to_dict
 from memlaw.encode import encode, prompt_ids
 from memlaw.errors import AdapterError
+from memlaw.leakage import Leakage, check_leakage
 from memlaw.models import BaseModel, load_base
 from memlaw.records import Record, check_records, load_records, records_sha256
 from memlaw.train import StepCallback, TrainResult, write
-from memlaw.verify import Verification, base_answer_losses, greedy, verify
+from memlaw.verify import Verification, VerifyCallback, base_answer_losses, greedy, verify
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,8 @@ class Memory:
                            clean_up_tokenization_spaces=False) for o in outs]
 
     def verify(self, records: Sequence[Record] | str | os.PathLike | None = None, *, recall: bool = True,
-               margin: float = 0.0, base_losses: bool = True) -> Verification:
+               margin: float = 0.0, base_losses: bool = True,
+               on_progress: VerifyCallback | None = None) -> Verification:
         """Certificate, EM and losses of `records` (default: the records saved with the adapter)."""
         recs = self.records() if records is None else _records(records)
         enc = encode(recs, self.base.tokenizer, self.prompt, max_length=self.base.context_length)
@@ -140,8 +142,27 @@ class Memory:
         losses = None
         if base_losses:
             with self.adapter.disabled():
-                losses = base_answer_losses(self.base, enc)
-        return verify(self.base, self.adapter, enc, recall=recall, margin=margin, base_losses=losses)
+                losses = base_answer_losses(self.base, enc, on_progress=on_progress)
+        return verify(self.base, self.adapter, enc, recall=recall, margin=margin, base_losses=losses,
+                      on_progress=on_progress)
+
+    def leakage(self, *, watched: Sequence[Record] | str | os.PathLike = (), random_keys: int = 32, seed: int = 0,
+                max_new_tokens: int | None = None, records: Sequence[Record] | None = None) -> Leakage:
+        """Greedy outputs for prompts that are not keys, searched for stored values (DESIGN §2 Leakage).
+
+        Args:
+            watched: records whose values must not come back from anywhere (deleted records, or the
+                old values of changed keys), their own keys included; records or a records file.
+            random_keys: random keys shaped like the real ones (and as many recombined ones).
+            records: the stored records (default: the ones saved with the adapter).
+
+        Returns:
+            Counts (`summary()`) and the hits; the hits hold values, so show them only when asked.
+        """
+        stored = self.records() if records is None else _records(records)
+        watch = _records(watched) if isinstance(watched, (str, os.PathLike)) else list(watched)
+        return check_leakage(self.base, self.prompt, self.terminator, stored, watched=watch,
+                             random_keys=random_keys, seed=seed, max_new_tokens=max_new_tokens)
 
     def records_match(self, records: Sequence[Record]) -> bool:
         return records_sha256(records) == self.meta.get("records_sha256")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -61,12 +61,14 @@ def record_verdict(key: str, probs: TokenProbs, n_value: int, margin: float = 0.
 
 @torch.no_grad()
 def greedy(base, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int], stop_id: int,
-           batch_size: int = 64, *, hf_generate: bool = False) -> list[list[int]]:
+           batch_size: int = 64, *, hf_generate: bool = False,
+           on_batch: Callable[[int, int], None] | None = None) -> list[list[int]]:
     """Batched greedy decoding with KV cache; prompts of equal length share a batch, so nothing is padded.
 
     Each output is cut after its first `stop_id` and at its limit. `hf_generate=True` decodes with
     transformers' `generate` instead of the minimal loop below (same tokens, more per-step overhead;
-    kept as the reference the tests compare against).
+    kept as the reference the tests compare against). `on_batch(prompts done, prompts)` is called
+    after each batch (progress lines).
     """
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     buckets: dict[int, list[int]] = defaultdict(list)
@@ -74,6 +76,7 @@ def greedy(base, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequenc
         buckets[len(p)].append(i)
     decode = _generate_batch if hf_generate else _greedy_batch
     outputs: list[list[int]] = [[] for _ in prompts]
+    done = 0
     for length, idx in sorted(buckets.items()):
         for lo in range(0, len(idx), batch_size):
             part = idx[lo: lo + batch_size]
@@ -83,6 +86,9 @@ def greedy(base, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequenc
                 if stop_id in new[b]:
                     new[b] = new[b][: new[b].index(stop_id) + 1]
                 outputs[i] = new[b][: limits[i]]
+            done += len(part)
+            if on_batch is not None:
+                on_batch(done, len(prompts))
     return outputs
 
 
@@ -200,9 +206,39 @@ def value_bits(value: str) -> float | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class VerifyProgress:
+    """Where a verify is: `stage` ("L_base", "certificate" or "recall"), records done of `total`, and
+    (certificate stage) the records certified and stubborn tokens among those done."""
+
+    stage: str
+    done: int
+    total: int
+    certified: int | None = None
+    stubborn: int | None = None
+
+
+VerifyCallback = Callable[[VerifyProgress], None]
+
+
+def _certificate_progress(on_progress: VerifyCallback | None, margin: float):
+    """An `answer_probs` on_chunk that reports certified records and stubborn tokens so far."""
+    if on_progress is None:
+        return None
+    seen: dict[int, tuple[bool, int]] = {}
+
+    def on_chunk(probs: dict[int, TokenProbs], total: int) -> None:
+        for i, p in probs.items():
+            if i not in seen:
+                seen[i] = (certified(p.p, margin), int(stubborn(p.p).sum()))
+        on_progress(VerifyProgress("certificate", len(seen), total, sum(c for c, _ in seen.values()),
+                                   sum(n for _, n in seen.values())))
+    return on_chunk
+
+
 def verify(base, adapter, enc: Encoded, *, recall: bool = True, margin: float = 0.0,
            base_losses: list[tuple[float, float]] | None = None, batch_size: int = 64,
-           fast: bool = True) -> Verification:
+           fast: bool = True, on_progress: VerifyCallback | None = None) -> Verification:
     """Certify every record in one teacher-forced pass and (optionally) confirm by greedy recall.
 
     Args:
@@ -214,17 +250,19 @@ def verify(base, adapter, enc: Encoded, *, recall: bool = True, margin: float = 
         base_losses: per record (value-token loss, terminator-inclusive loss) of the base model, from
             `base_answer_losses`; computed once per memory, not here.
         fast: use the cached-prefix/answer-logits pass (same numbers as the plain pass for the layers run).
+        on_progress: called after each chunk of the certificate pass and each batch of greedy recall.
     """
     adapter.eval()
     tf = TeacherForcer(base, enc, start_layer=adapter.first_layer, cache_prefix=fast, answer_logits=fast)
-    probs = answer_probs(tf, chunk=batch_size)
+    probs = answer_probs(tf, chunk=batch_size, on_chunk=_certificate_progress(on_progress, margin))
     verdicts = [record_verdict(r.key, probs[i], len(enc.value_ids[i]), margin) for i, r in enumerate(enc.records)]
     if base_losses is not None:
         verdicts = [replace(v, loss_base=b[0], loss_base_all=b[1]) for v, b in zip(verdicts, base_losses)]
     bits = None
     if recall:
         limits = [len(enc.answer_ids(i)) for i in range(len(enc))]
-        outs = greedy(base, enc.prompt_ids, limits, enc.terminator[0], batch_size)
+        on_batch = None if on_progress is None else lambda done, n: on_progress(VerifyProgress("recall", done, n))
+        outs = greedy(base, enc.prompt_ids, limits, enc.terminator[0], batch_size, on_batch=on_batch)
         scored = [score_recall(enc, i, o) for i, o in enumerate(outs)]
         verdicts = [replace(v, em=em, free_correct=free, first_failure=first, output=text)
                     for v, (em, free, first, text) in zip(verdicts, scored)]
@@ -235,10 +273,12 @@ def verify(base, adapter, enc: Encoded, *, recall: bool = True, margin: float = 
 
 
 @torch.no_grad()
-def base_answer_losses(base, enc: Encoded, batch_size: int = 64) -> list[tuple[float, float]]:
+def base_answer_losses(base, enc: Encoded, batch_size: int = 64, *,
+                       on_progress: VerifyCallback | None = None) -> list[tuple[float, float]]:
     """Per record (value-token loss, terminator-inclusive loss) of the base model, no adapter attached."""
     tf = TeacherForcer(base, enc)
-    probs = answer_probs(tf, chunk=batch_size)
+    on_chunk = None if on_progress is None else lambda probs, n: on_progress(VerifyProgress("L_base", len(probs), n))
+    probs = answer_probs(tf, chunk=batch_size, on_chunk=on_chunk)
     out = []
     for i in range(len(enc)):
         n = len(enc.value_ids[i])

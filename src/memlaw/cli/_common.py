@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from contextlib import nullcontext
 
 import typer
@@ -27,12 +28,28 @@ def setup_logging(verbose: bool = False) -> None:
     """
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")   # what disable_progress_bar() sets
+    os.environ.setdefault("TQDM_DISABLE", "1")        # transformers' GGUF conversion bar (tqdm, not the hub's)
+    quiet_third_party_warnings(verbose)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if "transformers" in sys.modules:                             # imported already: tell it directly
         import transformers
 
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
+
+
+THIRD_PARTY = r"(transformers|peft|torch|accelerate|huggingface_hub|safetensors|tokenizers|gguf)(\.|$)"
+"""Modules whose deprecation warnings are not the user's business (they are about code memlaw calls)."""
+
+
+def quiet_third_party_warnings(verbose: bool = False) -> None:
+    """Keep other libraries' deprecation warnings (transformers' `is_gradient_checkpointing`
+    FutureWarning, say) out of normal output; with -v they are logged as warnings instead."""
+    if verbose:
+        logging.captureWarnings(True)
+        return
+    for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=THIRD_PARTY)
 
 
 def run(fn):

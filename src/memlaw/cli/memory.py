@@ -14,6 +14,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from memlaw.cli._common import app, err, nullcontext, out, run, setup_logging
+from memlaw.cli.progress import step_lines, verify_lines
+from memlaw.cli.living import (LEAKAGE_HELP, RANDOM_KEYS_HELP, SHOW_LEAKS_HELP, WATCH_HELP, leakage_exit,
+                               leakage_json, print_leakage)
 from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig, margin_problem
 from memlaw.errors import AdapterError, ConfigError
 from memlaw.records import redact as redact_value
@@ -131,6 +134,7 @@ def write(
         from memlaw.memory import write_memory
 
         bar, on_step = progress_bar(not as_json and sys.stderr.isatty())
+        on_step = on_step or step_lines("write", until.value)
         with bar if bar is not None else nullcontext():
             result = write_memory(recs, model=model, out=out_dir, adapter=adapter_cfg,
                                   objective=ObjectiveConfig(name=objective.value), train=train_cfg,
@@ -203,11 +207,17 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     redact: Annotated[bool, typer.Option(help="Show greedy outputs (values) as their sizes only, even with "
                                               "--per-record.")] = False,
+    leakage: Annotated[bool, typer.Option("--leakage", help=LEAKAGE_HELP)] = False,
+    watch: Annotated[Optional[Path], typer.Option(help=WATCH_HELP)] = None,
+    random_keys: Annotated[int, typer.Option(min=0, help=RANDOM_KEYS_HELP)] = 32,
+    show_leaks: Annotated[bool, typer.Option("--show-leaks", help=SHOW_LEAKS_HELP)] = False,
 ) -> None:
     """Certify the records in one forward pass and confirm with greedy decoding: a table, or JSON.
 
     First checks the directory's integrity: tensors and records.jsonl against the sha256s in
-    memlaw.json, and memlaw.json against its own; any mismatch is an error (exit 2).
+    memlaw.json, and memlaw.json against its own; any mismatch is an error (exit 2). With
+    --leakage, also decodes prompts that are not keys and counts stored values in the outputs
+    (exit 1 when any is found).
     """
     setup_logging()
 
@@ -222,17 +232,21 @@ def verify(
         if problems:
             raise AdapterError(f"{directory}: {'; '.join(problems)}")
         recs = load_records(records) if records is not None else None
+        watched = load_records(watch) if watch is not None else []
         from memlaw.memory import Memory
 
         t0 = time.perf_counter()
         with Memory.open(directory, device=device) as mem:
-            v = mem.verify(recs, recall=not no_recall, margin=margin)
+            v = mem.verify(recs, recall=not no_recall, margin=margin, on_progress=verify_lines())
+            leaks = mem.leakage(watched=watched, random_keys=random_keys, records=recs) if leakage else None
         wall = time.perf_counter() - t0
         same = recs is None or records_sha256(recs) == meta.get("records_sha256")
         hide = redact or not per_record
         if as_json:
             out.print_json(json.dumps({"adapter": str(directory), "wall_s": round(wall, 3), "integrity": "ok",
-                                       "records_match": same, **v.to_dict(redact=hide)}))
+                                       "records_match": same, **v.to_dict(redact=hide),
+                                       **leakage_json(leaks, show_leaks and not redact)}))
+            leakage_exit(leaks)
             return
         out.print(summary_table(str(directory), v.summary()))
         if per_record:
@@ -240,7 +254,9 @@ def verify(
         if not same:
             out.print(f"note: {records} are not the records this adapter was written with (records_sha256 differs)",
                       markup=False)
+        print_leakage(leaks, show_leaks and not redact)
         out.print(f"integrity ok  ({wall:.1f} s)")
+        leakage_exit(leaks)
 
     run(go)
 
@@ -265,6 +281,7 @@ def demo(
         t0 = time.perf_counter()
         recs = phonebook(n)
         bar, on_step = progress_bar(not as_json and sys.stderr.isatty())
+        on_step = on_step or step_lines("demo", DEMO_TRAIN.until)
         with bar if bar is not None else nullcontext():
             result = write_memory(recs, model=model, out=out_dir, adapter=AdapterConfig(kind="probe", rank=rank),
                                   train=DEMO_TRAIN, device=device, on_step=on_step)

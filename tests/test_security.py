@@ -159,4 +159,4 @@ def test_error_line_is_one_line_without_terminal_escapes():
     from memlaw.cli._common import one_line
 
     assert one_line("a\nb\r\nc\x1b[2J\x00") == "a b c\\x1b[2J\\x00"
-    assert one_line("tab\tstays") == "tab\tstays"
+    assert one_line("tab\tshown") == "tab\\tshown"  # a tab and spaces are different keys: shown differently

@@ -1,23 +1,78 @@
-"""What every CLI command shares: the Typer app, the consoles, logging set-up, the error boundary."""
+"""What every CLI command shares: the Typer app, the consoles, logging set-up, the error boundary.
+
+Text that comes from data (keys, values, file and model names, sweep names, store rows, messages
+that quote them) reaches the terminal only through `visible`: shown literally, never as rich
+markup, with every non-printable character (ESC and other controls, bidi overrides, zero-width
+characters, lone surrogates) written as an escape, and bounded in length. The two consoles
+apply it to every string they render, table cells and titles included; log lines and error lines
+go through it too.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import warnings
 from contextlib import nullcontext
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from memlaw.errors import MemlawError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Write records into a frozen LLM's adapter, certify them, recall them exactly.")
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+
+SHOWN_LIMIT = 2000  # characters of one string shown in a table cell, line or message
+
+
+def visible(text: object, limit: int | None = SHOWN_LIMIT) -> str:
+    """`text` as it may be shown in a terminal: literally, every non-printable character escaped.
+
+    Characters that `str.isprintable` refuses (C0/C1 controls such as ESC, bidi overrides,
+    zero-width and other format characters, line and paragraph separators, non-breaking and other
+    odd spaces, lone surrogates, unassigned code points) become `\\n`, `\\x1b`, `\\u202e`, ...;
+    the plain space stays. Past `limit` characters the rest is cut and counted (None: no limit).
+    """
+    text = str(text)
+    cut = limit is not None and len(text) > limit
+    shown = text[:limit] if cut else text
+    if not shown.isprintable():
+        shown = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in shown)
+    return shown + (f"... ({len(text) - limit} more characters)" if cut else "")
+
+
+class LiteralConsole(Console):
+    """A rich Console that renders every string literally through `visible`: no markup, no emoji codes.
+
+    rich turns `[link=...]`, `[/]` and `:smile:` in a string into markup; here a key such as
+    `user[admin]` prints as itself. Styled output is built from `Text` objects, which pass as they are.
+    """
+
+    def render_str(self, text: str, *, style="", justify=None, overflow=None, **_ignored) -> Text:
+        return Text(visible(text), style=style, justify=justify, overflow=overflow)
+
+    def print_json(self, json: str | None = None, **kwargs) -> None:
+        """Pretty JSON with every non-ASCII character escaped, so no control character reaches the terminal."""
+        super().print_json(json, **{**kwargs, "ensure_ascii": True})
+
+
+out = LiteralConsole(highlight=False)
+err = LiteralConsole(stderr=True, highlight=False)
+
+
+def print_table(table) -> None:
+    """On a terminal at its width; piped, wide enough that no column is cut (keys stay copyable)."""
+    (out if out.is_terminal else LiteralConsole(width=200, highlight=False)).print(table)
+
+
+class _VisibleFormatter(logging.Formatter):
+    """Log lines on one line, shown through `visible` (a logged key or path cannot drive the terminal)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return one_line(super().format(record))
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -30,7 +85,9 @@ def setup_logging(verbose: bool = False) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")   # what disable_progress_bar() sets
     os.environ.setdefault("TQDM_DISABLE", "1")        # transformers' GGUF conversion bar (tqdm, not the hub's)
     quiet_third_party_warnings(verbose)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_VisibleFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     if "transformers" in sys.modules:                             # imported already: tell it directly
         import transformers
 
@@ -68,15 +125,10 @@ def run(fn):
         raise typer.Exit(130) from None
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
 def one_line(message: str) -> str:
-    """`message` on one line: line breaks become spaces, other control characters (a file name's
-    terminal escapes, say) are shown escaped."""
-    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    """`message` on one line: line breaks become spaces, the rest shown through `visible`."""
+    return visible(" ".join(part.strip() for part in message.splitlines() if part.strip()))
 
 
-
-__all__ = ["app", "out", "err", "setup_logging", "run", "one_line", "nullcontext"]
+__all__ = ["app", "out", "err", "setup_logging", "run", "one_line", "visible", "LiteralConsole", "print_table",
+           "nullcontext"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
 from memlaw.cli._common import out
 
@@ -35,8 +34,8 @@ def hits_table(leaks) -> Table:
     for col in ("kind", "prompt", "key of the value", "whole", "output"):
         t.add_column(col)
     for h in leaks.hits:
-        t.add_row(h.kind, Text(h.prompt or "(empty)"), Text(h.key + (" (watched)" if h.watched else "")),
-                  "yes" if h.full else "run", Text(h.output))   # Text: no markup read from the data
+        t.add_row(h.kind, h.prompt or "(empty)", h.key + (" (watched)" if h.watched else ""),
+                  "yes" if h.full else "run", h.output)   # the console shows strings literally (`visible`)
     return t
 
 

@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from memlaw.cli._common import app, err, nullcontext, out, run, setup_logging
+from memlaw.cli._common import app, err, nullcontext, out, print_table, run, setup_logging, visible
 from memlaw.cli.progress import step_lines, verify_lines
 from memlaw.cli.living import (LEAKAGE_HELP, RANDOM_KEYS_HELP, SHOW_LEAKS_HELP, WATCH_HELP, leakage_exit,
                                leakage_json, print_leakage)
@@ -188,8 +188,8 @@ def recall(
         if as_json:
             out.print_json(json.dumps(dict(zip(keys, values))))
         else:
-            for v in values:
-                typer.echo(v)
+            for v in values:                 # literally: a value's own newlines and escapes are shown escaped
+                typer.echo(visible(v, limit=None))
 
     run(go)
 
@@ -250,7 +250,7 @@ def verify(
             return
         out.print(summary_table(str(directory), v.summary()))
         if per_record:
-            out.print(record_table(v, hide))
+            print_table(record_table(v, hide))
         if not same:
             out.print(f"note: {records} are not the records this adapter was written with (records_sha256 differs)",
                       markup=False)

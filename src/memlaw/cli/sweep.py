@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from memlaw.cli._common import app, err, nullcontext, out, run, setup_logging
+from memlaw.cli._common import app, err, nullcontext, out, print_table, run, setup_logging
 from memlaw.errors import ConfigError, MemlawError
 
 runs_app = typer.Typer(no_args_is_help=True, help="Inspect and export the cells in a results store.")
@@ -156,7 +155,7 @@ def _dry_run(cfg, finished: set[str], as_json: bool) -> None:
         t.add_column(col)
     for r in rows:
         t.add_row(r["key"][:12], str(r["rank"]), str(r["length"]), str(r["seed"]), "yes" if r["stored"] else "no")
-    _print_table(t)
+    print_table(t)
 
 
 # ---------------------------------------------------------------- runs
@@ -190,14 +189,9 @@ def runs_list(
             t.add_row(r["key"][:12], r["status"], r["model"], r["kind"], r["objective"], str(r["rank"]),
                       str(r["length"]), str(r["seed"]), _f(r["delta_loss"]), _f(r["em_rate"], 2),
                       _f(r["certified_rate"], 2), str(r["steps"] if r["steps"] is not None else "-"), _f(r["wall_s"], 1))
-        _print_table(t)
+        print_table(t)
 
     run(go)
-
-
-def _print_table(t: Table) -> None:
-    """On a terminal at its width; piped, wide enough that no column is cut (keys stay copyable)."""
-    (out if out.is_terminal else Console(width=200, highlight=False)).print(t)
 
 
 @runs_app.command("show")

@@ -1,0 +1,86 @@
+"""Hostile input, second round: text that is markup or terminal escapes, files that are not memlaw's,
+unbounded input, configs that would train garbage, foreign or broken stores, spreadsheet formulas.
+
+The refusals go through test_reliability's check (exit 2, one line on stderr naming place and cause,
+nothing on stdout, nothing written); the rest checks that data is shown literally and that nothing
+memlaw did not write is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from memlaw.records import Record, write_records
+from test_reliability import TINY, assert_refused, cli, cli_process, snapshot
+
+ESC = "\x1b"
+HOSTILE_KEYS = [  # each renders as markup or drives a terminal if shown raw
+    "[/]k", "user[admin]", "user[guest]", "[link=https://evil.example]click[/link]", ":smile: [bold]b[/bold]",
+    f"{ESC}]0;PWNED{ESC}\\title", f"{ESC}[2J{ESC}[Hclear", "bidi\u202egnp.exe", "zero\u200bwidth", "bell\x07\x9bC1",
+]
+SHOWN = {  # how each key must appear: literally, with non-printable characters escaped
+    "[/]k": "[/]k", "user[admin]": "user[admin]", "user[guest]": "user[guest]",
+    "[link=https://evil.example]click[/link]": "[link=https://evil.example]click[/link]",
+    ":smile: [bold]b[/bold]": ":smile: [bold]b[/bold]",
+    f"{ESC}]0;PWNED{ESC}\\title": "\\x1b]0;PWNED\\x1b\\title", f"{ESC}[2J{ESC}[Hclear": "\\x1b[2J\\x1b[Hclear",
+    "bidi\u202egnp.exe": "bidi\\u202egnp.exe", "zero\u200bwidth": "zero\\u200bwidth", "bell\x07\x9bC1": "bell\\x07\\x9bC1",
+}
+
+
+def raw_controls(text: str) -> list[str]:
+    """Non-printable characters other than the newline in `text` (none may reach a terminal)."""
+    return sorted({c for c in text if not c.isprintable() and c not in "\n"})
+
+
+@pytest.fixture(scope="module")
+def hostile_adapter(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hostile")
+    records = [Record(k, f"S3CRET{i}") for i, k in enumerate(HOSTILE_KEYS)]
+    write_records(d / "mem.jsonl", records)
+    code, _, stderr = cli("write", d / "mem.jsonl", *TINY, "--until", "budget", "--max-steps", "3",
+                          "--out", d / "ad[red]x")
+    assert code == 0, stderr
+    return d / "ad[red]x"
+
+
+@pytest.mark.parametrize("redact", [False, True], ids=["values shown", "redacted"])
+def test_keys_are_shown_literally_by_verify_per_record(hostile_adapter, redact):
+    code, stdout, stderr = cli("verify", hostile_adapter, "--per-record", *(["--redact"] if redact else []))
+    assert code == 0, stderr
+    assert raw_controls(stdout + stderr) == []
+    for key in HOSTILE_KEYS:
+        assert SHOWN[key] in stdout, SHOWN[key]
+    assert "ad[red]x" in stdout                        # the --out name in the table title, not a style
+    assert ("chars>" in stdout) is redact                # outputs as their sizes only
+
+
+def test_values_are_recalled_one_line_each_with_escapes_visible(hostile_adapter):
+    from memlaw.cli._common import visible
+
+    code, stdout, stderr = cli("recall", hostile_adapter, *HOSTILE_KEYS, "--max-new-tokens", "12")
+    assert code == 0, stderr
+    assert len(stdout.splitlines()) == len(HOSTILE_KEYS) and raw_controls(stdout) == []
+    assert visible(f"a\nb{ESC}[2J\u202e\ud800") == "a\\nb\\x1b[2J\\u202e\\ud800"
+    assert visible("x" * 10, limit=4) == "xxxx... (6 more characters)"
+    assert visible("plain é 📞 [b]k[/b]") == "plain é 📞 [b]k[/b]"
+
+
+def test_sweep_and_model_names_are_shown_literally(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text('name: "[link=https://evil.example]n[/link]\\e[2J"\nmodel: tiny\nranks: [1]\nlengths: [4]\n'
+                    "train: {max_steps: 1}\n")
+    code, stdout, stderr = cli("sweep", grid, "--store", tmp_path / "runs.db", "--dry-run")
+    assert code == 0, stderr
+    assert "[link=https://evil.example]n[/link]\\x1b[2J" in stdout and raw_controls(stdout) == []
+
+
+def test_error_lines_show_control_characters_escaped(tmp_path):
+    out = tmp_path / f"a{ESC}]0;PWNED\x07[/]"
+    line = assert_refused(cli("verify", out), place="a\\x1b]0;PWNED\\x07[/]", cause="does not exist")
+    assert raw_controls(line) == []

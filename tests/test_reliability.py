@@ -180,14 +180,19 @@ def good_records(tmp_path_factory, tiny_records):
 
 @pytest.mark.parametrize("args,place,cause", [
     (["--rank", "0"], "adapter", "rank must be an integer >= 1, got 0"),
-    (["--max-steps", "0"], "train", "max_steps must be >= 1, got 0"),
+    (["--max-steps", "0"], "train", "max_steps must be an integer >= 1, got 0"),
     (["--lr", "-1"], "train", "lr must be > 0"),
     (["--template", "fancy"], "prompt", "template must be 'chat' or 'plain'"),
     (["--dtype", "float8"], "dtype", "unknown dtype 'float8'"),
     (["--layer", "9"], "layer 9", "does not exist: the model has 4 layers"),
     (["--model", "no-such-model-xyz"], "'no-such-model-xyz'", "cannot load model"),
+    (["--lr", "inf"], "train", "lr must be a finite number > 0, got inf"),
+    (["--lr", "nan"], "train", "lr must be a finite number > 0, got nan"),
+    (["--margin", "nan"], "train", "margin must be a finite number in [0, 0.5), got nan"),
+    (["--seed", "100000000000000000000"], "train", "seed must be an integer in [0, 9223372036854775807]"),
+    (["--template", "chat", "--batch-size", "-3"], "train", "batch_size must be an integer >= 1, got -3"),
 ], ids=["rank 0", "max-steps 0", "negative lr", "unknown template", "unknown dtype", "layer out of range",
-        "unknown model"])
+        "unknown model", "lr inf", "lr nan", "margin nan", "20-digit seed", "negative batch size"])
 def test_bad_write_options(tmp_path, good_records, args, place, cause):
     got = cli("write", good_records, *TINY, "--max-steps", "5", *args, "--out", tmp_path / "ad")
     assert_refused(got, place=place, cause=cause)
@@ -435,6 +440,29 @@ GRID_CASES = {  # file: (line of the grid the error names or None, words of the 
     "unknown_objective.yaml": (None, "objective must be one of"),
     "adapter_rank_given.yaml": (None, "adapter.rank is set by `ranks`"),
     "unknown_model.yaml": (None, "cannot load model 'no-such-model-xyz'"),
+    # second round: unbounded YAML, repeated keys, numbers that would train garbage, prompts that break
+    "alias_bomb.yaml": (6, "more than 100,000 values once its aliases are expanded"),
+    "deep_nesting.yaml": (3, "nested more than 32 levels deep"),
+    "recursive_alias.yaml": (1, "an alias refers to a node that contains it"),
+    "duplicate_key.yaml": (11, "key 'ranks' appears more than once"),
+    "duplicate_nested_key.yaml": (9, "key 'lr' appears more than once"),
+    "lr_inf.yaml": (None, "train: lr must be a finite number > 0, got inf"),
+    "lr_nan.yaml": (None, "train: lr must be a finite number > 0, got nan"),
+    "clip_nan.yaml": (None, "clip must be a finite number > 0, got nan"),
+    "clip_negative.yaml": (None, "clip must be > 0, got -1"),
+    "kappa_nan.yaml": (None, "objective: kappa must be a finite number > 0, got nan"),
+    "dropout_nan.yaml": (None, "adapter: dropout must be a finite number in [0, 1), got nan"),
+    "margin_inf.yaml": (None, "margin must be a finite number in [0, 0.5), got inf"),
+    "batch_size_fractional.yaml": (None, "batch_size must be an integer >= 1, got 2.5"),
+    "batch_size_bool.yaml": (None, "batch_size must be an integer >= 1, got True"),
+    "max_steps_fractional.yaml": (None, "max_steps must be an integer >= 1, got 2.5"),
+    "check_every_bool.yaml": (None, "check_every must be an integer >= 1, got False"),
+    "seed_too_big.yaml": (None, "seed must be an integer in [0, 9223372036854775807], got 100000000000000000000"),
+    "seed_negative.yaml": (None, "seed must be an integer in [0, 9223372036854775807], got -1"),
+    "prompt_stray_brace.yaml": (None, "is not a valid format string (Single '}' encountered"),
+    "prompt_other_field.yaml": (None, "format must contain '{key}' and no other field"),
+    "prompt_system_not_text.yaml": (None, "system must be a string or null, got (1, 2)"),
+    "records_path_not_text.yaml": (None, "benchmark: path must be a file name, got 5"),
 }
 
 

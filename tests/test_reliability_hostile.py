@@ -84,3 +84,72 @@ def test_error_lines_show_control_characters_escaped(tmp_path):
     out = tmp_path / f"a{ESC}]0;PWNED\x07[/]"
     line = assert_refused(cli("verify", out), place="a\\x1b]0;PWNED\\x07[/]", cause="does not exist")
     assert raw_controls(line) == []
+
+
+# --- the command line: arguments that are not UTF-8 ------------------------------------------------
+
+
+def test_argument_that_is_not_utf8_is_refused_by_a_real_process(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "memlaw.cli", "recall", "ad", b"key\xff\x1b[2J"],
+                         capture_output=True, cwd=tmp_path, timeout=120)
+    stderr = res.stderr.decode()
+    assert res.returncode == 2 and res.stdout == b"" and len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith("memlaw: error: argument 3 (key\\udcff\\x1b[2J) is not valid UTF-8")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- unbounded input: records that never end, are not files, or are too long ------------------------
+
+
+@pytest.mark.parametrize("make,cause", [
+    (lambda d: Path("/dev/zero"), "is not a regular file (a device, FIFO or socket)"),
+    (lambda d: (d / "zero.jsonl").symlink_to("/dev/zero") or d / "zero.jsonl", "is not a regular file"),
+    (lambda d: os.mkfifo(d / "fifo.jsonl") or d / "fifo.jsonl", "is not a regular file"),
+    (lambda d: (d / "long.jsonl").write_bytes(b'{"key": "k", "value": "' + b"9" * (4 << 20) + b'"}\n') and d / "long.jsonl",
+     "line is longer than 4,194,304 bytes"),
+    (lambda d: (d / "long.csv").write_bytes(b'key,value\nk,"' + b"9\n" * ((2 << 20) + 1) + b'"\n') and d / "long.csv",
+     "not valid CSV (field larger than field limit (4194304))"),
+], ids=["/dev/zero", "symlink to /dev/zero", "FIFO", "line of 4 MB", "CSV cell of 4 MB"])
+def test_records_that_are_not_bounded_files_are_refused(tmp_path, make, cause):
+    path = make(tmp_path)
+    before = snapshot(tmp_path)
+    got = cli("write", path, *TINY, "--max-steps", "5", "--out", tmp_path / "ad")
+    assert_refused(got, place=f"{path}:", cause=cause)
+    assert snapshot(tmp_path) == before
+
+
+def test_dev_zero_is_refused_at_once_by_a_real_process(tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    assert_refused(cli_process("write", "/dev/zero", "--model", "tiny", "--out", "ad", cwd=tmp_path),
+                   place="/dev/zero:1: ", cause="is not a regular file")
+    assert time.perf_counter() - t0 < 60 and list(tmp_path.iterdir()) == []
+
+
+def test_records_file_larger_than_the_limit_is_refused_before_reading(tmp_path, monkeypatch):
+    import memlaw.records as records
+
+    monkeypatch.setattr(records, "MAX_RECORDS_BYTES", 100)
+    path = tmp_path / "big.jsonl"
+    write_records(path, [Record(f"key {i}", "S3CRET") for i in range(10)])
+    assert_refused(cli("write", path, *TINY, "--out", tmp_path / "ad"), place=f"{path}:1: ",
+                   cause="more than the 100 memlaw reads as a .jsonl or .csv file of records")
+
+
+def test_value_longer_than_the_context_is_refused_from_a_prefix(tiny_base):
+    from memlaw.config import PromptConfig
+    from memlaw.encode import encode
+    from memlaw.errors import RecordError
+
+    calls = []
+    tok = tiny_base.tokenizer
+    spy = lambda text, **kw: calls.append(len(text)) or tok(text, **kw)  # noqa: E731
+    spy.__dict__.update(chat_template=None, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                        all_special_ids=tok.all_special_ids, decode=tok.decode)
+    with pytest.raises(RecordError, match=r"k.jsonl:1: record of key 'k' has a value of more than 512 tokens"):
+        encode([Record("k", "9" * 1_000_000, where="k.jsonl:1")], spy, PromptConfig(template="plain"), max_length=512)
+    assert max(calls) == 8 * 512          # the million characters were never tokenized whole

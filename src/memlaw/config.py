@@ -3,12 +3,20 @@
 Each is frozen and keyword-only, documented field by field, and validated once in `__post_init__`,
 which raises one `ConfigError` naming every problem. `from_dict` builds any of them from a plain
 mapping (YAML, JSON) and rejects unknown keys with the nearest valid name.
+
+Every numeric field is checked by `int_problem` or `float_problem`: the right type (an integer
+field takes no float such as 2.5 and no bool such as `true`; a float field takes ints but no bool),
+finite (no NaN or infinity, which would train an all-NaN adapter), and in its range. Values quoted
+in messages go through `shown`, which bounds their size.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import reprlib
+import string
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -16,6 +24,53 @@ from typing import Any, Literal, TypeVar
 from memlaw.errors import ConfigError
 
 T = TypeVar("T")
+MAX_SEED = 2**63 - 1   # torch generators take 64-bit seeds; beyond that seeding overflows
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxlevel = 60, 60, 6, 6, 6, 3
+
+
+def shown(value: Any) -> str:
+    """A config value as a message quotes it: its repr, bounded in size (a huge or deeply aliased
+    YAML value is never expanded in full)."""
+    return _REPR.repr(value)
+
+
+def int_problem(name: str, value: Any, *, lo: int | None = None, hi: int | None = None,
+                optional: bool = False) -> str | None:
+    """Why `value` cannot be integer setting `name` (a bool or a float is not an integer), or None."""
+    if value is None and optional:
+        return None
+    wrong_type = not isinstance(value, int) or isinstance(value, bool)
+    if wrong_type or (lo is not None and value < lo) or (hi is not None and value > hi):
+        return f"{name} must be an integer {_range(lo, hi, False, False)}, got {shown(value)}".replace(" ,", ",")
+    return None
+
+
+def float_problem(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
+                  lo_open: bool = False, hi_open: bool = False, optional: bool = False) -> str | None:
+    """Why `value` cannot be number setting `name` (not a number, a bool, NaN, infinite, out of range), or None."""
+    if value is None and optional:
+        return None
+    where = _range(lo, hi, lo_open, hi_open)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return f"{name} must be a finite number {where}, got {shown(value)}".replace(" ,", ",")
+    if (lo is not None and (value <= lo if lo_open else value < lo)) or \
+            (hi is not None and (value >= hi if hi_open else value > hi)):
+        return f"{name} must be {where}, got {shown(value)}"
+    return None
+
+
+def _range(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    """'>= 1', '> 0', 'in [0, 0.5)', '<= 1' or '' (no bound)."""
+    lo, hi = (f"{x:g}" if isinstance(x, float) else x for x in (lo, hi))
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo}"
+    if hi is not None:
+        return f"{'<' if hi_open else '<='} {hi}"
+    return ""
 
 
 def choices(cls: type, name: str) -> tuple[str, ...]:
@@ -29,9 +84,24 @@ def choices(cls: type, name: str) -> tuple[str, ...]:
 
 def margin_problem(margin: Any) -> str | None:
     """What is wrong with a certificate margin (certified: every p_t > 0.5 + margin), or None."""
-    if not isinstance(margin, (int, float)) or not 0.0 <= margin < 0.5:
-        return f"margin must be in [0, 0.5), got {margin!r}"
+    return float_problem("margin", margin, lo=0.0, hi=0.5, hi_open=True)
+
+
+def format_problem(fmt: Any) -> str | None:
+    """Why `fmt` cannot show a key: not a string, stray braces, or a field other than a plain `{key}`."""
+    if not isinstance(fmt, str):
+        return f"format must be a string containing '{{key}}', got {shown(fmt)}"
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(fmt) if name is not None]
+    except ValueError as e:              # "Single '}' encountered in format string", ...
+        return f"format {shown(fmt)} is not a valid format string ({e}); write literal braces as {{{{ and }}}}"
+    if not fields or any(f != ("key", "", None) for f in fields):
+        return f"format must contain '{{key}}' and no other field (literal braces are {{{{ and }}}}), got {shown(fmt)}"
     return None
+
+
+def _problems(*found: str | None) -> list[str]:
+    return [p for p in found if p is not None]
 
 
 def _raise(problems: list[str], what: str) -> None:
@@ -49,11 +119,11 @@ class PromptConfig:
     """How the key is shown: the user turn (chat) or the whole prompt (plain). Must contain `{key}`."""
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = _problems(format_problem(self.format))
         if self.template not in (None, "chat", "plain"):
-            problems.append(f"template must be 'chat' or 'plain', got {self.template!r}")
-        if "{key}" not in self.format:
-            problems.append(f"format must contain '{{key}}', got {self.format!r}")
+            problems.append(f"template must be 'chat' or 'plain', got {shown(self.template)}")
+        if self.system is not None and not isinstance(self.system, str):
+            problems.append(f"system must be a string or null, got {shown(self.system)}")
         _raise(problems, "prompt")
 
 
@@ -74,15 +144,21 @@ class AdapterConfig:
     """Restrict `lora` to these decoder layers (PEFT `layers_to_transform`); None: all."""
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = _problems(
+            int_problem("rank", self.rank, lo=1), int_problem("layer", self.layer, lo=0, optional=True),
+            float_problem("dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True, optional=True),
+            float_problem("lora_alpha", self.lora_alpha, lo=0.0, lo_open=True, optional=True))
         if self.kind not in ("probe", "lora"):
-            problems.append(f"kind must be 'probe' or 'lora', got {self.kind!r}")
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-            problems.append(f"rank must be an integer >= 1, got {self.rank!r}")
-        if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 0):
-            problems.append(f"layer must be an integer >= 0, got {self.layer!r}")
-        if self.dropout is not None and (not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0):
-            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+            problems.append(f"kind must be 'probe' or 'lora', got {shown(self.kind)}")
+        targets = self.lora_targets
+        if not (isinstance(targets, str) or (isinstance(targets, tuple) and targets
+                                             and all(isinstance(t, str) for t in targets))):
+            problems.append(f"lora_targets must be a module name pattern or a list of names, got {shown(targets)}")
+        if self.lora_layers is not None:
+            if not isinstance(self.lora_layers, tuple) or not self.lora_layers:
+                problems.append(f"lora_layers must be a non-empty list of layer indices, got {shown(self.lora_layers)}")
+            else:
+                problems += _problems(*(int_problem("lora_layers", x, lo=0) for x in self.lora_layers))[:1]
         _raise(problems, "adapter")
 
 
@@ -115,13 +191,30 @@ class ObjectiveConfig:
         problems = []
         names = ("sft", "memft-ot", "memft-sw", "memft-sw-curriculum")
         if self.name not in names:
-            problems.append(f"objective must be one of {', '.join(names)}; got {self.name!r}{_nearest(self.name, names)}")
-        if not 0.0 < self.tau <= 1.0:
-            problems.append(f"tau must be in (0, 1], got {self.tau}")
+            problems.append(f"objective must be one of {', '.join(names)}; got {shown(self.name)}"
+                            f"{_nearest(self.name, names)}")
+        problems += _problems(
+            float_problem("tau", self.tau, lo=0.0, hi=1.0, lo_open=True),
+            float_problem("kappa", self.kappa, lo=0.0, lo_open=True),
+            int_problem("window", self.window, lo=1),
+            float_problem("decay", self.decay, lo=0.0, lo_open=True),
+            float_problem("floor", self.floor, lo=0.0, hi=1.0),
+            int_problem("patience", self.patience, lo=1),
+            float_problem("expansion_step", self.expansion_step, lo=0.0),
+            float_problem("expansion_max", self.expansion_max, lo=1.0))
         if self.fallback not in ("sft", "skip"):
-            problems.append(f"fallback must be 'sft' or 'skip', got {self.fallback!r}")
-        if len(self.curriculum_ratios) != len(self.curriculum_boundaries):
+            problems.append(f"fallback must be 'sft' or 'skip', got {shown(self.fallback)}")
+        for name in ("curriculum_ratios", "curriculum_boundaries"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or not values:
+                problems.append(f"{name} must be a non-empty list of fractions, got {shown(values)}")
+            else:
+                problems += _problems(*(float_problem(name, x, lo=0.0, hi=1.0, lo_open=True) for x in values))[:1]
+        if isinstance(self.curriculum_ratios, tuple) and isinstance(self.curriculum_boundaries, tuple) \
+                and len(self.curriculum_ratios) != len(self.curriculum_boundaries):
             problems.append("curriculum_ratios and curriculum_boundaries must have the same length")
+        if not isinstance(self.equal_budget, bool):
+            problems.append(f"equal_budget must be true or false, got {shown(self.equal_budget)}")
         _raise(problems, "objective")
 
 
@@ -158,27 +251,26 @@ class TrainConfig:
     certificate run on the float32 weights, which are the ones saved."""
 
     def __post_init__(self) -> None:
-        problems = []
-        if not self.lr > 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.max_steps is not None and self.max_steps < 1:
-            problems.append(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.epochs is not None and self.epochs < 1:
-            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        problems = _problems(
+            float_problem("lr", self.lr, lo=0.0, lo_open=True),
+            int_problem("batch_size", self.batch_size, lo=1),
+            int_problem("max_steps", self.max_steps, lo=1, optional=True),
+            int_problem("epochs", self.epochs, lo=1, optional=True),
+            int_problem("check_every", self.check_every, lo=1),
+            margin_problem(self.margin),
+            float_problem("clip", self.clip, lo=0.0, lo_open=True),     # a negative clip reverses the gradient
+            int_problem("seed", self.seed, lo=0, hi=MAX_SEED))
         if self.until not in ("budget", "certified"):
-            problems.append(f"until must be 'budget' or 'certified', got {self.until!r}")
+            problems.append(f"until must be 'budget' or 'certified', got {shown(self.until)}")
         if self.until == "budget" and self.max_steps is None and self.epochs is None:
             problems.append("a budget run needs max_steps or epochs")
-        if self.check_every < 1:
-            problems.append(f"check_every must be >= 1, got {self.check_every}")
-        if (problem := margin_problem(self.margin)) is not None:
-            problems.append(problem)
+        for name in ("cache_prefix", "answer_logits"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {shown(getattr(self, name))}")
         if self.attention not in ("auto", "math", "model"):
-            problems.append(f"attention must be 'auto', 'math' or 'model', got {self.attention!r}")
+            problems.append(f"attention must be 'auto', 'math' or 'model', got {shown(self.attention)}")
         if self.lora_compute not in ("auto", "float32"):
-            problems.append(f"lora_compute must be 'auto' or 'float32', got {self.lora_compute!r}")
+            problems.append(f"lora_compute must be 'auto' or 'float32', got {shown(self.lora_compute)}")
         _raise(problems, "train")
 
     def budget_steps(self, n_records: int) -> int:
@@ -210,10 +302,13 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, what: str | None = None
         return cls(**data)
     except TypeError as e:
         raise ConfigError(f"{what or cls.__name__}: {e}") from None
-    except ConfigError as e:  # name the file or section the settings came from
-        if what is None or str(e).startswith(what):
+    except ConfigError as e:  # name the file or section the settings came from, once
+        msg = str(e)
+        if what is None or msg.startswith(what):
             raise
-        raise ConfigError(f"{what}: {e}") from None
+        head = msg.split(": ", 1)[0]                 # the section the dataclass names itself ("train")
+        prefix = what[: -len(head)] if what.endswith(head) else f"{what}: "
+        raise ConfigError(prefix + msg) from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -229,4 +324,5 @@ def json_ready(x: Any) -> Any:
     return x
 
 
-__all__ = ["PromptConfig", "AdapterConfig", "ObjectiveConfig", "TrainConfig", "from_dict", "to_dict", "field"]
+__all__ = ["PromptConfig", "AdapterConfig", "ObjectiveConfig", "TrainConfig", "from_dict", "to_dict", "field",
+           "int_problem", "float_problem", "margin_problem", "format_problem", "shown", "MAX_SEED"]

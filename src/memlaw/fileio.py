@@ -1,4 +1,11 @@
-"""Atomic writes: a reader sees the previous complete file or directory, or the new one, never a torn one.
+"""Files in and out: bounded reads of input files, and atomic writes.
+
+Reads (`open_input`, `bounded_lines`, `load_yaml`): only regular files (a device such as /dev/zero,
+a FIFO or a directory is refused before anything is read), at most a stated number of bytes, lines
+of at most a stated length; YAML with the safe loader only, no duplicate keys, and bounded nesting
+and alias expansion. Every refusal is one `{path}:{line}: {cause}` error of the caller's class.
+
+Atomic writes: a reader sees the previous complete file or directory, or the new one, never a torn one.
 
 A directory is built in a temp directory beside its target, named `.{name}.{pid}.{random}.tmp`, and
 put in place by one rename. If the target exists the two are swapped in one atomic
@@ -18,15 +25,169 @@ import errno
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, BinaryIO
+
+import yaml
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+from memlaw.config import shown
+from memlaw.errors import ConfigError
+
+MAX_YAML_BYTES = 1 << 20      # a sweep grid is a few hundred bytes
+MAX_YAML_DEPTH = 32           # nesting levels of a YAML document
+MAX_YAML_NODES = 100_000      # nodes of a YAML document once its aliases are expanded
 
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|old)$")  # mkdtemp's 8 random characters
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 _renameat2 = None  # resolved on first use; False where the C library has none
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def open_input(path: str | os.PathLike, *, limit: int, error: type[Exception], what: str) -> BinaryIO:
+    """Open a regular file of at most `limit` bytes for reading (binary).
+
+    The file is opened without blocking (a FIFO cannot hang the open) and checked on the open
+    descriptor, so what is read is what was checked.
+
+    Raises:
+        error: `{path}:1: {cause}`: missing, a directory, not a regular file (a device, FIFO or
+            socket), unreadable, or larger than `limit`; `what` names what was expected.
+    """
+    source = os.fspath(path)
+    try:
+        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise error(f"{source}:1: no such file; check the path") from None
+    except IsADirectoryError:
+        raise error(f"{source}:1: is a directory; give {what}") from None
+    except OSError as e:
+        raise error(f"{source}:1: cannot read the file ({e.strerror or type(e).__name__})") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise error(f"{source}:1: is a directory; give {what}")
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{source}:1: is not a regular file (a device, FIFO or socket); give {what}")
+        if st.st_size > limit:
+            raise error(f"{source}:1: is {st.st_size:,} bytes, more than the {limit:,} memlaw reads as {what}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def bounded_lines(f: BinaryIO, source: str, *, max_line: int, limit: int,
+                  error: type[Exception]) -> Iterator[bytes]:
+    """The lines of `f` (split on b"\\n", kept), refusing a line longer than `max_line` bytes or
+    more than `limit` bytes in all (a file that grows while it is read)."""
+    total = 0
+    for n in range(1, sys.maxsize):
+        raw = f.readline(max_line + 1)
+        if not raw:
+            return
+        total += len(raw)
+        if len(raw) > max_line and not raw.endswith(b"\n"):
+            raise error(f"{source}:{n}: line is longer than {max_line:,} bytes, the most memlaw reads as one record")
+        if total > limit:
+            raise error(f"{source}:{n}: the file is longer than the {limit:,} bytes memlaw reads")
+        yield raw
+
+
+def load_yaml(path: str | os.PathLike) -> Any:
+    """Read one YAML document with the safe loader (no code runs), bounded and strict.
+
+    Refused, each as `ConfigError("{path}:{line}: ...")`: a file that is missing, not regular, not
+    UTF-8 or larger than `MAX_YAML_BYTES`; invalid YAML; a key repeated in one mapping (YAML would
+    keep the last silently); nesting deeper than `MAX_YAML_DEPTH`; more than `MAX_YAML_NODES` nodes
+    once aliases are expanded (an "alias bomb" of a few hundred bytes expands to billions).
+    """
+    source = os.fspath(path)
+    with open_input(source, limit=MAX_YAML_BYTES, error=ConfigError, what="a YAML file") as f:
+        data = f.read(MAX_YAML_BYTES + 1)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{source}:1: not valid UTF-8 (at byte {e.start + 1}); save the file as UTF-8") from None
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _count_nodes(node, {})
+        return loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise ConfigError(f"{source}:{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}:1: not valid YAML (nested too deeply)") from None
+    finally:
+        loader.dispose()
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses deep nesting while composing and repeated keys while constructing."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, MappingNode):
+            seen = set()
+            for key_node, _ in node.value:            # the mapping's own keys (merged `<<` keys may be overridden)
+                if isinstance(key_node, ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = self.construct_object(key_node)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {shown(key)} appears more than once in one mapping; keep one",
+                            key_node.start_mark)
+                    seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _count_nodes(node, memo: dict[int, int]) -> int:
+    """Nodes of the document with every alias expanded (memoised, so linear in the composed graph)."""
+    key = id(node)
+    if key in memo:
+        if memo[key] < 0:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to a node that contains it",
+                                              node.start_mark)
+        return memo[key]
+    memo[key] = -1
+    if isinstance(node, SequenceNode):
+        n = 1 + sum(_count_nodes(child, memo) for child in node.value)
+    elif isinstance(node, MappingNode):
+        n = 1 + sum(_count_nodes(k, memo) + _count_nodes(v, memo) for k, v in node.value)
+    else:
+        n = 1
+    if n > MAX_YAML_NODES:
+        raise yaml.composer.ComposerError(None, None, f"more than {MAX_YAML_NODES:,} values once its aliases are "
+                                          f"expanded; write the settings out", node.start_mark)
+    memo[key] = n
+    return n
+
+
+# --- writing ---------------------------------------------------------------------------------
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

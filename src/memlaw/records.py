@@ -13,6 +13,8 @@ Formats `load_records` reads (the path's suffix decides; anything but `.csv` is 
   strip() and lower(). Each later row is one record; blank rows are skipped.
 
 Files are read as bytes, line by line, and decoded as strict UTF-8 (a leading BOM is dropped).
+Only regular files are read (a device such as /dev/zero, a FIFO or a directory is refused), of at
+most `MAX_RECORDS_BYTES`, with lines (CSV cells) of at most `MAX_RECORD_BYTES`.
 Keys and values are kept verbatim: nothing is stripped, because exact recall means exact. Both must
 be strings (a phone number given as a JSON number would lose its leading zeros), non-empty, not
 only whitespace, free of NUL and of lone surrogates. Keys are unique: a key repeated with the same
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from memlaw.errors import RecordError
-from memlaw.fileio import atomic_write_text
+from memlaw.fileio import atomic_write_text, bounded_lines, open_input
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ FORMS: tuple[tuple[str, str], ...] = (("key", "value"), ("query", "target"), ("q
 STRICT_FORM = FORMS[0]  # the only form whose unknown fields are rejected
 CSV_FORMS = FORMS[:2]
 _JSON_SPACE = " \t\r\n"
-_CSV_FIELD_LIMIT = 2**31 - 1  # no size limit on values here; the model's context is checked elsewhere
+MAX_RECORDS_BYTES = 256 << 20   # a records file; 200k PhoneBook records take about 16 MB
+MAX_RECORD_BYTES = 4 << 20      # one line or CSV cell; the paper's longest long-context line is 0.33 MB
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +81,10 @@ def load_records(path: str | os.PathLike) -> list[Record]:
             of `check_records`; the message is `{path}:{line}: {cause}`.
     """
     source = os.fspath(path)
-    if os.path.isdir(source):
-        raise RecordError(f"{source}:1: is a directory; give a .jsonl or .csv file of records")
     parse = _parse_csv if Path(source).suffix.lower() == ".csv" else parse_records
     try:
-        with open(source, "rb") as f:
+        with open_input(source, limit=MAX_RECORDS_BYTES, error=RecordError, what="a .jsonl or .csv file of records") as f:
             records = parse(_decoded_lines(f, source), source)
-    except FileNotFoundError:
-        raise RecordError(f"{source}:1: no such file; check the path") from None
     except OSError as e:
         raise RecordError(f"{source}:1: cannot read the file ({e.strerror or type(e).__name__})") from None
     if not records:
@@ -177,8 +176,9 @@ def records_sha256(records: Sequence[Record]) -> str:
 
 
 def _decoded_lines(f: BinaryIO, source: str) -> Iterator[str]:
-    """Yield the lines of a binary file (split on b"\\n", kept) decoded as strict UTF-8."""
-    for n, raw in enumerate(f, 1):
+    """Yield the lines of a binary file (split on b"\\n", kept, bounded in size) decoded as strict UTF-8."""
+    lines = bounded_lines(f, source, max_line=MAX_RECORD_BYTES, limit=MAX_RECORDS_BYTES, error=RecordError)
+    for n, raw in enumerate(lines, 1):
         if n == 1 and raw.startswith(codecs.BOM_UTF8):
             raw = raw[len(codecs.BOM_UTF8):]
         try:
@@ -252,7 +252,7 @@ def _fields(obj: dict, where: str) -> tuple[str, str]:
 
 def _parse_csv(lines: Iterable[str], source: str) -> list[Record]:
     """Records of CSV text; `where` is the physical line where each row starts."""
-    old_limit = csv.field_size_limit(_CSV_FIELD_LIMIT)  # process-wide setting: restored below
+    old_limit = csv.field_size_limit(MAX_RECORD_BYTES)  # process-wide setting: restored below
     try:
         reader = csv.reader(lines, strict=True)
         header: list[str] | None = None

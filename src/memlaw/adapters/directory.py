@@ -20,11 +20,12 @@ from typing import Any
 
 from memlaw.config import AdapterConfig, PromptConfig, choices
 from memlaw.errors import AdapterError, ConfigError
-from memlaw.fileio import atomic_dir, is_temp_dir
+from memlaw.fileio import atomic_dir, is_temp_dir, open_input
 from memlaw.records import Record, load_records, records_sha256, write_records
 
 META = "memlaw.json"
 RECORDS = "records.jsonl"
+MAX_META_BYTES = 16 << 20   # memlaw.json is a few kB; a larger one is not read
 FORMAT_VERSION = 2
 """2: memlaw.json carries `meta_sha256`, the sha256 of its own other fields (1 did not)."""
 
@@ -132,7 +133,8 @@ def read_meta(directory: str | Path) -> dict:
     if not path.is_file():
         raise AdapterError(f"{path}: missing; {directory} is not a memlaw adapter directory")
     try:
-        meta = json.loads(path.read_bytes().decode("utf-8"))
+        with open_input(path, limit=MAX_META_BYTES, error=AdapterError, what=META) as f:
+            meta = json.loads(f.read(MAX_META_BYTES + 1).decode("utf-8"))
     except UnicodeDecodeError as e:
         raise AdapterError(f"{path}: not valid UTF-8 (at byte {e.start + 1}); the file is damaged") from None
     except json.JSONDecodeError as e:  # the message names the place, never the text

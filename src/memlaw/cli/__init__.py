@@ -11,6 +11,13 @@ from memlaw.cli import report  # noqa: F401  (report)
 
 
 def main() -> None:
+    import sys
+
+    from memlaw.cli._common import argv_problem
+
+    if (problem := argv_problem(sys.argv[1:])) is not None:   # before Typer: its errors would show raw bytes
+        print(f"memlaw: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     app()
 
 

@@ -63,6 +63,21 @@ out = LiteralConsole(highlight=False)
 err = LiteralConsole(stderr=True, highlight=False)
 
 
+def argv_problem(args: list[str]) -> str | None:
+    """Why the command line cannot be used, or None: an argument that is not valid UTF-8.
+
+    Python hands such bytes over as lone surrogates (`\\udcff`); a key, path or filter holding one
+    could not be tokenized, stored or matched, so it is refused up front with its position.
+    """
+    for i, arg in enumerate(args, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return (f"argument {i} ({visible(arg, limit=60)}) is not valid UTF-8 (at character {e.start + 1}); "
+                    f"give keys, paths and options as UTF-8 text")
+    return None
+
+
 def print_table(table) -> None:
     """On a terminal at its width; piped, wide enough that no column is cut (keys stay copyable)."""
     (out if out.is_terminal else LiteralConsole(width=200, highlight=False)).print(table)
@@ -131,4 +146,5 @@ def one_line(message: str) -> str:
 
 
 __all__ = ["app", "out", "err", "setup_logging", "run", "one_line", "visible", "LiteralConsole", "print_table",
+           "argv_problem",
            "nullcontext"]

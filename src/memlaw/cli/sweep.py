@@ -117,12 +117,13 @@ def sweep(
         cfg = load_sweep(grid)
         from memlaw.models import check_model_name
 
-        try:
-            check_model_name(cfg.model)          # before the store is created: nothing half-written
+        try:                                     # before the store is created: nothing half-written
+            check_model_name(cfg.model)
+            cfg.cells()                          # each cell's settings (seeds: train.seed) are valid
+            if stack is not None:
+                cfg = dataclasses.replace(cfg, stack=stack)
         except MemlawError as e:
             raise ConfigError(f"{grid}: {e}") from None
-        if stack is not None:
-            cfg = dataclasses.replace(cfg, stack=stack)
         if cfg.stack > 1 and executor == Executor.ray:
             err.print(f"note: stack {cfg.stack} is for the local executor; Ray actors run one cell at a time",
                       markup=False, highlight=False)

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig, from_dict, to_dict
 from memlaw.errors import ConfigError
+from memlaw.fileio import load_yaml
 
 BENCHMARKS = ("phonebook", "long-context", "records")
 DTYPES = ("auto", "bfloat16", "bf16", "float32", "fp32")
@@ -56,6 +55,8 @@ class BenchmarkConfig:
             problems.append(f"name must be one of {', '.join(BENCHMARKS)}, got {self.name!r}{hint}")
         if self.name == "records" and not self.path:
             problems.append("benchmark 'records' needs a path")
+        if self.path is not None and not isinstance(self.path, str):
+            problems.append(f"path must be a file name, got {self.path!r:.60}")
         if self.name != "records" and self.path is not None:
             problems.append(f"path is only for benchmark 'records', not {self.name!r}")
         if self.name != "long-context" and self.ratio is not None:
@@ -250,18 +251,7 @@ def sweep_from_dict(data: dict[str, Any], where: str = "sweep") -> SweepConfig:
 def load_sweep(path: str | os.PathLike) -> SweepConfig:
     """Read a sweep YAML (safe loader: no code runs). Errors name the file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}:1: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}:1: cannot read the file ({e})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        raise ConfigError(f"{path}:{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    data = load_yaml(path)
     sweep = sweep_from_dict(data, where=str(path))
     bench = sweep.benchmark
     if bench.path is not None:

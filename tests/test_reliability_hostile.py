@@ -153,3 +153,15 @@ def test_value_longer_than_the_context_is_refused_from_a_prefix(tiny_base):
     with pytest.raises(RecordError, match=r"k.jsonl:1: record of key 'k' has a value of more than 512 tokens"):
         encode([Record("k", "9" * 1_000_000, where="k.jsonl:1")], spy, PromptConfig(template="plain"), max_length=512)
     assert max(calls) == 8 * 512          # the million characters were never tokenized whole
+
+
+def test_cli_builds_no_rich_text_from_data_outside_the_literal_console():
+    """A rich `Text` passes the consoles as it is, so only `_common` may build one (from `visible`)."""
+    import re
+
+    import memlaw.cli
+
+    cli_dir = Path(memlaw.cli.__file__).parent
+    hits = [f"{p.name}:{n}" for p in sorted(cli_dir.glob("*.py")) if p.name != "_common.py"
+            for n, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"(?<!\w)Text\(", line)]
+    assert hits == []

@@ -13,7 +13,7 @@ import base64
 import html
 from collections.abc import Mapping
 
-from memlaw.report import Cell, Report, Section, Table
+from memlaw.report.document import Cell, Report, Section, Table
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from memlaw import analysis
 from memlaw.errors import MemlawError
-from memlaw.report import Cell, FigureSpec, Section, Table, fmt
+from memlaw.report import plots
+from memlaw.report.document import Cell, FigureSpec, Section, Table, fmt
 
 MAX_GRIDS = 4
 """Probability grids drawn: failed records first (latest failure), then the last records to certify."""
@@ -24,7 +25,7 @@ def _pm(value: float | None, se: float | None) -> str:
     return f"{value:.4g} ± {se:.2g}" if se is not None else f"{value:.4g} ± ?"
 
 
-def law_section(group: tuple, rows: list[Mapping[str, Any]], plots,
+def law_section(group: tuple, rows: list[Mapping[str, Any]],
                 law_options: Mapping[str, Any] | None = None) -> tuple[Section, dict[str, Any]]:
     from memlaw.plan import fit_rows, law_rows
 
@@ -110,7 +111,7 @@ def cells_section(rows: list[Mapping[str, Any]], failed: list[Mapping[str, Any]]
     return sec
 
 
-def stubborn_section(rows, token_probs, plots) -> tuple[Section, dict[str, Any]]:
+def stubborn_section(rows, token_probs) -> tuple[Section, dict[str, Any]]:
     sec = Section(id="stubborn", title="Stubborn tokens and first failures")
     sf = analysis.stubborn_vs_failure(rows)
     curves = analysis.stubborn_curves(rows)
@@ -191,7 +192,7 @@ def _grid_picks(rows, token_probs) -> list[tuple[Mapping[str, Any], dict[str, An
     return picks
 
 
-def grids_section(rows, token_probs, plots) -> Section | None:
+def grids_section(rows, token_probs) -> Section | None:
     picks = _grid_picks(rows, token_probs)
     if not picks:
         return None
@@ -208,7 +209,7 @@ def grids_section(rows, token_probs, plots) -> Section | None:
     return sec
 
 
-def phase_section(rows, token_probs, plots) -> tuple[Section, dict[str, Any]]:
+def phase_section(rows, token_probs) -> tuple[Section, dict[str, Any]]:
     sec = Section(id="phase", title="Phase picture: p_t and free-run correctness")
     points = [p for r in rows for p in analysis.phase_points(r, token_probs.get(r["key"]) or [])]
     summary = analysis.phase_summary(points)
@@ -255,7 +256,7 @@ def misalignment_section(rows) -> tuple[Section, dict[str, Any]]:
     return sec, mis.to_dict()
 
 
-def methods_section(methods_rows: Sequence[Mapping[str, Any]], plots, redact: bool) -> Section:
+def methods_section(methods_rows: Sequence[Mapping[str, Any]], redact: bool) -> Section:
     from memlaw.benchmarks.methods import CELL_METRIC, format_score, table
 
     sec = Section(id="methods", title="MemFT vs SFT")

@@ -1,0 +1,55 @@
+"""`build_report`: store rows in, a `Report` of sections, tables and matplotlib Figures out. Pure."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from memlaw import analysis
+from memlaw.report.document import Report, Section
+from memlaw.report.sections import (cells_section, grids_section, law_section, methods_section, misalignment_section,
+                                    phase_section, stubborn_section)
+
+logger = logging.getLogger(__name__)
+
+def build_report(rows: Sequence[Mapping[str, Any]], token_probs: Mapping[str, Sequence] | None = None, *,
+                 failed: Sequence[Mapping[str, Any]] = (), methods: Sequence[Mapping[str, Any]] | None = None,
+                 redact: bool = False, source: str = "", title: str = "memlaw report",
+                 law_options: Mapping[str, Any] | None = None) -> Report:
+    """Sections, tables and figures for finished cells `rows` (store rows). Pure: writes nothing.
+
+    Args:
+        rows: `Store.load_cells()` rows (status done).
+        token_probs: {cell key: `Store.token_probs(key)`} for the cells that stored p_t.
+        failed: failed cells (`load_cells(status="failed")`), listed with their errors unless `redact`.
+        methods: rows of `memlaw bench methods --out FILE.jsonl` (MemFT vs SFT), if any.
+        redact: leave out free text that could quote input (values themselves are never stored).
+        source: where the rows came from, for the page header.
+        law_options: passed to the law fit (`fix_b`, `saturated_below`, `relative`), as `memlaw fit`.
+    """
+    token_probs = dict(token_probs or {})
+    rows = [r for r in rows if r.get("status", "done") == "done"]
+    sections: list[Section] = []
+    summary: dict[str, Any] = {"cells": len(rows), "failed": len(failed), "laws": []}
+    for group, grows in analysis.groups(rows).items():
+        sec, fit = law_section(group, grows, law_options or {})
+        sections.append(sec)
+        summary["laws"].append(fit)
+    if rows:
+        sec, summary["stubborn_vs_failure"] = stubborn_section(rows, token_probs)
+        sections.append(sec)
+        grids = grids_section(rows, token_probs)
+        if grids is not None:
+            sections.append(grids)
+        sec, summary["phase"] = phase_section(rows, token_probs)
+        sections.append(sec)
+        sec, summary["misalignment"] = misalignment_section(rows)
+        sections.append(sec)
+    if methods:
+        sections.append(methods_section(methods, redact))
+    sections.append(cells_section(rows, list(failed), redact))
+    return Report(title=title, source=source, redact=redact, sections=sections, summary=summary)
+
+
+__all__ = ["build_report"]

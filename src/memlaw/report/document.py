@@ -1,0 +1,77 @@
+"""The report as data: a `Report` of `Section`s holding paragraphs, `Table`s and figures. No I/O.
+
+`build.build_report` fills these in, `html.page` renders them, `files.write_report` writes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Cell:
+    """One table cell: its text, and whether it is the best of its column (bold)."""
+
+    text: str
+    strong: bool = False
+
+
+@dataclass
+class Table:
+    id: str
+    caption: str
+    columns: list[str]
+    rows: list[list[str | Cell]]
+
+
+@dataclass
+class FigureSpec:
+    name: str            # file stem under figures/ (letters, digits, '-')
+    caption: str
+    figure: Any          # matplotlib.figure.Figure
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[FigureSpec] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    title: str
+    source: str
+    redact: bool
+    sections: list[Section]
+    summary: dict[str, Any] = field(default_factory=dict)
+    """Machine-readable numbers: law fits, ρ, misalignment, phase counts (also written as report.json)."""
+
+    @property
+    def figures(self) -> list[FigureSpec]:
+        return [f for s in self.sections for f in s.figures]
+
+
+def fmt(x: Any, digits: int = 3, pct: bool = False) -> str:
+    """A number for a table: '-' for None, a percentage with `pct`, else `digits` significant-ish places."""
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        if pct:
+            return f"{100 * x:.1f}%"
+        if x != 0 and (abs(x) >= 1e5 or abs(x) < 10 ** -digits):
+            return f"{x:.{digits}g}"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+
+
+__all__ = ["Report", "Section", "Table", "Cell", "FigureSpec", "fmt"]

@@ -96,8 +96,9 @@ def test_verify_margin_certifies_exactly_the_records_above_it(written, tiny_reco
     margin = (low[3] + low[4]) / 2 - 0.5           # between the 4th and 5th smallest minimum p_t
     assert 0 < margin < 0.5
     res = runner.invoke(app, ["verify", str(d / "ad"), "--no-recall", "--json", "--margin", f"{margin:.6f}"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output                  # 4 records not certified: ran, did not hold
     assert json.loads(res.stdout)["summary"]["certified"] == len(low) - 4
+    assert res.stderr.startswith("memlaw: 4 of 8 records not certified") and len(res.stderr.splitlines()) == 1
 
 
 @pytest.mark.parametrize("margin", ["-0.1", "0.5"])

@@ -132,19 +132,57 @@ def test_plan_answers_the_rank_and_flags_extrapolation(tmp_path, tiny_records):
     res = invoke("plan", tmp_path / "mem.jsonl", "--model", "tiny", "--store", tmp_path / "runs.db", "--json")
     assert res.exit_code == 0, res.output
     p = json.loads(res.stdout)
-    assert p["length"] == 48 and p["n_records"] == 8 and p["rank_source"] == "frontier"
-    assert p["rank"] == 5 and p["frontier_rank"] == pytest.approx(4.8, rel=1e-3) and p["measured_rank"] == 8
-    assert p["predicted_delta_loss"] == pytest.approx(float(law(5, 48, 3.0, 0.5, 0.2, 0.0)), rel=1e-3)
+    assert p["length"] == 48 and p["n_records"] == 8 and p["rank_source"] == "measured"
+    assert p["rank"] == 8 and p["frontier_rank"] == pytest.approx(4.8, rel=1e-3) and p["measured_rank"] == 8
+    assert p["predicted_delta_loss"] == pytest.approx(float(law(8, 48, 3.0, 0.5, 0.2, 0.0)), rel=1e-3)
     assert p["margin"] == pytest.approx(p["predicted_delta_loss"] - p["needed_delta_loss"])
     assert p["needed_delta_loss"] == pytest.approx(p["L_base"] - 0.05)
-    assert p["extrapolating"] == []
-    text = invoke("plan", tmp_path / "mem.jsonl", "--model", "tiny", "--store", tmp_path / "runs.db")
-    assert "rank needed: 5" in text.stdout and "interpolating" in text.stdout
+    assert p["extrapolating"] == [] and p["law_form"] == "paper"
+    assert p["settings"]["train.lr"] == 0.03 and p["settings"]["train.max_steps"] == 10
+    assert p["command"] == ["memlaw", "write", str(tmp_path / "mem.jsonl"), "--out", "ADAPTER", "--model", "tiny",
+                            "--dtype", "float32", "--adapter", "probe", "--rank", "8", "--layer", "1",
+                            "--objective", "sft", "--max-steps", "10", "--lr", "0.03", "--batch-size", "8",
+                            "--template", "plain", "--until", "certified"]
+    text = invoke("plan", tmp_path / "mem.jsonl", "--model", "tiny", "--store", tmp_path / "runs.db").stdout
+    assert "rank: 8  (measured" in text and "interpolating" in text
+    assert "holds for: objective sft, lr 0.03, budget 10 optimizer steps of batches of 8" in text
+    assert "law: paper, ΔL = C·r^α·ℓ^(−β) + b" in text and "memlaw write" in text
     big = [r.__class__(f"{r.key} {i}", r.value * 2) for i in range(3) for r in tiny_records]   # ℓ = 288
     write_records(tmp_path / "big.jsonl", big)
     text = invoke("plan", tmp_path / "big.jsonl", "--model", "tiny", "--store", tmp_path / "runs.db")
     assert text.exit_code == 0, text.output
-    assert "EXTRAPOLATING" in text.stdout and "outside the fitted lengths" in text.stdout
+    assert "EXTRAPOLATING" in text.stdout and "ℓ = 288 is 3.6× the largest measured length (80)" in text.stdout
+
+
+def test_the_planned_command_certifies_or_the_plan_says_it_extrapolates(tmp_path):
+    """A real sweep on the tiny model, a plan for other records, and the write the plan prints."""
+    import random
+
+    from memlaw.records import Record
+
+    rng = random.Random(1)
+    pool = [Record(f"id {i:03d}", "".join(rng.choice("0123456789") for _ in range(6))) for i in range(40)]
+    write_records(tmp_path / "pool.jsonl", pool[:20])                  # the sweep's data
+    grid = {**GRID, "name": "plan-grid", "benchmark": {"name": "records", "path": str(tmp_path / "pool.jsonl")},
+            "ranks": [4, 16], "lengths": [12, 36],
+            "train": {"lr": 0.03, "batch_size": 4, "max_steps": 300, "until": "certified", "check_every": 10}}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    assert invoke("sweep", tmp_path / "grid.yaml", "--store", tmp_path / "runs.db").exit_code == 0
+    write_records(tmp_path / "mine.jsonl", pool[20:24])                # other records, ℓ = 24
+    res = invoke("plan", tmp_path / "mine.jsonl", "--model", "tiny", "--store", tmp_path / "runs.db",
+                 "--out", tmp_path / "mine", "--json")
+    assert res.exit_code == 0, res.output
+    p = json.loads(res.stdout)
+    assert p["length"] == 24 and p["extrapolating"] == [] and p["rank_source"] == "measured"
+    assert p["settings"]["train.max_steps"] == 300 and p["settings"]["benchmark.name"] == "records"
+    argv = p["command"]
+    assert argv[:2] == ["memlaw", "write"] and argv[argv.index("--rank") + 1] == str(p["rank"])
+    written = invoke(*argv[1:], "--json")
+    assert written.exit_code == 0, written.output                       # exit 0: every record certified
+    assert json.loads(written.stdout)["certified"] == 4
+    write_records(tmp_path / "more.jsonl", pool[20:30])                # ℓ = 60: past every measured length
+    text = invoke("plan", tmp_path / "more.jsonl", "--model", "tiny", "--store", tmp_path / "runs.db").stdout
+    assert "EXTRAPOLATING" in text and "ℓ = 60 is 1.7× the largest measured length (36)" in text
 
 
 @pytest.mark.parametrize("args,cause", [

@@ -16,21 +16,36 @@ def rows(ranks=(1, 2, 4, 8), lengths=(20, 40, 60, 80), full=lambda r, length: le
 def test_law_rows_refuse_mixed_groups_and_empty_input():
     base = {"status": "done", "model": "m", "kind": "probe", "objective": "sft", "benchmark": "phonebook",
             "rank": 1, "length": 10, "delta_loss": 1.0, "em_rate": 1.0, "L_final": 0.1}
-    assert law_rows([base]) == [{"rank": 1, "length": 10, "delta_loss": 1.0, "em": 1.0, "L_final": 0.1}]
+    assert law_rows([base]) == [{"rank": 1, "length": 10, "delta_loss": 1.0, "em": 1.0, "certified": None,
+                                 "L_final": 0.1}]
     with pytest.raises(ConfigError, match="mix 2 groups.*--where"):
         law_rows([base, {**base, "objective": "memft-ot"}])
     with pytest.raises(ConfigError, match="no finished cells"):
         law_rows([{**base, "delta_loss": None}])
 
 
-def test_frontier_gives_the_rank_and_the_law_the_margin():
+def test_a_measured_rank_is_the_answer_and_the_frontier_and_law_qualify_it():
     p = plan(50, rows(), L_base=2.0)
-    assert p.rank_source == "frontier" and p.rank == 5 and p.frontier_rank == pytest.approx(5.0)
-    assert p.measured_rank == 8 and p.extrapolating == []
-    assert p.predicted_delta_loss == pytest.approx(float(law(5, 50, 3.0, 0.5, 0.2, 0.1)), rel=1e-4)
+    assert p.rank_source == "measured" and p.rank == 8 and p.measured_rank == 8    # rank 8 held ℓ = 60, 80
+    assert p.frontier_rank == pytest.approx(5.0) and p.extrapolating == [] and p.extrapolation == {}
+    assert p.predicted_delta_loss == pytest.approx(float(law(8, 50, 3.0, 0.5, 0.2, 0.1)), rel=1e-4)
     assert p.needed_delta_loss == pytest.approx(1.9) and p.margin == pytest.approx(p.predicted_delta_loss - 1.9)
-    assert p.capacity_margin == pytest.approx(0.0, abs=1e-6)
+    assert p.capacity == pytest.approx(80.0, rel=1e-6) and p.capacity_margin == pytest.approx(80 / 50 - 1, rel=1e-6)
     assert p.law_rank == pytest.approx(((1.9 - 0.1) / (3.0 * 50**-0.2)) ** 2, rel=1e-3)
+    assert p.law_form == "paper" and p.law_formula == "ΔL = C·r^α·ℓ^(−β) + b"
+
+
+def test_without_a_measured_rank_the_frontier_answers_and_flags_how_far():
+    p = plan(95, rows(), L_base=2.0)                  # no cell held ℓ >= 95; frontier ℓ_max = 10·r
+    assert p.rank_source == "frontier" and p.rank == 10 and p.measured_rank is None
+    assert p.extrapolation == {"length": pytest.approx(95 / 80), "rank": pytest.approx(10 / 8)}
+    assert p.extrapolating == ["ℓ = 95 is 1.2× the largest measured length (80)",
+                               "rank 10 is 1.2× the largest measured rank (8)"]
+
+
+def test_cells_that_recalled_but_did_not_certify_are_not_evidence():
+    uncertified = [{**x, "certified": 0.5} for x in rows()]
+    assert plan(50, uncertified, L_base=2.0).rank_source == "frontier"
 
 
 def test_without_a_frontier_the_law_answers():
@@ -42,6 +57,24 @@ def test_without_a_frontier_the_law_answers():
 def test_extrapolation_is_flagged_for_length_and_rank():
     p = plan(400, rows(), L_base=2.0)
     assert p.rank == 40
-    assert any("outside the fitted lengths" in e for e in p.extrapolating)
-    assert any("rank 40 is outside the fitted ranks" in e for e in p.extrapolating)
+    assert any("ℓ = 400 is 5× the largest measured length" in e for e in p.extrapolating)
+    assert any("rank 40 is 5× the largest measured rank" in e for e in p.extrapolating)
     assert p.measured_rank is None
+
+
+def test_plan_is_strict_json_and_quiet_on_a_degenerate_grid():
+    """A flat grid: the law does not depend on rank (rank_for = inf) and nothing recalled: no NaN/inf leaks."""
+    import json
+    import warnings
+
+    flat = [{**x, "delta_loss": 1.0, "em": 0.0} for x in rows()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                # no numpy overflow or fit warning escapes plan()
+        p = plan(50, flat, L_base=2.0)
+    text = json.dumps(p.to_dict(), allow_nan=False)   # raises on NaN or Infinity
+    assert p.rank is None and json.loads(text)["frontier_rank"] is None
+
+
+def test_unknown_law_form_is_refused():
+    with pytest.raises(ConfigError, match="law form must be one of paper"):
+        plan(50, rows(), law="bounded-typo")

@@ -79,12 +79,12 @@ def test_write_verify_recall_never_unpickle(no_pickle, tmp_path, tiny_records, k
     budget = ["--max-steps", "400"] if kind == "probe" else ["--until", "budget", "--max-steps", "3", "--rank", "2"]
     res = runner.invoke(app, ["write", str(tmp_path / "mem.jsonl"), *TINY, "--adapter", kind, *budget,
                               "--out", str(tmp_path / "ad")])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == (0 if kind == "probe" else 1), res.output     # 3 LoRA steps do not certify
     files = {p.name for p in (tmp_path / "ad").iterdir()}
     assert {p.rsplit(".", 1)[-1] for p in files} <= {"json", "jsonl", "safetensors", "md"}, files
     for args in (["verify", str(tmp_path / "ad")], ["recall", str(tmp_path / "ad"), tiny_records[0].key]):
         res = runner.invoke(app, args)
-        assert res.exit_code == 0, res.output
+        assert res.exit_code == (0 if kind == "probe" else 1), res.output   # ran; the LoRA holds nothing
     if kind == "probe":
         assert res.stdout.strip() == tiny_records[0].value
 

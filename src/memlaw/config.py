@@ -72,6 +72,9 @@ def _range(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> 
         return f"{'<' if hi_open else '<='} {hi}"
     return ""
 
+DEFAULT_MAX_STEPS = 2000
+"""The step budget of an `until='certified'` run given neither max_steps nor epochs."""
+
 
 def choices(cls: type, name: str) -> tuple[str, ...]:
     """The values a `Literal` field of config dataclass `cls` allows: the one list of kinds, objectives, ..."""
@@ -131,7 +134,8 @@ class PromptConfig:
 class AdapterConfig:
     kind: Literal["probe", "lora"] = "probe"
     """`probe`: the paper's single-layer map parallel to one MLP. `lora`: standard PEFT LoRA."""
-    rank: int = 8
+    rank: int = 16
+    """Adapter rank r (the `memlaw write` default too)."""
     layer: int | None = None
     """Decoder layer of the probe; None: the paper's relative depth (Llama 18/32, Qwen 24/36)."""
     dropout: float | None = None
@@ -274,12 +278,12 @@ class TrainConfig:
         _raise(problems, "train")
 
     def budget_steps(self, n_records: int) -> int:
-        """Optimizer steps the LR schedule spans: max_steps, else epochs · ceil(n / batch), else 2000."""
+        """Optimizer steps the LR schedule spans: max_steps, else epochs · ceil(n / batch), else DEFAULT_MAX_STEPS."""
         if self.max_steps is not None:
             return self.max_steps
         if self.epochs is not None:
             return self.epochs * -(-n_records // self.batch_size)
-        return 2000
+        return DEFAULT_MAX_STEPS
 
 
 def _nearest(name: str, options: tuple[str, ...] | list[str]) -> str:

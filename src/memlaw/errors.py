@@ -31,3 +31,11 @@ class NotFittedError(MemlawError, AttributeError):
 
 class FitWarning(UserWarning):
     """A law fit did not converge or is poorly determined."""
+
+
+class NotCertifiedError(MemlawError, RuntimeError):
+    """A write ran but not every record certified, or a verify found a record not recalled exactly.
+
+    Raised only on request (`WriteOutcome.raise_unless_certified`, `Verification.raise_unless_exact`):
+    failing to certify is a result, not an error. The CLI exits 1 for it, not 2.
+    """

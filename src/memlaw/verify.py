@@ -21,8 +21,9 @@ from transformers import DynamicCache, GenerationConfig
 
 from memlaw.encode import Encoded
 from memlaw.certificate import certified, stubborn
+from memlaw.errors import NotCertifiedError
 from memlaw.forward import TeacherForcer, TokenProbs, answer_probs
-from memlaw.records import redact as redact_value
+from memlaw.records import redact as redact_value, shorten
 
 LN2 = math.log(2.0)
 
@@ -186,6 +187,36 @@ class Verification:
             s["bits_per_param"] = None if self.bits_stored is None else self.bits_stored / self.n_params
         s["certified_rate"] = s["certified"] / max(1, n)
         return s
+
+    @property
+    def all_certified(self) -> bool:
+        """Every record certified: the verdict of a write (exit code 0 of `memlaw write`)."""
+        return all(v.certified for v in self.records)
+
+    @property
+    def all_exact(self) -> bool | None:
+        """Every record recalled exactly by greedy decoding; None when recall was not run."""
+        return all(bool(v.em) for v in self.records) if self.recalled else None
+
+    def raise_unless_certified(self) -> Verification:
+        """Return self when every record certified; else raise `NotCertifiedError` naming how many did not."""
+        failed = [v for v in self.records if not v.certified]
+        if failed:
+            worst = min(failed, key=lambda v: v.min_p)
+            raise NotCertifiedError(f"{len(failed)} of {len(self.records)} records not certified (lowest min p_t "
+                                    f"{worst.min_p:.3f}, key {shorten(worst.key)}); train longer or at a higher rank")
+        return self
+
+    def raise_unless_exact(self) -> Verification:
+        """Return self when every record was recalled exactly (or, without recall, certified, which
+        implies it); else raise `NotCertifiedError`."""
+        if not self.recalled:
+            return self.raise_unless_certified()
+        failed = [v for v in self.records if not v.em]
+        if failed:
+            raise NotCertifiedError(f"{len(failed)} of {len(self.records)} records not recalled exactly "
+                                    f"(first: key {shorten(failed[0].key)})")
+        return self
 
     def to_dict(self, *, redact: bool = True) -> dict:
         rows = []

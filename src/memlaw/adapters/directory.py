@@ -21,7 +21,7 @@ from typing import Any
 from memlaw.config import AdapterConfig, PromptConfig, choices
 from memlaw.errors import AdapterError, ConfigError
 from memlaw.fileio import atomic_dir, is_temp_dir, open_input
-from memlaw.records import Record, load_records, records_sha256, write_records
+from memlaw.records import Record, keys_sha256, load_records, records_sha256, write_records
 
 META = "memlaw.json"
 RECORDS = "records.jsonl"
@@ -94,6 +94,7 @@ def save_adapter(out: str | Path, adapter, base, *, prompt: PromptConfig, termin
                 "n_params": adapter.n_params(),
                 "n_records": len(records),
                 "records_sha256": records_sha256(records),
+                "keys_sha256": keys_sha256(records),     # which keys it holds, even without records.jsonl
                 "records_saved": save_records,
                 "tensors_sha256": {f: sha256_file(tmp / f) for f in files},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -15,15 +15,23 @@ import os
 import sys
 import warnings
 from contextlib import nullcontext
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from memlaw.errors import MemlawError
+from memlaw import __version__
+from memlaw.errors import MemlawError, NotCertifiedError
+
+EXIT_CODES = ("Exit codes: 0 every record certified (write, demo), recalled exactly (verify), in memory and "
+              "certified (recall), or the command succeeded; 1 it ran, but not every record certified or was "
+              "recalled exactly, or a recalled key is not in the memory; 2 bad input (one line on stderr "
+              "names the file:line or option and the cause; nothing is written); 130 interrupted.")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Write records into a frozen LLM's adapter, certify them, recall them exactly.")
+                  help="Write records into a frozen LLM's adapter, certify them, recall them exactly.",
+                  epilog=EXIT_CODES)
 
 SHOWN_LIMIT = 2000  # characters of one string shown in a table cell, line or message
 
@@ -90,6 +98,41 @@ class _VisibleFormatter(logging.Formatter):
         return one_line(super().format(record))
 
 
+def flag(*names: str, help: str):
+    """A boolean option that is off unless given, shown as such in --help."""
+    return typer.Option(*names, help=help, show_default="off")
+
+
+JsonOpt = Annotated[bool, flag("--json", help="Print the result as JSON on stdout (strict: no NaN or Infinity).")]
+VerboseOpt = Annotated[bool, flag("--verbose", "-v", help="Log what memlaw does (INFO lines on stderr).")]
+OnlineOpt = Annotated[bool, flag("--online", help=(
+    "Allow downloading a hub id's model. Without it memlaw uses no network: embedded models, local "
+    "directories and hub ids already in the Hugging Face cache load; an unknown name fails at once with "
+    "the nearest names. MEMLAW_ONLINE=1 does the same."))]
+DEVICE_HELP = "auto (cuda where torch sees a GPU, else cpu), cpu, cuda or cuda:N."
+DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
+
+
+def go_online(online: bool) -> None:
+    """--online: allow hub downloads in this process and the ones it starts."""
+    if online:
+        from memlaw.model_names import allow_network
+
+        allow_network()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"memlaw {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="Print memlaw's version and exit.")) -> None:
+    """Write records into a frozen LLM's adapter, certify them, recall them exactly."""
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Log memlaw's INFO lines with -v; quiet transformers and its progress bars.
 
@@ -127,11 +170,16 @@ def quiet_third_party_warnings(verbose: bool = False) -> None:
 def run(fn):
     """Call `fn`; a MemlawError becomes one line on stderr and exit code 2, Ctrl-C one line and 130.
 
+    A `NotCertifiedError` (the memory was written but does not hold) is one line and exit code 1.
+
     Nothing is half-written either way: adapter directories and files are written atomically.
     Other exceptions are bugs and keep their traceback.
     """
     try:
         return fn()
+    except NotCertifiedError as e:
+        typer.echo(f"memlaw: {one_line(str(e))}", err=True)
+        raise typer.Exit(1) from None
     except MemlawError as e:
         typer.echo(f"memlaw: error: {one_line(str(e))}", err=True)
         raise typer.Exit(2) from None
@@ -146,5 +194,5 @@ def one_line(message: str) -> str:
 
 
 __all__ = ["app", "out", "err", "setup_logging", "run", "one_line", "visible", "LiteralConsole", "print_table",
-           "argv_problem",
-           "nullcontext"]
+           "argv_problem", "nullcontext", "EXIT_CODES", "flag", "JsonOpt", "VerboseOpt", "OnlineOpt", "DeviceOpt",
+           "DEVICE_HELP", "go_online"]

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from memlaw.cli._common import app, out, run, setup_logging
+from memlaw.cli._common import VerboseOpt, app, flag, out, run, setup_logging
 
 
 @app.command()
@@ -15,17 +15,19 @@ def report(
     store: Annotated[Path, typer.Option("--store", help="SQLite results store (read only).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for index.html, report.json and figures/.")],
     where: Annotated[Optional[str], typer.Option(
-        help="Filter on store columns, e.g. model=smollm2-135m,kind=probe (ops = != < <= > >=).")] = None,
+        help="Filter on store columns, e.g. model=smollm2-135m,kind=probe (ops = != < <= > >=).",
+        show_default="every cell")] = None,
     methods: Annotated[Optional[Path], typer.Option(
-        "--methods", help="JSONL rows of `memlaw bench methods --out FILE` (MemFT vs SFT tables).")] = None,
+        "--methods", help="JSONL rows of `memlaw bench methods --out FILE` (MemFT vs SFT tables).",
+        show_default="none")] = None,
     redact: Annotated[bool, typer.Option(
         help="Leave out free text that could quote input (error messages, memory notes). Record values are "
              "never stored, so no report shows them.")] = False,
     svg: Annotated[bool, typer.Option(help="Also write every figure as SVG.")] = True,
-    fix_b: Annotated[bool, typer.Option("--fix-b", help="Law fit with b = 0 (as memlaw fit --fix-b).")] = False,
+    fix_b: Annotated[bool, flag("--fix-b", help="Law fit with b = 0 (as memlaw fit --fix-b).")] = False,
     saturated_below: Annotated[Optional[float], typer.Option(
-        help="Fit the law on cells with L_final at least this (as memlaw fit).")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+        help="Fit the law on cells with L_final at least this (as memlaw fit).", show_default="every cell")] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Write DIR/index.html: law fit, scaling panels, heat maps, stubborn tokens, ρ, phase picture, tables.
 

@@ -13,7 +13,8 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from memlaw.cli._common import app, err, nullcontext, out, print_table, run, setup_logging
+from memlaw.cli._common import (DeviceOpt, JsonOpt, OnlineOpt, VerboseOpt, app, err, flag, go_online, nullcontext, out,
+                                print_table, run, setup_logging)
 from memlaw.errors import ConfigError, MemlawError
 
 runs_app = typer.Typer(no_args_is_help=True, help="Inspect and export the cells in a results store.")
@@ -21,7 +22,8 @@ app.add_typer(runs_app, name="runs")
 
 StoreOpt = Annotated[Path, typer.Option("--store", help="SQLite results store.")]
 WhereOpt = Annotated[Optional[str], typer.Option(
-    help="Filter on store columns, e.g. model=smollm2-135m,kind=probe,rank>=4 (ops = != < <= > >=).")]
+    help="Filter on store columns, e.g. model=smollm2-135m,kind=probe,rank>=4 (ops = != < <= > >=).",
+    show_default="every cell")]
 DEFAULT_STORE = Path("runs.db")
 
 
@@ -94,28 +96,35 @@ def sweep(
     grid: Annotated[Path, typer.Argument(help="Sweep YAML: model, benchmark, ranks, lengths, seeds, adapter, objective, train.")],
     store: StoreOpt = DEFAULT_STORE,
     executor: Annotated[Executor, typer.Option(help="local: one process, base model resident; ray: Ray actors.")] = Executor.local,
-    address: Annotated[Optional[str], typer.Option(help="Ray address: none starts a local Ray; 'auto' joins this machine's cluster.")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray address: 'auto' joins this machine's cluster.",
+                                                   show_default="start a local Ray")] = None,
     num_gpus: Annotated[float, typer.Option(help="Ray: GPUs per actor (0: CPU actors).")] = 0.0,
     num_cpus: Annotated[float, typer.Option(help="Ray: CPUs per actor (torch threads on CPU).")] = 1.0,
-    actors: Annotated[Optional[int], typer.Option(help="Ray: number of actors (default: as many as fit).")] = None,
-    device: Annotated[str, typer.Option(help="auto (cuda if available), cpu or cuda.")] = "auto",
+    actors: Annotated[Optional[int], typer.Option(help="Ray: number of actors.", show_default="as many as fit")] = None,
+    device: DeviceOpt = "auto",
     stack: Annotated[Optional[int], typer.Option(min=1, help="Train up to K probe cells in one forward pass, each "
                                                  "verified and stored alone (overrides the grid's `stack`; 1: off). "
-                                                 "Local executor.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and which are already stored; run nothing.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-cell lines.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+                                                 "Local executor.", show_default="the grid's")] = None,
+    dry_run: Annotated[bool, flag("--dry-run", help="List the cells and which are already stored; run nothing.")] = False,
+    online: OnlineOpt = False,
+    as_json: JsonOpt = False,
+    quiet: Annotated[bool, flag("--quiet", "-q", help="No per-cell lines.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Write and verify every cell of GRID not yet in the store (rerun to resume after a crash)."""
+    """Write and verify every cell of GRID not yet in the store (rerun to resume after a crash).
+
+    Exit code 0 when the sweep ran (cells that did not certify are results, stored as such), 2 for
+    bad input.
+    """
     setup_logging(verbose)
+    go_online(online)
 
     def go():
         from memlaw.store import open_store
         from memlaw.sweep import load_sweep, run_sweep
 
         cfg = load_sweep(grid)
-        from memlaw.models import check_model_name
+        from memlaw.model_names import check_model_name
 
         try:                                     # before the store is created: nothing half-written
             check_model_name(cfg.model)
@@ -166,8 +175,8 @@ def _dry_run(cfg, finished: set[str], as_json: bool) -> None:
 def runs_list(
     store: StoreOpt = DEFAULT_STORE,
     where: WhereOpt = None,
-    failed: Annotated[bool, typer.Option("--all", help="Include failed cells.")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    failed: Annotated[bool, flag("--all", help="Include failed cells.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """One line per stored cell: key, model, kind, rank, length, seed, ΔL, EM, certified, steps, wall time."""
     setup_logging()
@@ -240,44 +249,34 @@ def runs_export(
 
 @app.command()
 def fit(
-    store: Annotated[Optional[Path], typer.Option("--store", help="Fit the cells of this store.")] = None,
-    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Or a CSV with columns rank,length,delta_loss[,em].")] = None,
+    store: Annotated[Optional[Path], typer.Option("--store", help="Fit the cells of this store.",
+                                                  show_default="none: give --store or --csv")] = None,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Or a CSV with columns rank,length,delta_loss[,em].",
+                                                     show_default="none")] = None,
     where: WhereOpt = None,
-    relative: Annotated[bool, typer.Option(help="Minimise relative residuals (noise that scales with ΔL).")] = False,
+    relative: Annotated[bool, flag("--relative", help="Minimise relative residuals (noise that scales with ΔL).")] = False,
     saturated_below: Annotated[Optional[float], typer.Option(
         help="Leave cells with L_final below this (nats) out of the law fit: ΔL cannot exceed L_base, so "
-             "fully stored memories sit on that ceiling. The frontier still uses every cell.")] = None,
-    fix_b: Annotated[bool, typer.Option("--fix-b", help="Hold b = 0 (a pure power law): small grids that "
-                                        "are nearly log-linear make the free fit diverge (C → ∞, b → −∞).")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+             "fully stored memories sit on that ceiling. The frontier still uses every cell.",
+        show_default="every cell")] = None,
+    fix_b: Annotated[bool, flag("--fix-b", help="Hold b = 0 (a pure power law): small grids that "
+                                "are nearly log-linear make the free fit diverge (C → ∞, b → −∞).")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Fit ΔL = C·r^α·ℓ^(−β) + b: parameters ± standard errors, R², MAPE, held-out MAPE, capacity frontier."""
+    """Fit ΔL = C·r^α·ℓ^(−β) + b: parameters ± standard errors, R², MAPE, held-out MAPE, capacity frontier.
+
+    ΔL = L_base − L_final is how much the adapter lowers the mean value-token loss; r is the rank, ℓ
+    the memory's length in value tokens; C, α, β and b are fitted.
+    """
     setup_logging()
 
     def go():
-        from memlaw.errors import ConfigError
-        from memlaw.law import read_law_csv
-        from memlaw.plan import GROUP, fit_rows, law_rows
+        from memlaw.plan import fit_cells
 
-        if (store is None) == (csv_file is None):
-            raise ConfigError("give exactly one of --store or --csv")
-        source: dict = {}
-        if csv_file is not None:
-            if where:
-                raise ConfigError("--where filters a store; it does not apply to --csv")
-            rows = read_law_csv(csv_file)
-            source = {"csv": str(csv_file)}
-        else:
-            from memlaw.store import open_store
-
-            with open_store(store, create=False) as db:
-                stored = db.load_cells(where)
-            rows = law_rows(stored)
-            source = {"store": str(store), "where": where, **{k: stored[0][k] for k in GROUP}}
-        result = {**fit_rows(rows, relative=relative, saturated_below=saturated_below, fix_b=fix_b), "source": source,
-                  "n": len(rows)}
+        result = fit_cells(store=store, csv=csv_file, where=where, relative=relative,
+                           saturated_below=saturated_below, fix_b=fix_b)
         if as_json:
-            out.print_json(json.dumps(result))
+            out.print_json(json.dumps(result, allow_nan=False))
         else:
             _print_fit(result)
 
@@ -317,6 +316,16 @@ def _print_fit(res: dict) -> None:
         out.print(f"note: {note}", markup=False, soft_wrap=True)
 
 
+class LawForm(str, Enum):
+    paper = "paper"
+
+
+class PlanFormat(str, Enum):
+    memlaw = "memlaw"
+    peft = "peft"
+    axolotl = "axolotl"
+
+
 @app.command()
 def plan(
     records: Annotated[Path, typer.Argument(help="Records to write: JSONL or CSV.")],
@@ -324,61 +333,93 @@ def plan(
     store: StoreOpt = DEFAULT_STORE,
     kind: Annotated[str, typer.Option(help="Adapter kind whose law to use: probe or lora.")] = "probe",
     where: WhereOpt = None,
-    fix_b: Annotated[bool, typer.Option("--fix-b", help="Law with b = 0 (as memlaw fit --fix-b).")] = False,
+    law: Annotated[LawForm, typer.Option(help="Law form to fit: paper, ΔL = C·r^α·ℓ^(−β) + b.")] = LawForm.paper,
+    fix_b: Annotated[bool, flag("--fix-b", help="Law with b = 0 (as memlaw fit --fix-b).")] = False,
     saturated_below: Annotated[Optional[float], typer.Option(
-        help="Fit the law on cells with L_final at least this (as memlaw fit).")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+        help="Fit the law on cells with L_final at least this (as memlaw fit).", show_default="every cell")] = None,
+    fmt: Annotated[PlanFormat, typer.Option("--format", help=(
+        "What to print to realise the plan: the memlaw write command, or (LoRA) a PEFT LoraConfig + "
+        "TrainingArguments as JSON, or an axolotl YAML."))] = PlanFormat.memlaw,
+    out_dir: Annotated[str, typer.Option("--out", help="Adapter directory named in the printed command.")] = "ADAPTER",
+    device: DeviceOpt = "auto",
+    online: OnlineOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Which rank RECORDS need on MODEL, from the law and frontier fitted to the store's cells."""
+    """Which rank RECORDS need on MODEL, and the command that writes them, from the store's cells.
+
+    The answer holds for the settings the cells were measured under (budget, learning rate,
+    objective, prompt, dtype), which it states; the printed command writes RECORDS under them. The
+    rank is the smallest measured one that recalled a length ≥ ℓ; without one, the capacity
+    frontier's (an extrapolation, flagged with how far). Loads MODEL (on --device) to measure the
+    records' own loss L_base.
+    """
     setup_logging()
+    go_online(online)
 
     def go():
-        from memlaw.config import PromptConfig
-        from memlaw.encode import encode
-        from memlaw.errors import ConfigError
-        from memlaw.models import load_base
-        from memlaw.plan import law_rows, plan as make_plan, prompt_of
-        from memlaw.records import load_records
-        from memlaw.store import open_store
-        from memlaw.verify import base_answer_losses
+        from memlaw.model_names import check_model_name
+        from memlaw.plan import plan_records
 
-        with open_store(store, create=False) as db:
-            stored = db.load_cells(f"model={model},kind={kind}" + (f",{where}" if where else ""))
-        if not stored:
-            raise ConfigError(f"{store}: no finished cells for model {model} and adapter kind {kind}; "
-                              "run a sweep for them first")
-        rows = law_rows(stored)
-        recs = load_records(records)
-        prompt = PromptConfig(**(prompt_of(stored) or {}))
-        base = load_base(model, dtype=stored[0]["config"].get("dtype", "auto"))
-        enc = encode(recs, base.tokenizer, prompt, max_length=base.context_length)
-        losses = base_answer_losses(base, enc)
-        L_base = sum(loss * len(v) for (loss, _), v in zip(losses, enc.value_ids)) / max(1, enc.length)
-        result = make_plan(enc.length, rows, n_records=len(recs), L_base=L_base, fix_b=fix_b,
-                           saturated_below=saturated_below)
+        if fmt != PlanFormat.memlaw and kind != "lora":
+            raise ConfigError(f"--format {fmt.value} writes a LoRA config; the probe is memlaw's own adapter "
+                              "(plan --kind lora, or --format memlaw)")
+        check_model_name(model)
+        result = plan_records(records, store=store, model=model, kind=kind, where=where, law=law.value,
+                              fix_b=fix_b, saturated_below=saturated_below, device=device)
+        config = result.config(fmt.value, str(records), out_dir) if result.rank is not None else None
         if as_json:
-            out.print_json(json.dumps({**result.to_dict(), "model": model, "kind": kind, "records": str(records)}))
+            payload = {**result.to_dict(), "model": model, "kind": kind, "records": str(records),
+                       "format": fmt.value, "config": config}
+            if result.rank is not None:
+                payload["command"] = result.command(str(records), out_dir)
+            out.print_json(json.dumps(payload, allow_nan=False))
         else:
-            _print_plan(result, model, kind)
+            _print_plan(result, model, kind, config, fmt.value)
 
     run(go)
 
 
-def _print_plan(p, model: str, kind: str) -> None:
-    out.print(f"{p.n_records} records, ℓ = {p.length} value tokens under {model}; law from {kind} cells", markup=False, soft_wrap=True)
+def _print_plan(p, model: str, kind: str, config: str | None, fmt: str) -> None:
+    from memlaw.recipe import budget_text
+
+    say = lambda text: out.print(text, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+    s = p.settings
+    say(f"{p.n_records} records, ℓ = {p.length} value tokens (ℓ: value tokens summed over the records) on {model}, "
+        f"{kind} adapter")
+    template = s.get("prompt.template") or "the tokenizer's default"
+    say(f"holds for: objective {s.get('objective.name', '?')}, lr {s.get('train.lr', '?')}, "
+        f"budget {budget_text(s)}, prompt {template}, dtype {s.get('dtype', '?')}: the settings of the "
+        f"{p.measured.get('cells', 0)} cells it is fitted to (benchmark {s.get('benchmark.name', '?')})")
+    say(f"law: {p.law_form}, {p.law_formula} (ΔL = L_base − L_final, the drop in mean value-token loss the "
+        f"adapter buys; r the rank)")
     if p.rank is None:
-        out.print("no rank: " + "; ".join(p.notes), markup=False, soft_wrap=True)
+        say("no rank: " + "; ".join(p.notes))
         return
-    how = {"frontier": f"frontier needs r ≥ {_f(p.frontier_rank, 2)}",
-           "law": f"law needs r ≥ {_f(p.law_rank, 2)} for the ΔL needed"}[p.rank_source]
-    out.print(f"rank needed: {p.rank}  ({how}" + (f"; smallest measured rank that recalled ℓ ≥ {p.length}: "
-              f"{p.measured_rank}" if p.measured_rank is not None else "") + ")", markup=False, soft_wrap=True)
-    out.print(f"predicted ΔL at rank {p.rank}: {_f(p.predicted_delta_loss)} nats; needed {_f(p.needed_delta_loss)} "
-              f"(L_base {_f(p.L_base)}); margin {_f(p.margin)} nats"
-              + (f"; capacity margin {p.capacity_margin:+.0%}" if p.capacity_margin is not None else ""), markup=False, soft_wrap=True)
+    why = {"measured": f"measured: the smallest rank whose cell recalled and certified every record at "
+                       f"ℓ ≥ {p.length}",
+           "frontier": f"capacity frontier ℓ_max = K·r^γ (the largest fully recalled ℓ per rank, fitted) needs "
+                       f"r ≥ {_f(p.frontier_rank, 2)}",
+           "law": f"the law needs r ≥ {_f(p.law_rank, 2)} for the ΔL these records need"}[p.rank_source]
+    say(f"rank: {p.rank}  ({why})")
+    if p.rank_source == "measured" and p.frontier_rank is not None:
+        say(f"  the frontier alone would need r ≥ {_f(p.frontier_rank, 2)} (not measured there)")
+    if p.capacity is not None:
+        say(f"  capacity at rank {p.rank}: the frontier holds ℓ_max ≈ {p.capacity:.0f} value tokens, "
+            f"{abs(p.capacity_margin):.0%} {'more' if p.capacity_margin >= 0 else 'fewer'} than these records need")
+    if p.predicted_delta_loss is not None and p.needed_delta_loss is not None:
+        say(f"  ΔL: the law predicts {_f(p.predicted_delta_loss)} nats at rank {p.rank}; these records need "
+            f"{_f(p.needed_delta_loss)} (their L_base {_f(p.L_base)} minus the L_final of fully recalled cells): "
+            f"{_f(abs(p.margin))} nats {'to spare' if p.margin >= 0 else 'short'}")
+    ranks, lengths = p.measured.get("ranks", []), p.measured.get("lengths", [])
+    grid = (f"measured ranks {min(ranks):g}–{max(ranks):g}, lengths {min(lengths):g}–{max(lengths):g}"
+            if ranks and lengths else "the measured grid")
     if p.extrapolating:
-        out.print("EXTRAPOLATING: " + "; ".join(p.extrapolating), markup=False, soft_wrap=True)
+        say(f"EXTRAPOLATING beyond {grid}: " + "; ".join(p.extrapolating) +
+            ". Nothing measured says this rank holds: add it to a sweep first, or write and check the exit code.")
     else:
-        out.print("within the fitted ranks and lengths (interpolating)", markup=False, soft_wrap=True)
+        say(f"within {grid} (interpolating)")
     for note in p.notes:
-        out.print(f"note: {note}", markup=False, soft_wrap=True)
+        say(f"note: {note}")
+    if config is not None:
+        say("write it with:" if fmt == "memlaw" else f"{fmt} config:")
+        say(("  " + config) if fmt == "memlaw" else config.rstrip("\n"))

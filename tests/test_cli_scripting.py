@@ -141,6 +141,17 @@ def test_recall_prints_one_line_per_key_escaping_control_characters(mixed):
     assert [json.loads(x) if x.startswith('"') else x for x in lines] == [r.value for r in MIXED]
 
 
+@pytest.mark.parametrize("value", ["plain é 📞 [b]", "a\nb", "tab\t", "\u202edir", "zw\u200bj", "\x1b[2J", '"q"',
+                                   "back\\slash\n", "\ud800"])
+def test_shown_values_are_printable_and_parse_back(value):
+    from memlaw.cli.memory import show_value
+
+    shown = show_value(value)
+    assert shown.isprintable() and "\n" not in shown
+    assert (json.loads(shown) if shown.startswith('"') else shown) == value
+    assert shown.startswith('"') is (not value.isprintable() or value.startswith('"'))
+
+
 def test_recall_reads_keys_from_a_file_or_stdin_in_one_load(mixed, tmp_path, monkeypatch):
     import memlaw.memory
 

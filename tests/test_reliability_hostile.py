@@ -45,14 +45,14 @@ def hostile_adapter(tmp_path_factory):
     write_records(d / "mem.jsonl", records)
     code, _, stderr = cli("write", d / "mem.jsonl", *TINY, "--until", "budget", "--max-steps", "3",
                           "--out", d / "ad[red]x")
-    assert code == 0, stderr
+    assert code == 1 and "not certified" in stderr, stderr      # 3 steps: saved, not certified
     return d / "ad[red]x"
 
 
 @pytest.mark.parametrize("redact", [False, True], ids=["values shown", "redacted"])
 def test_keys_are_shown_literally_by_verify_per_record(hostile_adapter, redact):
     code, stdout, stderr = cli("verify", hostile_adapter, "--per-record", *(["--redact"] if redact else []))
-    assert code == 0, stderr
+    assert code == 1 and "not recalled exactly" in stderr, stderr   # ran; 3 steps hold nothing
     assert raw_controls(stdout + stderr) == []
     for key in HOSTILE_KEYS:
         assert SHOWN[key] in stdout, SHOWN[key]
@@ -64,8 +64,8 @@ def test_values_are_recalled_one_line_each_with_escapes_visible(hostile_adapter)
     from memlaw.cli._common import visible
 
     code, stdout, stderr = cli("recall", hostile_adapter, *HOSTILE_KEYS, "--max-new-tokens", "12")
-    assert code == 0, stderr
-    assert len(stdout.splitlines()) == len(HOSTILE_KEYS) and raw_controls(stdout) == []
+    assert code == 1 and "is not certified" in stderr, stderr      # ran; the recalls are not certified
+    assert len(stdout.splitlines()) == len(HOSTILE_KEYS) and raw_controls(stdout + stderr) == []
     assert visible(f"a\nb{ESC}[2J\u202e\ud800") == "a\\nb\\x1b[2J\\u202e\\ud800"
     assert visible("x" * 10, limit=4) == "xxxx... (6 more characters)"
     assert visible("plain é 📞 [b]k[/b]") == "plain é 📞 [b]k[/b]"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from memlaw.adapters import load_adapter, make_adapter, read_meta, save_adapter
-from memlaw.config import AdapterConfig, PromptConfig
+from memlaw.config import AdapterConfig, PromptConfig, TrainConfig
 from memlaw.encode import encode
 from memlaw.errors import AdapterError
 from memlaw.forward import TeacherForcer
@@ -152,3 +152,85 @@ def test_adapter_kinds_come_from_the_config_literal():
     from memlaw.config import AdapterConfig, choices
 
     assert tuple(KINDS) == choices(AdapterConfig, "kind")
+
+
+def _card_free_of(text: str, records) -> None:
+    for r in records:
+        assert r.value not in text and r.key not in text
+
+
+@pytest.mark.parametrize("kind", ["probe", "lora"])
+def test_model_card_says_what_the_adapter_holds_and_never_a_key_or_value(tiny_base, tiny_records, tmp_path, kind):
+    from memlaw.memory import write_memory
+    from memlaw.records import Record
+
+    tiny_records = [Record(f"KEYNAME{c}", f"VALUE{c}{c}") for c in "abcdefgh"]     # findable in any text
+    res = write_memory(tiny_records, model=tiny_base, out=tmp_path / "a", adapter=AdapterConfig(kind=kind, rank=4),
+                       train=TrainConfig(until="budget", max_steps=3))
+    card = (tmp_path / "a" / "README.md").read_text()
+    s = res.verification.summary()
+    assert f"# memlaw memory: 8 records in a {'PEFT LoRA' if kind == 'lora' else 'probe'} of rank 4 on tiny" in card
+    assert f"- Certified: {s['certified']}/8 records. A record is certified when" in card and f"returned {s['em']}/8 values exactly" in card
+    assert f"{s['length']} value tokens" in card and s["length"] == 8 * 7 and f"{s['n_params']:,} trainable parameters" in card
+    assert f"library_name: {'peft' if kind == 'lora' else 'memlaw'}" in card
+    _card_free_of(card, tiny_records)
+
+
+def test_lora_names_the_hub_id_of_an_embedded_base_not_the_cache(tiny_base, tiny_records, tmp_path):
+    """A base loaded as `smollm2-135m` (here the tiny weights under that name): the config and card name its hub id."""
+    import dataclasses
+
+    from memlaw.memory import write_memory
+
+    as_embedded = dataclasses.replace(tiny_base, name="smollm2-135m")
+    write_memory(tiny_records, model=as_embedded, out=tmp_path / "a", adapter=AdapterConfig(kind="lora", rank=2),
+                 train=TrainConfig(until="budget", max_steps=1))
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert 'base_model: "HuggingFaceTB/SmolLM2-135M-Instruct"' in card and "certificate is not re-checked" in card
+
+
+def test_a_copied_lora_dir_loads_with_plain_peft_onto_the_users_base_directory(tiny_records, tmp_path):
+    """Base from the user's own directory: adapter_config.json names that directory; the copied adapter
+    directory loads in a process that does not import memlaw and gives memlaw's logits."""
+    import shutil
+
+    from memlaw.memory import Memory, write_memory
+
+    model, tok = build_tiny(seed=0)
+    model.save_pretrained(tmp_path / "my-model")
+    tok.save_pretrained(tmp_path / "my-model")
+    write_memory(tiny_records, model=str(tmp_path / "my-model"), out=tmp_path / "a", dtype="float32",
+                 adapter=AdapterConfig(kind="lora", rank=4), train=TrainConfig(until="budget", max_steps=20, lr=3e-2))
+    copy = shutil.copytree(tmp_path / "a", tmp_path / "elsewhere" / "adapter")
+    shutil.rmtree(tmp_path / "a")
+    cfg = json.loads((copy / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str((tmp_path / "my-model").absolute())
+    with Memory.open(copy) as mem:
+        enc = encode(tiny_records, mem.base.tokenizer, mem.prompt)
+        want = _logits(mem.base, enc)[0]
+    seq = enc.prompt_ids[0] + enc.answer_ids(0)
+    code = f"""
+import json, sys, torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+cfg = json.load(open({str(copy / 'adapter_config.json')!r}))
+base = AutoModelForCausalLM.from_pretrained(cfg["base_model_name_or_path"], dtype=torch.float32)
+m = PeftModel.from_pretrained(base, {str(copy)!r}).eval()
+assert "memlaw" not in sys.modules
+with torch.no_grad():
+    print(json.dumps(m(torch.tensor([{seq}])).logits[0].tolist()))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got = torch.tensor(json.loads(res.stdout.strip().splitlines()[-1]))
+    P = len(enc.prompt_ids[0])
+    pos = torch.arange(P - 1, P - 1 + len(enc.answer_ids(0)))
+    torch.testing.assert_close(got[pos], want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(want, _base_logits(tmp_path / "my-model", enc)[0], atol=1e-3)   # the adapter acts
+
+
+def _base_logits(directory, enc):
+    from memlaw.models import load_base
+
+    return _logits(load_base(str(directory), dtype="float32"), enc)

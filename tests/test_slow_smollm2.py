@@ -69,8 +69,13 @@ def test_reloaded_probe_gives_same_p_t_and_greedy_outputs(smol, records, probe_d
     assert recalled == [r.output for r in res.verification.records]
 
 
-def test_lora_dir_loads_with_plain_peft_and_gives_same_greedy_outputs(smol, records, lora_dir):
+def test_lora_dir_loads_with_plain_peft_and_gives_same_greedy_outputs(smol, records, lora_dir, tmp_path):
+    import shutil
+
     out, res = lora_dir
+    out = shutil.copytree(out, tmp_path / "copied")               # the directory travels
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     with Memory.open(out, base=smol) as mem:
         enc = encode(records, smol.tokenizer, mem.prompt)
         ours = greedy(smol, enc.prompt_ids, 16, enc.terminator[0])

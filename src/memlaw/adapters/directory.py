@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memlaw.adapters.card import model_card
 from memlaw.config import AdapterConfig, PromptConfig, choices
 from memlaw.errors import AdapterError, ConfigError
 from memlaw.fileio import atomic_dir, is_temp_dir, open_input
@@ -25,6 +26,8 @@ from memlaw.records import Record, keys_sha256, load_records, records_sha256, wr
 
 META = "memlaw.json"
 RECORDS = "records.jsonl"
+CARD = "README.md"
+"""The model card: counts, base model, certificate; never a key or a value (`memlaw.adapters.card`)."""
 MAX_META_BYTES = 16 << 20   # memlaw.json is a few kB; a larger one is not read
 FORMAT_VERSION = 2
 """2: memlaw.json carries `meta_sha256`, the sha256 of its own other fields (1 did not)."""
@@ -102,6 +105,7 @@ def save_adapter(out: str | Path, adapter, base, *, prompt: PromptConfig, termin
             }
             meta["meta_sha256"] = meta_sha256(meta)
             (tmp / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            (tmp / CARD).write_text(model_card(meta), encoding="utf-8")   # replaces PEFT's empty template
     except OSError as e:
         raise AdapterError(f"{out}: cannot write the adapter ({e.strerror or type(e).__name__}"
                            f"{': ' + e.filename if isinstance(e.filename, str) else ''})") from None

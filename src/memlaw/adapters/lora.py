@@ -1,5 +1,8 @@
 """Standard PEFT LoRA, saved as a plain PEFT adapter directory (loadable with no memlaw installed).
 
+Its `adapter_config.json` names the base model by hub id (embedded models) or by the user's own
+path, never by memlaw's cache, so the directory loads with `PeftModel.from_pretrained` anywhere.
+
 PEFT injects its layers into the base model in place; `detach` unloads them again (no merge), so
 the resident base model is unchanged after a write. Adapter weights are float32 even when the base
 runs in bf16 (PEFT's `autocast_adapter_dtype`).
@@ -14,6 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
 from memlaw.errors import AdapterError
+from memlaw.model_names import hub_id
 
 TENSORS = "adapter_model.safetensors"
 
@@ -49,6 +53,8 @@ class LoraAdapter:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # PEFT draws lora_A from the global RNG
             self.peft = get_peft_model(base.model, self.config, autocast_adapter_dtype=True)
+        # adapter_config.json names the base model: its hub id (memlaw's cache path would not travel)
+        self.peft.peft_config["default"].base_model_name_or_path = hub_id(base.name)
         if self._pending is not None:
             self._copy_in(self._pending)
             self._pending = None

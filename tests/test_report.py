@@ -144,6 +144,69 @@ def test_report_page_has_every_section_table_and_embedded_image(page_dir):
     assert summary["stubborn_vs_failure"]["paper"] == {"rho": 0.908, "n": 155}
 
 
+def _text(page: str) -> str:
+    """The page's visible text, in order (no style, script, tags or attributes)."""
+    import html as html_lib
+
+    page = re.sub(r"<(style|script)>.*?</\1>", " ", page, flags=re.S)
+    return html_lib.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+def test_the_page_opens_with_a_plain_summary_of_what_was_measured_and_found(page_dir, rows):
+    rows, _ = rows
+    text = " ".join(_text((page_dir / "index.html").read_text()).split())
+    start = text.index("Summary What was measured")
+    assert start < text.index("Symbols and words") < text.index("Memory law: tiny")
+    summary = text[start:text.index("Symbols and words")]
+    em_all = sum(r["em_rate"] == 1.0 for r in rows)
+    certified = sum(r["certified_rate"] == 1.0 for r in rows)
+    assert (f"What was measured: 4 memories, each a set of key → value records (from a records file) trained into a "
+            f"small adapter (probe) of the frozen model tiny, with adapter ranks (sizes) 2 to 8 and memories of 24 to "
+            f"48 value tokens.") in summary
+    assert ("Training budget (tiny · probe · sft · records): objective sft, 100 optimizer steps of batches of 8 at "
+            "learning rate 0.03, for the whole budget.") in summary
+    assert (f"Exact recall: {em_all} of 4 memories came back exactly, every record. {certified} were certified: every "
+            "answer token had probability above one half, which guarantees exact recall.") in summary
+    assert "Main finding (tiny · probe · sft · records)" in summary
+
+
+def test_every_symbol_is_defined_before_its_first_use(page_dir):
+    from memlaw.report.summary import SYMBOLS
+
+    text = _text((page_dir / "index.html").read_text())
+    glossary = text.index("Symbols and words")
+    for entry in SYMBOLS:
+        for symbol in entry.split(", "):
+            if (len(symbol) == 1 and symbol.isascii()) or symbol.islower():   # r, C, b, K; words ("certified")
+                continue                                                      # are defined where the summary uses them
+            first = re.search(rf"(?<!\w){re.escape(symbol)}(?!\w)", text).start()
+            defined = text.index(f"{entry}:", glossary)
+            assert glossary < first <= defined, (symbol, text[first - 80:first + 40])
+
+
+def test_warnings_sit_beside_the_numbers_they_qualify():
+    """Held-out MAPE over 10% gets its warning in its own table cell; a law that predicts well gets none."""
+    from memlaw.law import law
+    from memlaw.report.html import table_html
+    from memlaw.report.sections import law_section
+
+    def cells(noise):
+        rng = np.random.default_rng(0)
+        return [{"status": "done", "model": "m", "kind": "probe", "objective": "sft", "benchmark": "phonebook",
+                 "rank": r, "length": n, "em_rate": 1.0 if n <= 10 * r else 0.0, "L_final": 1.0,
+                 "delta_loss": float(law(r, n, 3.0, 0.5, 0.2, 0.1)) * (1 + noise * rng.standard_normal())}
+                for r in (1, 2, 4, 8, 16, 32) for n in (20, 40, 80, 160)]
+
+    for noise, warned in ((0.0, False), (0.6, True)):
+        sec, fit = law_section(("m", "probe", "sft", "phonebook"), cells(noise))
+        ho = fit["fit"]["held_out"]["mape"]
+        assert (ho > 10) is warned
+        table = table_html(sec.tables[0])
+        row = re.search(r"<tr><td>held-out MAPE.*?</tr>", table).group()
+        assert ('class="warn"' in row and "above 10%: the law does not predict the larger ranks well" in row) is warned
+        assert table.count("above 10%") == int(warned)                 # nowhere else in the table
+
+
 def test_secret_values_never_reach_the_store_or_any_report(store_path, rows, tmp_path):
     assert SECRET.encode() not in store_path.read_bytes()
     rows, probs = rows
@@ -186,12 +249,17 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 def test_chromium_loads_every_image_and_shows_the_tables(page_dir, tmp_path):
     url = (page_dir / "index.html").resolve().as_uri()
     dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
-                          "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+                          "--window-size=1280,800", "--dump-dom", url], capture_output=True, text=True,
+                         timeout=120).stdout
     body = re.search(r"<body[^>]*>", dom)
     assert body, dom[-2000:]
-    n = int(re.search(r'data-images="(\d+)"', body.group()).group(1))
-    loaded = int(re.search(r'data-images-loaded="(\d+)"', body.group()).group(1))
+    attr = lambda name: int(re.search(rf'data-{name}="(-?\d+)"', body.group()).group(1))  # noqa: E731
+    n, loaded = attr("images"), attr("images-loaded")
     assert n >= 8 and loaded == n                          # every <img> decoded (naturalWidth > 0)
+    assert attr("tables-scrolling") >= 1 and attr("page-overflow") <= 0   # the wide cells table scrolls in its box
+    summary = re.search(r'<section id="summary">(.*?)</section>', dom, re.S).group(1)
+    assert dom.index('id="summary"') < dom.index("<nav>")  # the page opens with it
+    assert "What was measured: 4 memories" in summary and "100 optimizer steps of batches of 8" in summary
     for table in ("rho-table", "phase-table", "misalignment-table", "cells-table", "methods-phonebook"):
         assert re.search(rf'<table id="{table}">.*?<td>', dom, re.S), table
     shot = tmp_path / "report.png"

@@ -8,6 +8,7 @@ from typing import Any
 
 from memlaw import analysis
 from memlaw.report.document import Report, Section
+from memlaw.report.summary import summary_section, symbols_section
 from memlaw.report.sections import (cells_section, grids_section, law_section, methods_section, misalignment_section,
                                     phase_section, stubborn_section)
 
@@ -49,7 +50,8 @@ def build_report(rows: Sequence[Mapping[str, Any]], token_probs: Mapping[str, Se
     if methods:
         sections.append(methods_section(methods, redact))
     sections.append(cells_section(rows, list(failed), redact))
-    return Report(title=title, source=source, redact=redact, sections=sections, summary=summary)
+    intro = [summary_section(rows, summary["laws"]), symbols_section()]
+    return Report(title=title, source=source, redact=redact, sections=sections, summary=summary, intro=intro)
 
 
 __all__ = ["build_report"]

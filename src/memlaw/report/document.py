@@ -11,10 +11,12 @@ from typing import Any
 
 @dataclass
 class Cell:
-    """One table cell: its text, and whether it is the best of its column (bold)."""
+    """One table cell: its text, whether it is the best of its column (bold), and a warning that
+    qualifies this number, shown beside it."""
 
     text: str
     strong: bool = False
+    warning: str | None = None
 
 
 @dataclass
@@ -49,10 +51,12 @@ class Report:
     sections: list[Section]
     summary: dict[str, Any] = field(default_factory=dict)
     """Machine-readable numbers: law fits, ρ, misalignment, phase counts (also written as report.json)."""
+    intro: list[Section] = field(default_factory=list)
+    """What the page opens with, before its table of contents: the plain summary and the symbols."""
 
     @property
     def figures(self) -> list[FigureSpec]:
-        return [f for s in self.sections for f in s.figures]
+        return [f for s in [*self.intro, *self.sections] for f in s.figures]
 
 
 def fmt(x: Any, digits: int = 3, pct: bool = False) -> str:

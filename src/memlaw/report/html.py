@@ -1,10 +1,12 @@
 """One static HTML page from a `Report`: rows and figures in, one string out. No I/O.
 
 The page is self-contained: figures are embedded as PNG `data:` URIs (the SVG and PNG files beside
-it are links for download), the style sheet and a ten-line script are inline, and a Content Security
+it are links for download), the style sheet and a short script are inline, and a Content Security
 Policy forbids loading anything else, so it opens offline from a file, with no CDN and no server.
-On load the script writes how many images decoded into `<body data-images=N data-images-loaded=K>`
-(headless browsers and tests read it).
+On load the script writes how many images decoded into `<body data-images=N data-images-loaded=K>`,
+how many tables are wider than their box and scroll inside it (`data-tables-scrolling`, shaded at
+their right edge) and by how many pixels the page is wider than the window (`data-page-overflow`:
+0 or less when nothing is cut off); headless browsers and tests read them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ table { border-collapse: collapse; margin: 0.8em 0 1.2em; font-size: 0.85em; }
 caption { caption-side: top; text-align: left; font-weight: bold; padding-bottom: 0.3em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
+.scroll td:first-child, .scroll th:first-child { position: sticky; left: 0; background: #fff; }
+.scroll th:first-child { background: #f3f3f3; }
+td.warn { background: #fff3cd; } .warning { display: block; white-space: normal; max-width: 28em; color: #7a4b00;
+  font-size: 0.9em; text-align: left; }
+.scrolls { box-shadow: inset -10px 0 8px -8px rgba(0, 0, 0, 0.35); }
+#summary { background: #f6f8fa; border: 1px solid #d0d7de; padding: 0 1em 0.5em; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.85em; color: #444; }
 """
@@ -39,6 +47,11 @@ window.addEventListener("load", function () {
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   document.body.setAttribute("data-images", String(imgs.length));
   document.body.setAttribute("data-images-loaded", String(ok));
+  var boxes = Array.prototype.slice.call(document.querySelectorAll(".scroll"));
+  var wide = boxes.filter(function (b) { return b.scrollWidth > b.clientWidth; });
+  wide.forEach(function (b) { b.classList.add("scrolls"); b.title = "scroll sideways for more columns"; });
+  document.body.setAttribute("data-tables-scrolling", String(wide.length));
+  document.body.setAttribute("data-page-overflow", String(document.documentElement.scrollWidth - window.innerWidth));
 });
 """
 
@@ -54,7 +67,11 @@ def table_html(t: Table) -> str:
         cells = []
         for c in row:
             if isinstance(c, Cell):
-                cells.append(f"<td><strong>{_e(c.text)}</strong></td>" if c.strong else f"<td>{_e(c.text)}</td>")
+                text = f"<strong>{_e(c.text)}</strong>" if c.strong else _e(c.text)
+                if c.warning:
+                    cells.append(f'<td class="warn">{text} <span class="warning">⚠ {_e(c.warning)}</span></td>')
+                else:
+                    cells.append(f"<td>{text}</td>")
             else:
                 cells.append(f"<td>{_e(c)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -81,7 +98,8 @@ def page(report: Report, images: Mapping[str, bytes], *, svg: bool = True) -> st
     missing = [f.name for f in report.figures if f.name not in images]
     if missing:
         raise KeyError(f"no image for figure(s) {', '.join(missing)}")
-    nav = "".join(f'<li><a href="#{_e(s.id)}">{_e(s.title)}</a></li>' for s in report.sections)
+    nav = "".join(f'<li><a href="#{_e(s.id)}">{_e(s.title)}</a></li>' for s in [*report.intro, *report.sections])
+    intro = "\n".join(section_html(s, images, svg) for s in report.intro)
     banner = ('<p class="redacted">Redacted: free text that could quote input (error messages, memory notes) is '
               "left out. Record values are never stored, so no report shows them.</p>" if report.redact else "")
     body = "\n".join(section_html(s, images, svg) for s in report.sections)
@@ -99,6 +117,7 @@ def page(report: Report, images: Mapping[str, bytes], *, svg: bool = True) -> st
 <h1>{_e(report.title)}</h1>
 <p class="meta">{_e(report.source)} · {report.summary.get("cells", 0)} cells · {len(report.figures)} figures</p>
 {banner}
+{intro}
 <nav><ul>{nav}</ul></nav>
 {body}
 </body>

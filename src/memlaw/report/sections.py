@@ -9,8 +9,11 @@ from memlaw import analysis
 from memlaw.errors import MemlawError
 from memlaw.report import plots
 from memlaw.report.document import Cell, FigureSpec, Section, Table, fmt
+from memlaw.report.summary import HELD_OUT_LIMIT
 
 MAX_GRIDS = 4
+POOR_R2 = 0.9
+"""R² below which the law's fit gets a warning beside it (the paper reports R² > 0.98)."""
 """Probability grids drawn: failed records first (latest failure), then the last records to certify."""
 
 
@@ -48,26 +51,35 @@ def law_section(group: tuple, rows: list[Mapping[str, Any]],
         t = Table(id=_slug("fit", *group), caption=f"ΔL = C·r^α·ℓ^(−β) + b fitted to {len(lrows)} cells "
                                                    "(nonlinear least squares; ± standard error)",
                   columns=["quantity", "value"], rows=[])
+        warned = list(dict.fromkeys(fit.get("warnings", [])))   # the held-out refits repeat the full fit's
+        on_frontier = [w for w in warned if w.startswith("frontier")]
+        on_law = [w for w in warned if w not in on_frontier]
         for key, label in (("C", "C"), ("alpha", "α"), ("beta", "β"), ("b", "b")):
             t.rows.append([label, _pm(law["params"][key], law["stderr"][key])])
-        t.rows.append(["R²", fmt(law["r2"], 4)])
+        r2 = law["r2"]
+        t.rows.append(["R²", Cell(fmt(r2, 4), warning=None if r2 is None or r2 >= POOR_R2 else
+                                  f"below {POOR_R2}: the law explains little of how ΔL varies here")])
         t.rows.append(["MAPE", "-" if law["mape"] is None else f"{law['mape']:.2f}%"])
         if ho:
             ranks = ",".join(f"{x:g}" for x in ho["train_ranks"])
             test = ",".join(f"{x:g}" for x in ho["test_ranks"])
+            bad = ho["mape"] is not None and ho["mape"] > HELD_OUT_LIMIT
             t.rows.append([f"held-out MAPE (fit on ranks {ranks}, predict {test})",
-                           "-" if ho["mape"] is None else f"{ho['mape']:.2f}%"])
+                           Cell("-" if ho["mape"] is None else f"{ho['mape']:.2f}%", warning=(
+                               f"above {HELD_OUT_LIMIT:.0f}%: the law does not predict the larger ranks well; do "
+                               "not extrapolate with it") if bad else None)])
         else:
             t.rows.append(["held-out MAPE", "- (needs ≥ 2 ranks)"])
         fr = fit.get("frontier")
         if fr:
             t.rows.append(["capacity frontier ℓ_max = K·r^γ",
-                           f"K = {_pm(fr['K'], fr['K_stderr'])}, γ = {_pm(fr['gamma'], fr['gamma_stderr'])}"])
+                           Cell(f"K = {_pm(fr['K'], fr['K_stderr'])}, γ = {_pm(fr['gamma'], fr['gamma_stderr'])}",
+                                warning="; ".join(on_frontier) or None)])
         t.rows.append(["paper", "R² > 0.98, MAPE 0.5–8%"])
-        t.rows.append(["converged", fmt(law["converged"])])
+        t.rows.append(["converged", Cell(fmt(law["converged"]), warning="; ".join(on_law) or None)])
+        if fit.get("notes"):
+            t.rows.append(["notes", "; ".join(fit["notes"])])
         sec.tables.append(t)
-        for note in fit.get("notes", []) + fit.get("warnings", []):
-            sec.paragraphs.append(f"Note: {note}")
     if lrows:
         sec.figures.append(FigureSpec(_slug("law-panels", *group), "ΔL against rank (per length) and against "
                                       "length (per rank); points measured, lines the fitted law.",
@@ -210,7 +222,7 @@ def grids_section(rows, token_probs) -> Section | None:
 
 
 def phase_section(rows, token_probs) -> tuple[Section, dict[str, Any]]:
-    sec = Section(id="phase", title="Phase picture: p_t and free-run correctness")
+    sec = Section(id="phase", title="Phase picture: token probability and free-run correctness")
     points = [p for r in rows for p in analysis.phase_points(r, token_probs.get(r["key"]) or [])]
     summary = analysis.phase_summary(points)
     sec.paragraphs.append(

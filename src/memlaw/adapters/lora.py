@@ -94,7 +94,8 @@ class LoraAdapter:
     def save_tensors(self, directory: Path) -> list[str]:
         if self.peft is None:
             raise AdapterError("attach the lora adapter before saving it")
-        self.peft.save_pretrained(str(directory))
+        # memlaw never trains the embeddings; "auto" would ask the hub about the base model's vocabulary
+        self.peft.save_pretrained(str(directory), save_embedding_layers=False)
         return [TENSORS]
 
     def load_tensors(self, directory: Path) -> None:

@@ -181,18 +181,19 @@ def good_records(tmp_path_factory, tiny_records):
 @pytest.mark.parametrize("args,place,cause", [
     (["--rank", "0"], "adapter", "rank must be an integer >= 1, got 0"),
     (["--max-steps", "0"], "train", "max_steps must be an integer >= 1, got 0"),
-    (["--lr", "-1"], "train", "lr must be > 0"),
+    (["--lr", "-1"], "train", "lr must be in (0, 10], got -1"),
     (["--template", "fancy"], "prompt", "template must be 'chat' or 'plain'"),
     (["--dtype", "float8"], "dtype", "unknown dtype 'float8'"),
     (["--layer", "9"], "layer 9", "does not exist: the model has 4 layers"),
     (["--model", "no-such-model-xyz"], "'no-such-model-xyz'", "unknown model"),
-    (["--lr", "inf"], "train", "lr must be a finite number > 0, got inf"),
-    (["--lr", "nan"], "train", "lr must be a finite number > 0, got nan"),
+    (["--lr", "inf"], "train", "lr must be a finite number in (0, 10], got inf"),
+    (["--lr", "nan"], "train", "lr must be a finite number in (0, 10], got nan"),
+    (["--lr", "1e38"], "train", "lr must be in (0, 10], got 1e+38"),
     (["--margin", "nan"], "train", "margin must be a finite number in [0, 0.5), got nan"),
     (["--seed", "100000000000000000000"], "train", "seed must be an integer in [0, 9223372036854775807]"),
     (["--template", "chat", "--batch-size", "-3"], "train", "batch_size must be an integer >= 1, got -3"),
 ], ids=["rank 0", "max-steps 0", "negative lr", "unknown template", "unknown dtype", "layer out of range",
-        "unknown model", "lr inf", "lr nan", "margin nan", "20-digit seed", "negative batch size"])
+        "unknown model", "lr inf", "lr nan", "lr that overflows AdamW", "margin nan", "20-digit seed", "negative batch size"])
 def test_bad_write_options(tmp_path, good_records, args, place, cause):
     got = cli("write", good_records, *TINY, "--max-steps", "5", *args, "--out", tmp_path / "ad")
     assert_refused(got, place=place, cause=cause)
@@ -446,8 +447,8 @@ GRID_CASES = {  # file: (line of the grid the error names or None, words of the 
     "recursive_alias.yaml": (1, "an alias refers to a node that contains it"),
     "duplicate_key.yaml": (11, "key 'ranks' appears more than once"),
     "duplicate_nested_key.yaml": (9, "key 'lr' appears more than once"),
-    "lr_inf.yaml": (None, "train: lr must be a finite number > 0, got inf"),
-    "lr_nan.yaml": (None, "train: lr must be a finite number > 0, got nan"),
+    "lr_inf.yaml": (None, "train: lr must be a finite number in (0, 10], got inf"),
+    "lr_nan.yaml": (None, "train: lr must be a finite number in (0, 10], got nan"),
     "clip_nan.yaml": (None, "clip must be a finite number > 0, got nan"),
     "clip_negative.yaml": (None, "clip must be > 0, got -1"),
     "kappa_nan.yaml": (None, "objective: kappa must be a finite number > 0, got nan"),

@@ -165,3 +165,186 @@ def test_cli_builds_no_rich_text_from_data_outside_the_literal_console():
     hits = [f"{p.name}:{n}" for p in sorted(cli_dir.glob("*.py")) if p.name != "_common.py"
             for n, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"(?<!\w)Text\(", line)]
     assert hits == []
+
+
+# --- configs that train garbage: a run that goes non-finite stops and saves nothing --------------------
+
+
+def test_write_whose_loss_goes_non_finite_stops_and_saves_nothing(tmp_path, monkeypatch):
+    import memlaw.train
+
+    real = memlaw.train.weighted_loss
+    steps = []                         # from the 4th step on, the loss is NaN (an overflow, say)
+    monkeypatch.setattr(memlaw.train, "weighted_loss",
+                        lambda nll, w: real(nll, w) * (float("nan") if steps.append(1) or len(steps) > 3 else 1.0))
+    records = tmp_path / "mem.jsonl"
+    write_records(records, [Record(f"key {c}", f"S3CRET{i}") for i, c in enumerate("abcd")])
+    before = snapshot(tmp_path)
+    code, stdout, stderr = cli("write", records, *TINY, "--until", "budget", "--max-steps", "20",
+                               "--out", tmp_path / "ad")
+    *progress, last = stderr.splitlines()      # progress lines (stderr is not a terminal), then the one error line
+    assert code == 2 and stdout == "" and "Traceback" not in stderr, stderr
+    assert last.startswith("memlaw: error: training diverged: the loss is nan at step 4 (lr 0.03)")
+    assert "nothing was saved: lower the learning rate" in last and all(p.startswith("write: ") for p in progress)
+    assert snapshot(tmp_path) == before
+
+
+def test_weights_that_go_non_finite_on_the_last_step_are_refused(tiny_base, plain):
+    import torch
+
+    from memlaw.adapters import make_adapter
+    from memlaw.config import AdapterConfig, ObjectiveConfig, TrainConfig
+    from memlaw.encode import encode
+    from memlaw.errors import DivergedError
+    from memlaw.train import write
+
+    enc = encode([Record("key a", "123456")], tiny_base.tokenizer, plain)
+    ad = make_adapter(AdapterConfig(rank=2, layer=1), tiny_base)
+    ad.attach(tiny_base)
+
+    def poison(info):                  # after the last step's loss was read: only the weights are NaN
+        if info.step == info.total:
+            next(iter(ad.parameters())).data[0, 0] = float("nan")
+    try:
+        with pytest.raises(DivergedError, match="adapter weights are not finite after step 3"):
+            write(tiny_base, ad, enc, ObjectiveConfig(), TrainConfig(max_steps=3), on_step=poison)
+    finally:
+        ad.detach()
+    assert torch.isnan(next(iter(ad.parameters()))).any()
+
+
+def test_sweep_cell_that_diverges_stops_the_sweep_and_is_not_stored(tmp_path, monkeypatch):
+    import memlaw.train
+
+    real = memlaw.train.weighted_loss
+    monkeypatch.setattr(memlaw.train, "weighted_loss", lambda nll, w: real(nll, w) * float("inf"))
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: diverge\nmodel: tiny\ndtype: float32\nranks: [2]\nlengths: [20]\n"
+                    "adapter: {kind: probe, layer: 1}\ntrain: {lr: 0.03, batch_size: 8, max_steps: 20, until: budget}\n"
+                    "prompt: {template: plain}\n")
+    code, _, stderr = cli("sweep", grid, "--store", tmp_path / "runs.db", "--quiet")
+    assert code == 2 and stderr.splitlines()[-1].startswith("memlaw: error: training diverged: the loss is inf")
+    with sqlite3.connect(tmp_path / "runs.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM cells").fetchone() == (0,)   # not stored as done
+
+
+def test_adapter_metadata_is_strict_json(tmp_path):
+    from memlaw.config import json_ready
+
+    assert json_ready({"a": float("nan"), "b": (1.0, float("-inf")), 3: {"c": float("inf")}}) == \
+        {"a": None, "b": [1.0, None], "3": {"c": None}}
+    records = tmp_path / "mem.jsonl"
+    write_records(records, [Record("key a", "S3CRET")])
+    code, _, stderr = cli("write", records, *TINY, "--until", "budget", "--max-steps", "2", "--out", tmp_path / "ad")
+    assert code == 0, stderr
+    json.loads((tmp_path / "ad" / "memlaw.json").read_text(),
+               parse_constant=lambda c: pytest.fail(f"memlaw.json holds {c}"))
+
+
+# --- files that are not memlaw's: --out recognises a memory by its validated memlaw.json --------------
+
+
+@pytest.fixture(scope="module")
+def memory(tmp_path_factory):
+    d = tmp_path_factory.mktemp("memory")
+    write_records(d / "mem.jsonl", [Record(f"key {c}", f"S3CRET{i}") for i, c in enumerate("abc")])
+    code, _, stderr = cli("write", d / "mem.jsonl", *TINY, "--until", "budget", "--max-steps", "2", "--out", d / "ad")
+    assert code == 0, stderr
+    return d / "ad"
+
+
+def _copy(memory: Path, tmp_path: Path) -> Path:
+    shutil.copytree(memory, tmp_path / "ad")
+    return tmp_path / "ad"
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "--force"])
+@pytest.mark.parametrize("meta", ['{"kind": "probe"}', "{}", "not json", ""], ids=["fake", "empty object",
+                                                                                      "not JSON", "empty file"])
+def test_directory_with_a_memlaw_json_that_does_not_validate_is_never_replaced(tmp_path, memory, meta, force):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "memlaw.json").write_text(meta)
+    (out / "thesis.tex").write_text("precious")
+    before = snapshot(tmp_path)
+    got = cli("write", memory / "records.jsonl", *TINY, "--max-steps", "2", "--out", out, *(["--force"] if force else []))
+    assert_refused(got, place=str(out), cause="exists and is not a memlaw adapter (memlaw.json does not validate")
+    assert snapshot(tmp_path) == before
+
+
+def test_existing_memory_is_not_overwritten_without_force(tmp_path, memory):
+    ad = _copy(memory, tmp_path)
+    before = snapshot(tmp_path)
+    got = cli("write", ad / "records.jsonl", *TINY, "--max-steps", "2", "--out", ad)
+    line = assert_refused(got, place=str(ad), cause="already holds a memory (3 records)")
+    assert f"`memlaw update {ad} CHANGES` changes it in place, --force replaces it" in line
+    assert snapshot(tmp_path) == before
+    code, _, stderr = cli("write", ad / "records.jsonl", *TINY, "--until", "budget", "--max-steps", "3",
+                          "--seed", "1", "--out", ad, "--force")
+    assert code == 0, stderr
+    meta = json.loads((ad / "memlaw.json").read_text())
+    assert meta["training"]["train"]["seed"] == 1 and sorted(os.listdir(ad)) == meta["files"]
+
+
+def test_memory_with_files_memlaw_did_not_write_is_replaced_only_with_force(tmp_path, memory):
+    ad = _copy(memory, tmp_path)
+    (ad / "notes.txt").write_text("precious")
+    (ad / "plots").mkdir()
+    before = snapshot(tmp_path)
+    got = cli("write", ad / "records.jsonl", *TINY, "--max-steps", "2", "--out", ad)
+    assert_refused(got, place=str(ad), cause="holds files memlaw did not write ('notes.txt', 'plots')")
+    assert snapshot(tmp_path) == before
+    code, _, stderr = cli("write", ad / "records.jsonl", *TINY, "--until", "budget", "--max-steps", "2",
+                          "--out", ad, "--force")
+    assert code == 0, stderr
+    assert not (ad / "notes.txt").exists() and not (ad / "plots").exists()
+
+
+def test_python_api_refuses_an_existing_memory_too(tmp_path, memory, tiny_base):
+    from memlaw.errors import AdapterError
+    from memlaw.memory import write_memory
+
+    ad = _copy(memory, tmp_path)
+    with pytest.raises(AdapterError, match="already holds a memory"):
+        write_memory([Record("key a", "1")], model=tiny_base, out=ad)
+
+
+def test_memories_written_before_the_file_list_count_their_known_files(memory):
+    from memlaw.adapters.directory import written_files
+
+    meta = json.loads((memory / "memlaw.json").read_text())
+    assert written_files(meta) == set(os.listdir(memory)) == set(meta["files"])
+    del meta["files"]
+    assert written_files(meta) == {"memlaw.json", "records.jsonl", "adapter.safetensors"}
+    assert written_files({"kind": "lora", "tensors_sha256": {"adapter_model.safetensors": ""}}) == \
+        {"memlaw.json", "records.jsonl", "adapter_model.safetensors", "adapter_config.json", "README.md"}
+
+
+@pytest.fixture
+def store_file(tmp_path):
+    """A store with one finished cell, written through the sweep."""
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: '=HYPERLINK(\"https://evil.example\")'\nmodel: tiny\ndtype: float32\nranks: [2]\n"
+                    "lengths: [20]\nadapter: {kind: probe, layer: 1}\n"
+                    "train: {lr: 0.03, batch_size: 8, max_steps: 2, until: budget}\nprompt: {template: plain}\n")
+    code, _, stderr = cli("sweep", grid, "--store", tmp_path / "runs.db", "--quiet")
+    assert code == 0, stderr
+    return tmp_path / "runs.db"
+
+
+@pytest.mark.parametrize("make,what", [
+    (lambda d: (d / "dir").mkdir() or d / "dir", "is a directory"),
+    (lambda d: ((d / "t.csv").write_text("mine"), (d / "link.csv").symlink_to(d / "t.csv"), d / "link.csv")[-1],
+     "is a symbolic link"),
+    (lambda d: Path("/dev/null"), "is a device, FIFO or socket"),
+    (lambda d: os.mkfifo(d / "fifo.csv") or d / "fifo.csv", "is a device, FIFO or socket"),
+], ids=["directory", "symlink", "/dev/null", "FIFO"])
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_export_never_replaces_what_is_not_a_regular_file(tmp_path, store_file, make, what, fmt):
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    out = make(tmp_path)
+    before = snapshot(tmp_path)
+    got = cli("runs", "export", "--format", fmt, "--out", out, "--store", store_file)
+    assert_refused(got, place=str(out), cause=what)
+    assert snapshot(tmp_path) == before and (out.is_char_device() or out.exists())

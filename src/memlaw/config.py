@@ -18,6 +18,7 @@ import math
 import reprlib
 import string
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -25,6 +26,7 @@ from memlaw.errors import ConfigError
 
 T = TypeVar("T")
 MAX_SEED = 2**63 - 1   # torch generators take 64-bit seeds; beyond that seeding overflows
+MAX_LR = 10.0          # AdamW steps by about lr; past ~1e37 its first step overflows float32 (a crash, not an error)
 
 _REPR = reprlib.Repr()
 _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxlevel = 60, 60, 6, 6, 6, 3
@@ -256,7 +258,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = _problems(
-            float_problem("lr", self.lr, lo=0.0, lo_open=True),
+            float_problem("lr", self.lr, lo=0.0, hi=MAX_LR, lo_open=True),
             int_problem("batch_size", self.batch_size, lo=1),
             int_problem("max_steps", self.max_steps, lo=1, optional=True),
             int_problem("epochs", self.epochs, lo=1, optional=True),
@@ -321,10 +323,16 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def json_ready(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: json_ready(v) for k, v in x.items()}
+    """Strict-JSON-ready: mappings with str keys, tuples as lists, numpy scalars as Python numbers,
+    NaN and infinity as None (JSON has no place for them; `json.dumps(allow_nan=False)` then holds)."""
+    if isinstance(x, Mapping):
+        return {str(k): json_ready(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [json_ready(v) for v in x]
+    if hasattr(x, "item") and hasattr(x, "dtype") and getattr(x, "ndim", None) == 0:   # a numpy/torch scalar
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
     return x
 
 

@@ -21,6 +21,14 @@ class ModelError(MemlawError, RuntimeError):
     """A base model cannot be found or loaded."""
 
 
+class DivergedError(MemlawError, FloatingPointError):
+    """Training went non-finite (NaN or infinite loss or weights); nothing trained is kept."""
+
+
+class OutputError(MemlawError, OSError):
+    """A path memlaw was asked to write holds something it must not replace (a directory, a link, a device)."""
+
+
 class StoreError(MemlawError, RuntimeError):
     """The results store cannot be opened or is inconsistent."""
 

@@ -37,7 +37,7 @@ import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from memlaw.config import shown
-from memlaw.errors import ConfigError
+from memlaw.errors import ConfigError, OutputError
 
 MAX_YAML_BYTES = 1 << 20      # a sweep grid is a few hundred bytes
 MAX_YAML_DEPTH = 32           # nesting levels of a YAML document
@@ -190,9 +190,38 @@ def _count_nodes(node, memo: dict[int, int]) -> int:
 # --- writing ---------------------------------------------------------------------------------
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same directory, fsync, then rename."""
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Check that a file may be written at `path` by renaming a new one over it.
+
+    A rename replaces whatever name it lands on, so `path` must be absent or a regular file: a
+    directory, a symbolic link (the link, not its target, would be swapped) or a device, FIFO or
+    socket is refused.
+
+    Raises:
+        OutputError: naming `path` and what is there.
+    """
     path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    except OSError as e:
+        raise OutputError(f"{path}: cannot be written ({e.strerror or type(e).__name__})") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
+                else "a device, FIFO or socket")
+        raise OutputError(f"{path}: is {what}, which memlaw does not replace; give the path of a new or "
+                          f"regular file")
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same directory, fsync, then rename.
+
+    Raises:
+        OutputError: `path` is there and is not a regular file (`check_output_file`).
+    """
+    path = check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -84,18 +84,20 @@ def write_memory(records: str | os.PathLike | Sequence[Record | Mapping[str, Any
                  out: str | os.PathLike | None = None, adapter: AdapterConfig = AdapterConfig(),
                  objective: ObjectiveConfig = ObjectiveConfig(), train: TrainConfig = TrainConfig(until="certified"),
                  prompt: PromptConfig = PromptConfig(), dtype: str = "auto", device: str = "auto",
-                 save_records: bool = True, recall: bool = True, on_step: StepCallback | None = None) -> WriteOutcome:
+                 save_records: bool = True, recall: bool = True, on_step: StepCallback | None = None,
+                 force: bool = False) -> WriteOutcome:
     """Write records into a fresh adapter, verify them, and (if `out`) save the adapter directory.
 
     `records`: a JSONL/CSV path, or `Record`s or dicts (`{"key": ..., "value": ...}`). The defaults
     are the `memlaw write` command's (`AdapterConfig()`: a probe of rank 16). The base model is only
     borrowed: the adapter is detached again before returning. Bad records
     or an `out` that may not be written are refused before any training; nothing is written then.
+    An `out` that already holds a memory is refused unless `force` (`memlaw.update` changes one).
     """
     t0 = time.perf_counter()
     recs = _records(records)
     if out is not None:
-        check_out_dir(out)
+        check_out_dir(out, force=force)
     base = model if isinstance(model, BaseModel) else load_base(model, dtype=dtype, device=device)
     enc = encode(recs, base.tokenizer, prompt, max_length=base.context_length)
     losses = base_answer_losses(base, enc)           # L_base: once per memory, no adapter attached
@@ -105,7 +107,7 @@ def write_memory(records: str | os.PathLike | Sequence[Record | Mapping[str, Any
         result = write(base, ad, enc, objective, train, on_step=on_step)
         checked = verify(base, ad, enc, recall=recall, margin=train.margin, base_losses=losses)
         if out is not None:
-            save_adapter(out, ad, base, prompt=enc.prompt, terminator=enc.terminator, records=recs,
+            save_adapter(out, ad, base, prompt=enc.prompt, terminator=enc.terminator, records=recs, force=force,
                          save_records=save_records, extra={
                              "training": {"adapter": to_dict(adapter), "objective": to_dict(objective),
                                           "train": to_dict(train), "steps": result.steps,

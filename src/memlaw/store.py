@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from memlaw.config import json_ready
 from memlaw.errors import StoreError
-from memlaw.fileio import atomic_write_text
+from memlaw.fileio import atomic_write_text, check_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class Store:
         }
         for name in ("delta_loss", "L_base", "L_final", "em_rate", "certified_rate", "tf_acc", "free_acc",
                      "steps", "wall_s", "time_to_certified", "n_params"):
-            row[name] = _finite(m.get(name))
+            row[name] = json_ready(m.get(name))          # NaN and inf are stored as NULL
         cols = list(row)
         try:
             self.conn.execute("BEGIN IMMEDIATE")          # take the write lock before reading the status
@@ -177,9 +178,9 @@ class Store:
         """
         if format not in ("csv", "parquet"):
             raise StoreError(f"export format must be csv or parquet, got {format!r}")
+        path = check_output_file(path)             # before any work: not over a directory, link or device
         rows = [_export_row(r) for r in self.load_cells(where, status=status)]
         names = _export_names()
-        path = Path(path)
         if format == "csv":
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
@@ -325,25 +326,7 @@ def _export_row(row: dict) -> dict:
 
 
 def _dumps(x: Any) -> str:
-    return json.dumps(_plain(x), sort_keys=True, ensure_ascii=False, allow_nan=False)
-
-
-def _plain(x: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, tuples to lists, NaN and inf to None."""
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    return _finite(x)
-
-
-def _finite(x: Any) -> Any:
-    """NaN and inf are stored as NULL (SQL and JSON have no place for them)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+    return json.dumps(json_ready(x), sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 
 __all__ = ["Store", "open_store", "parse_where", "SCHEMA_VERSION", "COLUMNS", "ALL_COLUMNS"]

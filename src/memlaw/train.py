@@ -9,8 +9,9 @@ rule `until="certified"`), reusing the cached prefix.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from memlaw.config import ObjectiveConfig, TrainConfig
 from memlaw.encode import Encoded
+from memlaw.errors import DivergedError
 from memlaw.certificate import certified as is_certified, stubborn as is_stubborn
 from memlaw.forward import TeacherForcer, TokenProbs, answer_probs, joint_logits, training_attention
 from memlaw.objectives import make_objective, token_nll, weighted_loss
@@ -103,8 +105,15 @@ class _Run:
 
     def after_step(self, adapter, t0: float, lr: float, on_check: CheckCallback | None,
                    weights: Callable[[], AbstractContextManager] = nullcontext) -> tuple[int | None, int | None]:
-        """Count the step; at check steps run the no-dropout pass (inside `weights()`) and apply the stop rule."""
+        """Count the step; at check steps run the no-dropout pass (inside `weights()`) and apply the stop rule.
+
+        Raises:
+            DivergedError: the step's loss is NaN or infinite (it is read every step anyway).
+        """
         self.step += 1
+        if not math.isfinite(self.loss):
+            raise DivergedError(f"training diverged: the loss is {self.loss} at step {self.step} (lr {self.cfg.lr:g}); "
+                                f"nothing was saved: lower the learning rate")
         stubborn = certified = None
         if self.step % self.cfg.check_every == 0 or self.step == self.total:
             with weights():
@@ -122,7 +131,11 @@ class _Run:
             self.done = True
         return stubborn, certified
 
-    def result(self, t0: float) -> TrainResult:
+    def result(self, t0: float, weights: Iterable[Tensor]) -> TrainResult:
+        """The run's result, once its final `weights` are checked to be finite (DivergedError if not)."""
+        if not all(bool(torch.isfinite(w).all()) for w in weights):      # one sync per run
+            raise DivergedError(f"training diverged: the adapter weights are not finite after step {self.step} "
+                                f"(lr {self.cfg.lr:g}); nothing was saved: lower the learning rate")
         wall = time.perf_counter() - t0
         certified = bool(self.history) and self.history[-1]["certified"] == self.n
         return TrainResult(self.step, certified, self.t_cert, wall, self.history)
@@ -170,7 +183,7 @@ def write(base, adapter, enc: Encoded, objective: ObjectiveConfig, cfg: TrainCon
     finally:
         weights.restore()
     adapter.eval()
-    result = run.result(t0)
+    result = run.result(t0, adapter.parameters())
     logger.info("write: %d steps in %.1f s, certified %s", result.steps, result.wall_s, result.certified)
     return result
 
@@ -287,7 +300,7 @@ def write_many(base, stack, encs: list[Encoded], objectives: list[ObjectiveConfi
             if on_step is not None:
                 on_step(k, StepInfo(r.step, r.total, r.loss, stubborn, certified, r.n, time.perf_counter() - t0))
             if r.done:
-                results[k] = r.result(t0)
+                results[k] = r.result(t0, (stack.A[k], stack.B[k]))
     stack.eval()
     return results  # type: ignore[return-value]   (every run is done, so every result is set)
 

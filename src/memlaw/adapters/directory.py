@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from memlaw.adapters.card import model_card
-from memlaw.config import AdapterConfig, PromptConfig, choices
+from memlaw.config import AdapterConfig, PromptConfig, choices, json_ready
 from memlaw.errors import AdapterError, ConfigError
 from memlaw.fileio import atomic_dir, is_temp_dir, open_input
 from memlaw.records import Record, keys_sha256, load_records, records_sha256, write_records
@@ -41,12 +41,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_out_dir(out: str | os.PathLike) -> Path:
+def check_out_dir(out: str | os.PathLike, *, replace: bool = False, force: bool = False) -> Path:
     """Check that `out` may receive an adapter directory, before any work is done.
 
-    `out` is replaced as a whole, so it must be absent, an empty directory, or a memlaw adapter
-    directory (which the new one replaces); anything else (a file, a directory of other files, a
-    symbolic link, a temp directory of an interrupted write) is refused rather than deleted.
+    `out` is replaced as a whole, so it must be absent or an empty directory. A memory memlaw wrote
+    (recognised by its validated memlaw.json, not by the name alone) is replaced only with `replace`
+    (`update` writing in place) or `force` (`write --force`), and only with `force` when it also
+    holds files memlaw did not write (they would go with it). Anything else (a file, a directory of
+    other files, a directory whose memlaw.json does not validate, a symbolic link, a temp
+    directory of an interrupted write) is refused, never deleted.
 
     Raises:
         AdapterError: naming `out` and why it cannot be written.
@@ -58,9 +61,8 @@ def check_out_dir(out: str | os.PathLike) -> Path:
         raise AdapterError(f"{out}: is a symbolic link; give the directory itself as --out")
     if out.exists() and not out.is_dir():
         raise AdapterError(f"{out}: exists and is not a directory; --out names the adapter directory to write")
-    if out.is_dir() and not (out / META).is_file() and any(out.iterdir()):
-        raise AdapterError(f"{out}: exists and is not a memlaw adapter (no {META}); an adapter directory is "
-                           f"replaced as a whole, so choose a new --out or empty it first")
+    if out.is_dir() and any(out.iterdir()):
+        _check_replaceable(out, replace=replace, force=force)
     parent = next(p for p in out.absolute().parents if p.exists()) if not out.exists() else out.absolute().parent
     if not parent.is_dir():
         raise AdapterError(f"{out}: cannot be created: {parent} is not a directory")
@@ -69,17 +71,49 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     return out
 
 
+def _check_replaceable(out: Path, *, replace: bool, force: bool) -> None:
+    """Refuse to replace the non-empty directory `out` unless it is a memory memlaw wrote and the caller may."""
+    if not (out / META).is_file():
+        raise AdapterError(f"{out}: exists and is not a memlaw adapter (no {META}); an adapter directory is "
+                           f"replaced as a whole, so choose a new --out or empty it first")
+    try:
+        meta = read_meta(out)
+    except AdapterError as e:
+        raise AdapterError(f"{out}: exists and is not a memlaw adapter ({META} does not validate: "
+                           f"{str(e).removeprefix(str(out / META) + ': ')[:160]}); memlaw replaces only directories "
+                           f"it wrote: choose a new --out, or delete it yourself") from None
+    foreign = sorted(set(os.listdir(out)) - written_files(meta))
+    if foreign and not force:
+        names = ", ".join(repr(n[:60]) for n in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise AdapterError(f"{out}: holds files memlaw did not write ({names}), which replacing the memory would "
+                           f"delete; move them out, or pass --force to replace the directory with them")
+    if not (replace or force):
+        raise AdapterError(f"{out}: already holds a memory ({meta.get('n_records', '?')} records); `memlaw update "
+                           f"{out} CHANGES` changes it in place, --force replaces it")
+
+
+def written_files(meta: dict) -> set[str]:
+    """The names memlaw wrote into an adapter directory: `files` in memlaw.json, or (adapters written
+    before it was recorded) memlaw.json, records.jsonl, the model card, the tensor files and PEFT's config."""
+    if isinstance(meta.get("files"), list):
+        return {META, *(f for f in meta["files"] if isinstance(f, str))}
+    peft = {"adapter_config.json"} if meta.get("kind") == "lora" else set()
+    return {META, RECORDS, CARD, *meta.get("tensors_sha256", {}), *peft}
+
+
 def save_adapter(out: str | Path, adapter, base, *, prompt: PromptConfig, terminator: list[int],
-                 records: list[Record], save_records: bool = True, extra: dict[str, Any] | None = None) -> Path:
+                 records: list[Record], save_records: bool = True, extra: dict[str, Any] | None = None,
+                 replace: bool = False, force: bool = False) -> Path:
     """Write the adapter directory atomically: the previous complete directory or the new one, never torn.
 
-    `memlaw.json` is written last; it records the sha256 of every tensor file and of the records,
-    and `meta_sha256`, the sha256 of its own other fields.
+    `memlaw.json` is written last; it records the names of the files written (`files`), the sha256
+    of every tensor file and of the records, and `meta_sha256`, the sha256 of its own other fields.
+    `replace` and `force`: see `check_out_dir`.
 
     Raises:
         AdapterError: `out` may not be written (see `check_out_dir`) or the file system refused.
     """
-    out = check_out_dir(out)
+    out = check_out_dir(out, replace=replace, force=force)
     try:
         with atomic_dir(out) as tmp:
             files = adapter.save_tensors(tmp)
@@ -102,9 +136,12 @@ def save_adapter(out: str | Path, adapter, base, *, prompt: PromptConfig, termin
                 "tensors_sha256": {f: sha256_file(tmp / f) for f in files},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 **(extra or {}),
+                "files": sorted({*os.listdir(tmp), META, CARD}),
             }
+            meta = json_ready(meta)                  # strict JSON: a NaN metric is stored as null
             meta["meta_sha256"] = meta_sha256(meta)
-            (tmp / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            text = json.dumps(meta, indent=2, ensure_ascii=False, allow_nan=False)
+            (tmp / META).write_text(text + "\n", encoding="utf-8")
             (tmp / CARD).write_text(model_card(meta), encoding="utf-8")   # replaces PEFT's empty template
     except OSError as e:
         raise AdapterError(f"{out}: cannot write the adapter ({e.strerror or type(e).__name__}"

@@ -116,6 +116,9 @@ def write(
     no_records: Annotated[bool, flag("--no-records", help=(
         "Do not save records.jsonl with the adapter (memlaw.json keeps the keys' sha256, so recall still "
         "tells keys it holds from others)."))] = False,
+    force: Annotated[bool, flag("--force", help=(
+        "Replace a memory already at --out, with any files in it that memlaw did not write. Without it "
+        "such an --out is refused: `memlaw update` changes a memory in place."))] = False,
     online: OnlineOpt = False,
     as_json: JsonOpt = False,
     redact: Annotated[bool, typer.Option(help="Hide values in everything printed (write never prints them: "
@@ -144,7 +147,7 @@ def write(
                                 until=until.value, seed=seed, margin=margin)
         prompt = PromptConfig(template=template)
         recs = load_records(records)
-        check_out_dir(out_dir)
+        check_out_dir(out_dir, force=force)
         check_model_name(model)
         from memlaw.memory import write_memory
 
@@ -154,7 +157,7 @@ def write(
             result = write_memory(recs, model=model, out=out_dir, adapter=adapter_cfg,
                                   objective=ObjectiveConfig(name=objective.value), train=train_cfg,
                                   prompt=prompt, dtype=dtype, device=device,
-                                  save_records=not no_records, on_step=on_step)
+                                  save_records=not no_records, on_step=on_step, force=force)
         _report(result, str(out_dir), as_json, redact)
         result.raise_unless_certified()      # NotCertifiedError: one line on stderr, exit 1
 
@@ -366,6 +369,8 @@ def demo(
     online: OnlineOpt = False,
     as_json: JsonOpt = False,
     redact: Annotated[bool, typer.Option(help="Hide values in the output.")] = False,
+    force: Annotated[bool, flag("--force", help="Replace a memory already at --out (e.g. an earlier demo's), "
+                                "with any files in it that memlaw did not write.")] = False,
 ) -> None:
     """Write a PhoneBook into the embedded SmolLM2 until every entry certifies, then verify by greedy decoding.
 
@@ -387,7 +392,7 @@ def demo(
         on_step = on_step or step_lines("demo", DEMO_TRAIN.until)
         with bar if bar is not None else nullcontext():
             result = write_memory(recs, model=model, out=out_dir, adapter=AdapterConfig(kind="probe", rank=rank),
-                                  train=DEMO_TRAIN, device=device, on_step=on_step)
+                                  train=DEMO_TRAIN, device=device, on_step=on_step, force=force)
         wall = time.perf_counter() - t0
         _report(result, str(out_dir), as_json, redact, extra={"demo_wall_s": round(wall, 3)})
         if not as_json:

@@ -344,7 +344,142 @@ def test_export_never_replaces_what_is_not_a_regular_file(tmp_path, store_file, 
     if fmt == "parquet":
         pytest.importorskip("pyarrow")
     out = make(tmp_path)
+    cli("runs", "list", "--store", store_file)   # a first read leaves SQLite's -wal/-shm beside a WAL store
     before = snapshot(tmp_path)
     got = cli("runs", "export", "--format", fmt, "--out", out, "--store", store_file)
     assert_refused(got, place=str(out), cause=what)
     assert snapshot(tmp_path) == before and (out.is_char_device() or out.exists())
+
+
+# --- other people's databases, broken rows, garbled pages ---------------------------------------------
+
+
+def _foreign(d: Path) -> Path:
+    path = d / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE users (name TEXT, password TEXT)")
+        conn.execute("INSERT INTO users VALUES ('alice', 'S3CRET')")
+    return path
+
+
+STORE_MAKERS = {
+    "another application's database": _foreign,
+    "an empty file": lambda d: (d / "empty.db").write_bytes(b"") or d / "empty.db",
+    "a text file": lambda d: (d / "notes.db").write_text("S3CRET notes\n") and d / "notes.db",
+}
+READ_COMMANDS = {
+    "runs list": lambda s, d: ["runs", "list", "--store", s],
+    "runs show": lambda s, d: ["runs", "show", "abc", "--store", s],
+    "runs export": lambda s, d: ["runs", "export", "--out", d / "out.csv", "--store", s],
+    "fit": lambda s, d: ["fit", "--store", s],
+    "report": lambda s, d: ["report", "--store", s, "--out", d / "report"],
+    "plan": lambda s, d: ["plan", Path(__file__).parent / "corpus" / "records" / "empty_key.jsonl", "--model", "tiny",
+                          "--store", s],
+}
+
+
+@pytest.mark.parametrize("command", list(READ_COMMANDS))
+@pytest.mark.parametrize("kind", list(STORE_MAKERS))
+def test_read_commands_refuse_a_file_that_is_not_a_memlaw_store_and_write_nothing(tmp_path, kind, command):
+    path = STORE_MAKERS[kind](tmp_path)
+    before = snapshot(tmp_path)
+    got = cli(*READ_COMMANDS[command](path, tmp_path))
+    assert_refused(got, place=str(path), cause="not a memlaw store")
+    assert snapshot(tmp_path) == before        # no schema, no WAL mode, no -wal/-shm files, no output
+
+
+def test_sweep_refuses_another_applications_database(tmp_path):
+    path = _foreign(tmp_path)
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: s\nmodel: tiny\nranks: [2]\nlengths: [20]\ntrain: {max_steps: 1}\n")
+    before = snapshot(tmp_path)
+    assert_refused(cli("sweep", grid, "--store", path), place=str(path), cause="other tables (users)")
+    assert snapshot(tmp_path) == before
+
+
+def _bad_rows(store: Path) -> dict[str, str]:
+    """Copies of the store's one good row with a defect each; returns key -> the cause to report."""
+    defects = {"b" * 64: ("metrics", "{not json", "column metrics is not valid JSON"),
+               "c" * 64: ("delta_loss", "S3CRET", "column delta_loss holds str, not REAL"),
+               "d" * 64: ("config", "[1, 2]", "column config is not a JSON object"),
+               "e" * 64: ("rank", "four", "column rank holds str, not INTEGER")}
+    with sqlite3.connect(store) as conn:
+        names = [r[1] for r in conn.execute("PRAGMA table_info(cells)")]
+        good = conn.execute("SELECT * FROM cells").fetchone()
+        for key, (column, value, _) in defects.items():
+            row = dict(zip(names, good), key=key, **{column: value})
+            conn.execute(f"INSERT INTO cells ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                         [row[n] for n in names])
+        conn.execute("INSERT INTO token_probs VALUES (?, 1, 0, ?)", ("b" * 64, b"\x00\x01\x02"))
+    return {key: cause for key, (_, _, cause) in defects.items()}
+
+
+def test_bad_rows_are_reported_by_key_and_skipped(store_file, tmp_path):
+    bad = _bad_rows(store_file)
+    code, stdout, stderr = cli_process("runs", "list", "--store", store_file, "--json")   # the real log handler
+    assert code == 0, stderr
+    assert len(json.loads(stdout)) == 1                                       # the good row only
+    for key, cause in bad.items():
+        assert f"cell '{key}' cannot be read ({cause}); skipped" in stderr
+    assert "Traceback" not in stderr and "S3CRET" not in stderr
+    code, stdout, stderr = cli_process("runs", "export", "--out", tmp_path / "x.csv", "--store", store_file)
+    assert code == 0 and "exported 1 cells" in stdout and stderr.count("cannot be read") == len(bad)
+    assert_refused(cli("runs", "show", "c" * 12, "--store", store_file), place=str(store_file),
+                   cause=f"cell '{'c' * 64}' cannot be read (column delta_loss holds str, not REAL)")
+
+
+@pytest.mark.parametrize("command", ["runs list", "runs export", "fit", "report", "sweep"])
+@pytest.mark.parametrize("pages", ["schema", "cells"], ids=["schema pages", "the page of the cell row"])
+def test_garbled_page_is_one_line_not_a_traceback(store_file, tmp_path, command, pages):
+    data = bytearray(store_file.read_bytes())
+    page = 4096
+    row = data.index(b"HYPERLINK") // page      # the cells row (the sweep name is stored nowhere else)
+    for n in ((1, 2) if pages == "schema" else (row,)):
+        assert n != 0
+        data[n * page: (n + 1) * page] = bytes((i * 37 + 11) % 256 for i in range(page))
+    store_file.write_bytes(bytes(data))
+    for side in ("-wal", "-shm"):
+        Path(f"{store_file}{side}").unlink(missing_ok=True)
+    grid = tmp_path / "g.yaml"
+    args = (["sweep", grid, "--store", store_file, "--quiet"] if command == "sweep"
+            else READ_COMMANDS[command](store_file, tmp_path))
+    assert_refused(cli(*args), place=str(store_file), cause="database disk image is malformed")
+
+
+# --- spreadsheet formulas: text cells of a CSV export never start a formula ----------------------------
+
+
+def test_csv_export_neutralises_formula_cells(store_file, tmp_path):
+    import csv
+
+    from memlaw.fileio import csv_cell
+
+    assert [csv_cell(v) for v in ("=1+1", "+1", "-cmd", "@SUM(A1)", "\tx", "\rx", "plain", "", -0.5, 3, None)] == \
+        ["'=1+1", "'+1", "'-cmd", "'@SUM(A1)", "'\tx", "'\rx", "plain", "", -0.5, 3, None]
+    with sqlite3.connect(store_file) as conn:     # a text column that starts like a negative number, too
+        conn.execute("UPDATE cells SET model = '-2+3'")
+    code, _, stderr = cli("runs", "export", "--out", tmp_path / "runs.csv", "--store", store_file)
+    assert code == 0, stderr
+    (row,) = csv.DictReader((tmp_path / "runs.csv").open(newline=""))
+    assert row["sweep"] == "'=HYPERLINK(\"https://evil.example\")" and row["model"] == "'-2+3"
+    assert all(not v.startswith(("=", "+", "-", "@", "\t", "\r")) or _is_number(v) for v in row.values())
+    assert float(row["delta_loss"]) == pytest.approx(float(row["delta_loss"])) and int(row["rank"]) == 2
+    json.loads(row["config"])                   # JSON columns start with '{' and are written as they are
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def test_read_commands_leave_a_memlaw_store_byte_for_byte(store_file, tmp_path):
+    import hashlib
+
+    digest = hashlib.sha256(store_file.read_bytes()).hexdigest()
+    for command in ("runs list", "runs export", "fit", "report"):
+        code, _, stderr = cli(*READ_COMMANDS[command](store_file, tmp_path))
+        assert code in (0, 2) and "Traceback" not in stderr, stderr
+    assert hashlib.sha256(store_file.read_bytes()).hexdigest() == digest

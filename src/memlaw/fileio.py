@@ -189,6 +189,17 @@ def _count_nodes(node, memo: dict[int, int]) -> int:
 
 # --- writing ---------------------------------------------------------------------------------
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""Characters that make a spreadsheet read a CSV text cell as a formula (OWASP, "CSV injection")."""
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell that a spreadsheet shows and never runs: text starting with one of
+    `FORMULA_START` gets a leading apostrophe (`=1+1` is written `'=1+1`); other values pass as they are
+    (numbers stay numbers: -0.5 is a number, not a formula). docs/store.md states the convention."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 
 def check_output_file(path: str | os.PathLike) -> Path:
     """Check that a file may be written at `path` by renaming a new one over it.

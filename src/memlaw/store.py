@@ -5,6 +5,10 @@
   moment leaves each cell either fully stored or absent, so a resumed sweep loses and duplicates nothing.
 - A stored `done` row is never replaced (insert-or-ignore on the cell key); a `failed` row is
   replaced when the cell is run again.
+- Only memlaw stores are opened: a SQLite file without memlaw's tables is refused before anything
+  is written to it. Read-only opens (`create=False`: runs, fit, plan, report) never write.
+- A row that cannot be read (bad JSON, text in a number column) is skipped with a warning naming
+  its key, or, asked for by key, refused; SQLite errors (a garbled page) are `StoreError`s.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np
 
 from memlaw.config import json_ready
 from memlaw.errors import StoreError
-from memlaw.fileio import atomic_write_text, check_output_file
+from memlaw.fileio import atomic_write_text, check_output_file, csv_cell
 
 logger = logging.getLogger(__name__)
 
@@ -121,39 +125,48 @@ class Store:
 
     def finished_keys(self) -> set[str]:
         """Keys of the cells stored as `done` (a sweep skips these)."""
-        return {k for (k,) in self._query("SELECT key FROM cells WHERE status = 'done'")}
+        return {k for (k,) in self._rows("SELECT key FROM cells WHERE status = 'done'")}
 
     def is_done(self, key: str) -> bool:
-        return self._query("SELECT 1 FROM cells WHERE key = ? AND status = 'done'", (key,)).fetchone() is not None
+        return bool(self._rows("SELECT 1 FROM cells WHERE key = ? AND status = 'done'", (key,)))
 
-    def load_cells(self, where: str | Mapping[str, Any] | None = None, *, status: str | None = "done") -> list[dict]:
+    def load_cells(self, where: str | Mapping[str, Any] | None = None, *, status: str | None = "done",
+                   strict: bool = False) -> list[dict]:
         """Rows as dicts (config, metrics, versions parsed from JSON), oldest first.
 
         Args:
             where: a filter on the flat columns: "model=smollm2-135m,kind=probe,rank>=4" (ops = != < <= > >=,
                 clauses joined by AND) or a mapping of column -> value (equality).
             status: "done" (default), "failed", or None for every row.
+            strict: raise on a row that cannot be read instead of skipping it with a warning.
+
+        Raises:
+            StoreError: a SQLite error, or (strict) a row that cannot be read, naming its key.
         """
         clauses, params = parse_where(where)
         if status is not None:
             clauses.append("status = ?")
             params.append(status)
         sql = "SELECT * FROM cells" + (f" WHERE {' AND '.join(clauses)}" if clauses else "") + " ORDER BY created, rowid"
-        cur = self._query(sql, params)
-        names = [d[0] for d in cur.description]
-        rows = []
-        for values in cur:
+        names, rows = self._rows(sql, params, names=True)
+        out = []
+        for values in rows:
             row = dict(zip(names, values))
-            for c in _JSON_COLUMNS:
-                row[c] = json.loads(row[c])
-            rows.append(row)
-        return rows
+            problem = _row_problem(row)
+            if problem is not None:
+                message = f"{self.path}: cell {str(row.get('key'))[:64]!r} cannot be read ({problem})"
+                if strict:
+                    raise StoreError(message)
+                logger.warning("%s; skipped", message)
+                continue
+            out.append(row)
+        return out
 
     def find_key(self, prefix: str) -> str:
         """The full key that starts with `prefix` (like a git hash). StoreError if none or several."""
         if not re.fullmatch(r"[0-9a-f]{1,64}", prefix or ""):
-            raise StoreError(f"cell key must be hex digits, got {prefix!r}")
-        keys = [k for (k,) in self._query("SELECT key FROM cells WHERE key LIKE ?", (prefix + "%",))]
+            raise StoreError(f"cell key must be hex digits, got {prefix[:80]!r}")
+        keys = [k for (k,) in self._rows("SELECT key FROM cells WHERE key LIKE ?", (prefix + "%",))]
         if not keys:
             raise StoreError(f"{self.path}: no cell with key {prefix!r}; `memlaw runs list` shows the keys")
         if len(keys) > 1:
@@ -161,13 +174,21 @@ class Store:
         return keys[0]
 
     def token_probs(self, key: str) -> list[tuple[int, int, np.ndarray]]:
-        """(step, record index, p_t as float32 array) of one cell, in step then record order."""
-        cur = self._query("SELECT step, record, p FROM token_probs WHERE key = ? ORDER BY step, record", (key,))
-        return [(s, r, np.frombuffer(p, dtype=np.float16).astype(np.float32)) for s, r, p in cur]
+        """(step, record index, p_t as float32 array) of one cell, in step then record order.
+
+        Rows that cannot be read (a blob of odd length, a step that is not an integer) are skipped
+        with a warning."""
+        out = []
+        for s, r, p in self._rows("SELECT step, record, p FROM token_probs WHERE key = ? ORDER BY step, record", (key,)):
+            if not (isinstance(s, int) and isinstance(r, int) and isinstance(p, bytes) and len(p) % 2 == 0):
+                logger.warning("%s: a token_probs row of cell %r cannot be read; skipped", self.path, key[:64])
+                continue
+            out.append((s, r, np.frombuffer(p, dtype=np.float16).astype(np.float32)))
+        return out
 
     def count(self) -> dict[str, int]:
         """Rows per status."""
-        return dict(self._query("SELECT status, COUNT(*) FROM cells GROUP BY status").fetchall())
+        return dict(self._rows("SELECT status, COUNT(*) FROM cells GROUP BY status"))
 
     def export(self, path: str | os.PathLike, format: str = "csv", *,
                where: str | Mapping[str, Any] | None = None, status: str | None = "done") -> int:
@@ -185,7 +206,7 @@ class Store:
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
             w.writeheader()
-            w.writerows(rows)
+            w.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)   # text never a live formula
             atomic_write_text(path, buf.getvalue())
             return len(rows)
         try:
@@ -209,11 +230,14 @@ class Store:
 
     # ---------------------------------------------------------------- plumbing
 
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+    def _rows(self, sql: str, params: Iterable[Any] = (), *, names: bool = False):
+        """Every row of a query, fetched inside the error boundary (a garbled page fails while fetching)."""
         try:
-            return self.conn.execute(sql, tuple(params))
+            cur = self.conn.execute(sql, tuple(params))
+            rows = cur.fetchall()
         except sqlite3.Error as e:
-            raise StoreError(f"{self.path}: {e}") from e
+            raise StoreError(f"{self.path}: cannot be read ({e}); the store is damaged") from e
+        return ([d[0] for d in cur.description], rows) if names else rows
 
     def close(self) -> None:
         self.conn.close()
@@ -226,39 +250,83 @@ class Store:
 
 
 def open_store(path: str | os.PathLike, *, create: bool = True) -> Store:
-    """Open (and, with `create`, make) a store; sets WAL, checks the schema version.
+    """Open a store: with `create` for writing (made if needed, WAL), without it read only.
+
+    A file that is not a memlaw store (another application's SQLite database, an empty file, not
+    SQLite at all) is refused before anything is written to it; read-only opens never write.
 
     Raises:
-        StoreError: the file is missing (create=False), not SQLite, or from a newer memlaw.
+        StoreError: the file is missing (create=False), a directory, not a memlaw store, or from a
+            newer memlaw.
     """
     path = Path(path)
     if not create and not path.is_file():
         raise StoreError(f"{path}: no such store; run `memlaw sweep GRID.yaml --store {path}` first")
     if path.is_dir():
         raise StoreError(f"{path}: is a directory, not a store file")
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                                   isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        _ensure_schema(conn, path)
-    except sqlite3.DatabaseError as e:
-        raise StoreError(f"{path}: not a memlaw store ({e})") from e
+        _check_memlaw(conn, path, empty_ok=create)
+        if create:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            _ensure_schema(conn, path)
+    except sqlite3.Error as e:
+        raise StoreError(f"{path}: not a memlaw store, or a damaged one ({e})") from e
     return Store(conn, path)
+
+
+def _check_memlaw(conn: sqlite3.Connection, path: Path, *, empty_ok: bool) -> None:
+    """Refuse a database that is not a memlaw store (reading only); `empty_ok`: one with no tables may become one."""
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables and empty_ok:
+        return
+    if "schema_version" not in tables or "cells" not in tables:
+        what = "an empty database" if not tables else f"a SQLite database with other tables ({', '.join(sorted(tables)[:3])})"
+        raise StoreError(f"{path}: not a memlaw store ({what}); give the --store a sweep wrote, or a new path")
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(cells)")}
+    missing = [c for c in ALL_COLUMNS if c not in columns]
+    if missing:
+        raise StoreError(f"{path}: not a memlaw store (its cells table has no column {missing[0]!r})")
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    version = row[0] if row else None
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise StoreError(f"{path}: schema version {version!r} is not one this memlaw reads ({SCHEMA_VERSION}); "
+                         "upgrade memlaw")
+
+
+def _row_problem(row: dict) -> str | None:
+    """Why a `cells` row cannot be used (its JSON columns parsed in place), or None."""
+    for name, typ in ALL_COLUMNS.items():
+        value = row.get(name)
+        if name in _JSON_COLUMNS:
+            try:
+                row[name] = json.loads(value)
+            except (TypeError, ValueError, RecursionError):
+                return f"column {name} is not valid JSON"
+            if not isinstance(row[name], dict):
+                return f"column {name} is not a JSON object"
+        elif value is not None and not isinstance(value, _PY_TYPES[typ]):
+            return f"column {name} holds {type(value).__name__}, not {typ}"
+        elif value is None and name in ("key", "status", "model", "kind", "objective", "benchmark"):
+            return f"column {name} is empty"
+    return None
+
+
+_PY_TYPES = {"TEXT": str, "INTEGER": int, "REAL": (int, float)}
 
 
 def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
     have = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
-    if have:
-        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        version = row[0] if row else None
-        if version is not None and version > SCHEMA_VERSION:
-            raise StoreError(f"{path}: schema version {version} is newer than this memlaw's ({SCHEMA_VERSION}); "
-                             "upgrade memlaw")
-        if version == SCHEMA_VERSION:
-            return
+    if have and conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION:
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         for stmt in filter(str.strip, _SCHEMA.split(";")):  # not executescript: it would COMMIT our transaction

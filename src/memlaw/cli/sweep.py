@@ -217,7 +217,7 @@ def runs_show(
 
         with open_store(store, create=False) as db:
             full = db.find_key(key)
-            (row,) = db.load_cells({"key": full}, status=None)
+            (row,) = db.load_cells({"key": full}, status=None, strict=True)
             row["token_probs_rows"] = len(db.token_probs(full))
         out.print_json(json.dumps(row))
 

@@ -36,7 +36,7 @@ runner = CliRunner()
 
 
 def write_args(records: Path, out: Path, seed: int) -> list[str]:
-    return ["write", str(records), *TINY, "--seed", str(seed), "--out", str(out)]
+    return ["write", str(records), *TINY, "--seed", str(seed), "--out", str(out), "--force"]   # over the previous one
 
 
 # --- the child: a `memlaw write` that may kill itself at one point of the save -----------------------

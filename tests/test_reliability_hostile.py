@@ -483,3 +483,135 @@ def test_read_commands_leave_a_memlaw_store_byte_for_byte(store_file, tmp_path):
         code, _, stderr = cli(*READ_COMMANDS[command](store_file, tmp_path))
         assert code in (0, 2) and "Traceback" not in stderr, stderr
     assert hashlib.sha256(store_file.read_bytes()).hexdigest() == digest
+
+
+# --- keys that render to the same prompt ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change,keys", [
+    ("nfc", ["caf\u00e9", "cafe\u0301"]),            # NFC and NFD of one word
+    ("trim", ["alice", "alice  "]),                  # a chat template that trims the turn
+], ids=["Unicode normalization", "trailing whitespace"])
+def test_keys_that_render_to_the_same_prompt_are_refused_with_both_lines(tiny_base, tmp_path, change, keys):
+    import copy
+
+    from tokenizers import normalizers
+
+    from memlaw.config import PromptConfig
+    from memlaw.encode import encode
+    from memlaw.errors import RecordError
+    from memlaw.records import load_records
+
+    tok = copy.deepcopy(tiny_base.tokenizer)
+    if change == "nfc":
+        tok.backend_tokenizer.normalizer = normalizers.NFC()
+    else:
+        tok.chat_template = tok.chat_template.replace("message['content']", "(message['content'] | trim)")
+    path = tmp_path / "mem.jsonl"
+    write_records(path, [Record("other", "S3CRET0"), Record(keys[0], "S3CRET1"), Record(keys[1], "S3CRET2")])
+    records = load_records(path)
+    with pytest.raises(RecordError) as e:
+        encode(records, tok, PromptConfig(template="chat"))
+    message = str(e.value)
+    assert message.startswith(f"{path}:3: key {keys[1]!r} renders to the same prompt tokens as key {keys[0]!r} at {path}:2")
+    assert "S3CRET" not in message
+    encode(records, tiny_base.tokenizer, PromptConfig(template="chat"))   # the byte-level tokenizer keeps them apart
+
+
+# --- runs that will obviously not fit: the cost is said first, what cannot work is refused -------------
+
+
+@pytest.mark.parametrize("cfg", [dict(kind="probe", rank=8, layer=1), dict(kind="lora", rank=4),
+                                 dict(kind="lora", rank=2, lora_targets=("q_proj", "down_proj"), lora_layers=(0, 3))],
+                         ids=["probe", "lora all-linear", "lora two targets in two layers"])
+def test_parameter_count_matches_the_attached_adapter(tiny_base, cfg):
+    from memlaw.adapters import make_adapter
+    from memlaw.config import AdapterConfig
+    from memlaw.cost import n_params
+
+    cfg = AdapterConfig(**cfg)
+    predicted = n_params(cfg, tiny_base)
+    ad = make_adapter(cfg, tiny_base)
+    ad.attach(tiny_base)
+    try:
+        assert predicted == ad.n_params() == sum(p.numel() for p in ad.parameters()) > 0
+        assert n_params(cfg, tiny_base) == predicted       # a LoRA already attached is not counted twice
+    finally:
+        ad.detach()
+
+
+@pytest.mark.parametrize("args,cause", [
+    (["--rank", "65"], "rank 65 is more than the hidden size 64: a rank-65 map in 64 dimensions has rank at most 64"),
+    (["--adapter", "lora", "--rank", "33"], "rank 33 is more than layers.0.self_attn.k_proj (64 -> 32)"),
+], ids=["probe rank above the hidden size", "lora rank above a target's width"])
+def test_adapter_that_cannot_work_is_refused_before_training(tmp_path, args, cause):
+    records = tmp_path / "mem.jsonl"
+    write_records(records, [Record("key a", "S3CRET")])
+    before = snapshot(tmp_path)
+    assert_refused(cli("write", records, *TINY, "--max-steps", "5", *args, "--out", tmp_path / "ad"),
+                   place="adapter", cause=cause)
+    assert snapshot(tmp_path) == before
+
+
+def test_sweep_with_a_rank_that_cannot_work_is_refused_and_stores_no_cell(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: big\nmodel: tiny\ndtype: float32\nranks: [2, 100]\nlengths: [20]\n"
+                    "adapter: {kind: probe, layer: 1}\ntrain: {lr: 0.03, batch_size: 8, max_steps: 2, until: budget}\n")
+    assert_refused(cli("sweep", grid, "--store", tmp_path / "runs.db"), place="adapter",
+                   cause="rank 100 is more than the hidden size 64")
+    with sqlite3.connect(tmp_path / "runs.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM cells").fetchone() == (0,)
+
+
+def test_training_state_larger_than_memory_is_refused(tiny_base):
+    from memlaw.config import AdapterConfig
+    from memlaw.cost import check_feasible, device_memory
+    from memlaw.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"1,024 parameters; training them takes 16.0 KiB .* more than the 1000 bytes"):
+        check_feasible(AdapterConfig(rank=8), tiny_base, memory_bytes=1000)
+    assert device_memory(tiny_base.device) > 1 << 20
+    check_feasible(AdapterConfig(rank=8), tiny_base)       # the real machine holds it
+
+
+def test_write_says_what_it_will_cost_and_the_size_is_the_files(tmp_path):
+    records = tmp_path / "mem.jsonl"
+    write_records(records, [Record(f"key {c}", f"S3CRET{i}") for i, c in enumerate("abcd")])
+    code, stdout, stderr = cli("write", records, *TINY, "--until", "budget", "--max-steps", "40", "--out",
+                               tmp_path / "ad", "--json")
+    assert code == 0, stderr
+    cost = json.loads(stdout)["cost"]
+    assert cost["n_params"] == 2 * 64 * 8 and cost["adapter_bytes"] == 4 * cost["n_params"]
+    assert cost["steps"] == 40 and cost["step_s"] > 0 and cost["seconds"] > 40 * cost["step_s"]
+    on_disk = (tmp_path / "ad" / "adapter.safetensors").stat().st_size
+    assert cost["adapter_bytes"] <= on_disk <= cost["adapter_bytes"] + 200        # + the safetensors header
+    line = stderr.splitlines()[0]                 # said before the write starts
+    assert line.startswith("cost: 1,024 trainable parameters (4.0 KiB on disk, float32), at most 40 optimizer "
+                           "steps over 4 records; ") and line.endswith(" s just now)")
+
+
+def test_the_measure_changes_nothing_the_write_computes(tmp_path, tiny_base):
+    from memlaw.config import AdapterConfig, PromptConfig, TrainConfig
+    from memlaw.memory import write_memory
+
+    records = tmp_path / "mem.jsonl"
+    write_records(records, [Record(f"key {c}", f"S3CRET{i}") for i, c in enumerate("abcd")])
+    code, _, stderr = cli("write", records, *TINY, "--until", "budget", "--max-steps", "30", "--out", tmp_path / "cli")
+    assert code == 0, stderr
+    write_memory(records, model=tiny_base, out=tmp_path / "api", adapter=AdapterConfig(rank=8, layer=1),
+                 train=TrainConfig(lr=0.03, batch_size=8, max_steps=30, until="budget"),
+                 prompt=PromptConfig(template="plain"))
+    assert (tmp_path / "cli" / "adapter.safetensors").read_bytes() == (tmp_path / "api" / "adapter.safetensors").read_bytes()
+
+
+def test_time_formula_and_wording():
+    from memlaw.config import TrainConfig
+    from memlaw.cost import Cost, _duration, write_seconds
+
+    train = TrainConfig(max_steps=100, batch_size=8, check_every=10)
+    assert write_seconds(train, 16, 0.5) == pytest.approx(100 * 0.5 + 11 * 2 * 0.5 / 3)
+    assert [_duration(s) for s in (0.2, 42, 600, 7200, 5 * 86400, 1e9 * 0.5)] == \
+        ["under a second", "42 s", "10 min", "2.0 h", "5 days", "15.9 years"]
+    line = Cost(n_params=3 << 30, steps=10**9, n_records=200_000, step_s=0.5, seconds=5e8).line()
+    assert line == ("cost: 3,221,225,472 trainable parameters (12.0 GiB on disk, float32), at most 1,000,000,000 "
+                    "optimizer steps over 200,000 records; about 15.9 years at most (one step took 0.5 s just now)")

@@ -115,7 +115,7 @@ def test_values_appear_only_in_recall_output_and_records_file(secret_records, tm
 
     write = ["write", path, *TINY, "--max-steps", "400", "--out", out]
     run("write", *write, "--verbose")
-    run("write json", *write, "--json")
+    run("write json", *write, "--json", "--force")
     run("verify", "verify", out)
     run("verify json", "verify", out, "--json")
     run("verify per-record redact", "verify", out, "--per-record", "--redact")

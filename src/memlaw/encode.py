@@ -104,12 +104,14 @@ def encode(records: Sequence[Record], tokenizer, prompt: PromptConfig, *, max_le
     Raises:
         RecordError: (naming the record's file:line, never its value) when a value does not survive
             `decode(encode(value)) == value`, contains a special token, or the record is longer
-            than `max_length` tokens.
+            than `max_length` tokens; or when two keys render to the same prompt token ids (a
+            tokenizer that normalizes Unicode, a template that trims), naming both keys' places.
     """
     prompt = resolve_prompt(prompt, tokenizer)
     term = terminator_ids(tokenizer, prompt)
     special = set(tokenizer.all_special_ids)
     p_ids, v_ids = [], []
+    rendered: dict[tuple[int, ...], tuple[str, str]] = {}     # prompt ids -> (key, where) of the first record
     for i, rec in enumerate(records):
         where = rec.where or f"record {i + 1}"
         if max_length is not None and _surely_longer(rec.value, tokenizer, max_length):
@@ -122,6 +124,12 @@ def encode(records: Sequence[Record], tokenizer, prompt: PromptConfig, *, max_le
         if special.intersection(ids):
             raise RecordError(f"{where}: value of key {shorten(rec.key)} contains a special token of this tokenizer")
         pid = prompt_ids(rec.key, tokenizer, prompt)
+        first = rendered.setdefault(tuple(pid), (rec.key, where))
+        if first[1] != where:
+            raise RecordError(f"{where}: key {shorten(rec.key)} renders to the same prompt tokens as key "
+                              f"{shorten(first[0])} at {first[1]} (the tokenizer or the prompt template drops what "
+                              f"tells them apart: Unicode normalization, whitespace), so the model cannot hold both; "
+                              f"remove or rename one")
         n = len(pid) + len(ids) + len(term)
         if max_length is not None and n > max_length:
             raise RecordError(f"{where}: record of key {shorten(rec.key)} is {n} tokens, more than the model's context of {max_length}")

@@ -297,8 +297,10 @@ def _check_memlaw(conn: sqlite3.Connection, path: Path, *, empty_ok: bool) -> No
         raise StoreError(f"{path}: not a memlaw store (its cells table has no column {missing[0]!r})")
     row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
     version = row[0] if row else None
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise StoreError(f"{path}: schema version {version!r} is not one this memlaw reads ({SCHEMA_VERSION}); "
+    if not isinstance(version, int):
+        raise StoreError(f"{path}: not a memlaw store (schema version {str(version)[:40]!r})")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path}: schema version {version} is newer than this memlaw's ({SCHEMA_VERSION}); "
                          "upgrade memlaw")
 
 

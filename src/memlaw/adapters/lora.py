@@ -16,6 +16,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
+from memlaw.cost import check_feasible
 from memlaw.errors import AdapterError
 from memlaw.model_names import hub_id
 
@@ -24,6 +25,7 @@ TENSORS = "adapter_model.safetensors"
 
 def make(cfg, base, seed: int = 0) -> "LoraAdapter":
     """A fresh PEFT LoRA from an `AdapterConfig` (dropout None: 0.0; alpha None: 2·rank)."""
+    check_feasible(cfg, base)                # a rank above a targeted layer's dimensions cannot help
     return LoraAdapter(cfg.rank, alpha=cfg.lora_alpha, dropout=cfg.dropout or 0.0,
                        targets=cfg.lora_targets, layers=cfg.lora_layers, seed=seed)
 

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from memlaw.cost import check_feasible
 from memlaw.errors import AdapterError
 
 TENSORS = "adapter.safetensors"
@@ -35,6 +36,7 @@ def make(cfg, base, seed: int = 0) -> "ProbeAdapter":
     layer = cfg.layer if cfg.layer is not None else default_layer(base.n_layers, base.family)
     if layer >= base.n_layers:
         raise AdapterError(f"layer {layer} does not exist: the model has {base.n_layers} layers (0..{base.n_layers - 1})")
+    check_feasible(cfg, base)                # a rank above the hidden size cannot help
     dropout = cfg.dropout if cfg.dropout is not None else 0.1
     return ProbeAdapter(base.hidden_size, cfg.rank, layer, dropout, generator=torch.Generator().manual_seed(seed))
 

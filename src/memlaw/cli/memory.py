@@ -129,9 +129,12 @@ def write(
 
     Exit code 0 when every record is certified, 1 when the write ran but some record is not (the
     adapter is saved either way), 2 for bad input. Bad records, an unknown --model or an --out that
-    is not an adapter directory are refused before any training, and nothing is written. OUT is
-    replaced atomically: killed at any moment, it holds the previous adapter or the new one, never a
-    mix; rerun the command to finish an interrupted write.
+    is not an adapter directory are refused before any training, and nothing is written. Before
+    training it prints what the write will cost (trainable parameters, size on disk, an estimated
+    time from steps timed just now) and refuses an adapter that cannot work (a rank above the hidden
+    size, training state above the device's memory). OUT is replaced atomically: killed at any
+    moment, it holds the previous adapter or the new one, never a mix; rerun the command to finish
+    an interrupted write.
     """
     setup_logging(verbose)
     go_online(online)
@@ -149,16 +152,23 @@ def write(
         recs = load_records(records)
         check_out_dir(out_dir, force=force)
         check_model_name(model)
+        from memlaw.cost import estimate
+        from memlaw.encode import encode
         from memlaw.memory import write_memory
+        from memlaw.models import load_base
 
+        base = load_base(model, dtype=dtype, device=device)
+        objective_cfg = ObjectiveConfig(name=objective.value)
+        enc = encode(recs, base.tokenizer, prompt, max_length=base.context_length)
+        cost = estimate(base, enc, adapter_cfg, objective_cfg, train_cfg)   # refuses what cannot work
+        err.print(cost.line(), soft_wrap=True)
         bar, on_step = progress_bar(not as_json and sys.stderr.isatty())
         on_step = on_step or step_lines("write", until.value)
         with bar if bar is not None else nullcontext():
-            result = write_memory(recs, model=model, out=out_dir, adapter=adapter_cfg,
-                                  objective=ObjectiveConfig(name=objective.value), train=train_cfg,
-                                  prompt=prompt, dtype=dtype, device=device,
-                                  save_records=not no_records, on_step=on_step, force=force)
-        _report(result, str(out_dir), as_json, redact)
+            result = write_memory(recs, model=base, out=out_dir, adapter=adapter_cfg, objective=objective_cfg,
+                                  train=train_cfg, prompt=prompt, save_records=not no_records, on_step=on_step,
+                                  force=force)
+        _report(result, str(out_dir), as_json, redact, extra={"cost": cost.to_dict()})
         result.raise_unless_certified()      # NotCertifiedError: one line on stderr, exit 1
 
     run(go)

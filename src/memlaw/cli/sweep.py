@@ -115,6 +115,8 @@ def sweep(
 
     Exit code 0 when the sweep ran (cells that did not certify are results, stored as such), 2 for
     bad input.
+
+    Local executor: first prints what the cells still to run will cost, and refuses any that cannot work.
     """
     setup_logging(verbose)
     go_online(online)
@@ -142,7 +144,8 @@ def sweep(
                 return
             ctx, on_cell, on_step = sweep_progress(not as_json and sys.stderr.isatty(), quiet or as_json)
             options = ({"address": address, "num_gpus": num_gpus, "num_cpus": num_cpus, "actors": actors,
-                        "device": device} if executor == Executor.ray else {"device": device, "on_step": on_step})
+                        "device": device} if executor == Executor.ray else
+                       {"device": device, "on_step": on_step, "base": _announce_cost(cfg, db, device)})
             with ctx:
                 summary = run_sweep(cfg, db, executor=executor.value, on_cell=on_cell, **options)
         if as_json:
@@ -151,6 +154,21 @@ def sweep(
             out.print(summary.as_text() + f"; store {store}", markup=False, soft_wrap=True)
 
     run(go)
+
+
+def _announce_cost(cfg, db, device: str):
+    """Local executor: load the base, refuse cells that cannot work, print what the rest will cost; the base or None."""
+    from memlaw.cost import grid_line
+    from memlaw.models import load_base
+    from memlaw.sweep.cell import cell_records
+    from memlaw.sweep.progress import pending_cells
+
+    todo = pending_cells(cfg, db.finished_keys())
+    if not todo:
+        return None
+    base = load_base(cfg.model, dtype=cfg.dtype, device=device)
+    err.print(grid_line(todo, base, lambda c: cell_records(c.benchmark, c.length, base.tokenizer)), soft_wrap=True)
+    return base
 
 
 def _dry_run(cfg, finished: set[str], as_json: bool) -> None:

@@ -236,7 +236,7 @@ def test_adapter_metadata_is_strict_json(tmp_path):
     records = tmp_path / "mem.jsonl"
     write_records(records, [Record("key a", "S3CRET")])
     code, _, stderr = cli("write", records, *TINY, "--until", "budget", "--max-steps", "2", "--out", tmp_path / "ad")
-    assert code == 0, stderr
+    assert code in (0, 1), stderr                  # 1: saved, not every record certified
     json.loads((tmp_path / "ad" / "memlaw.json").read_text(),
                parse_constant=lambda c: pytest.fail(f"memlaw.json holds {c}"))
 
@@ -249,7 +249,7 @@ def memory(tmp_path_factory):
     d = tmp_path_factory.mktemp("memory")
     write_records(d / "mem.jsonl", [Record(f"key {c}", f"S3CRET{i}") for i, c in enumerate("abc")])
     code, _, stderr = cli("write", d / "mem.jsonl", *TINY, "--until", "budget", "--max-steps", "2", "--out", d / "ad")
-    assert code == 0, stderr
+    assert code in (0, 1), stderr                  # 1: saved, not every record certified
     return d / "ad"
 
 
@@ -281,7 +281,7 @@ def test_existing_memory_is_not_overwritten_without_force(tmp_path, memory):
     assert snapshot(tmp_path) == before
     code, _, stderr = cli("write", ad / "records.jsonl", *TINY, "--until", "budget", "--max-steps", "3",
                           "--seed", "1", "--out", ad, "--force")
-    assert code == 0, stderr
+    assert code in (0, 1), stderr                  # 1: saved, not every record certified
     meta = json.loads((ad / "memlaw.json").read_text())
     assert meta["training"]["train"]["seed"] == 1 and sorted(os.listdir(ad)) == meta["files"]
 
@@ -296,7 +296,7 @@ def test_memory_with_files_memlaw_did_not_write_is_replaced_only_with_force(tmp_
     assert snapshot(tmp_path) == before
     code, _, stderr = cli("write", ad / "records.jsonl", *TINY, "--until", "budget", "--max-steps", "2",
                           "--out", ad, "--force")
-    assert code == 0, stderr
+    assert code in (0, 1), stderr                  # 1: saved, not every record certified
     assert not (ad / "notes.txt").exists() and not (ad / "plots").exists()
 
 
@@ -579,7 +579,7 @@ def test_write_says_what_it_will_cost_and_the_size_is_the_files(tmp_path):
     write_records(records, [Record(f"key {c}", f"S3CRET{i}") for i, c in enumerate("abcd")])
     code, stdout, stderr = cli("write", records, *TINY, "--until", "budget", "--max-steps", "40", "--out",
                                tmp_path / "ad", "--json")
-    assert code == 0, stderr
+    assert code in (0, 1), stderr                  # 1: saved, not every record certified
     cost = json.loads(stdout)["cost"]
     assert cost["n_params"] == 2 * 64 * 8 and cost["adapter_bytes"] == 4 * cost["n_params"]
     assert cost["steps"] == 40 and cost["step_s"] > 0 and cost["seconds"] > 40 * cost["step_s"]
@@ -597,7 +597,7 @@ def test_the_measure_changes_nothing_the_write_computes(tmp_path, tiny_base):
     records = tmp_path / "mem.jsonl"
     write_records(records, [Record(f"key {c}", f"S3CRET{i}") for i, c in enumerate("abcd")])
     code, _, stderr = cli("write", records, *TINY, "--until", "budget", "--max-steps", "30", "--out", tmp_path / "cli")
-    assert code == 0, stderr
+    assert code in (0, 1), stderr                  # 1: saved, not every record certified
     write_memory(records, model=tiny_base, out=tmp_path / "api", adapter=AdapterConfig(rank=8, layer=1),
                  train=TrainConfig(lr=0.03, batch_size=8, max_steps=30, until="budget"),
                  prompt=PromptConfig(template="plain"))

@@ -615,3 +615,14 @@ def test_time_formula_and_wording():
     line = Cost(n_params=3 << 30, steps=10**9, n_records=200_000, step_s=0.5, seconds=5e8).line()
     assert line == ("cost: 3,221,225,472 trainable parameters (12.0 GiB on disk, float32), at most 1,000,000,000 "
                     "optimizer steps over 200,000 records; about 15.9 years at most (one step took 0.5 s just now)")
+
+
+def test_strict_yaml_keeps_what_yaml_allows(tmp_path):
+    from memlaw.fileio import load_yaml
+
+    path = tmp_path / "g.yaml"
+    path.write_text("base: &b {lr: 0.01, batch_size: 8}\ntrain: {<<: *b, lr: 0.03}\nranks: [1, 2]\nnames: [a, a]\n")
+    assert load_yaml(path) == {"base": {"lr": 0.01, "batch_size": 8}, "train": {"lr": 0.03, "batch_size": 8},
+                               "ranks": [1, 2], "names": ["a", "a"]}    # merge keys override; lists may repeat
+    path.write_text("")
+    assert load_yaml(path) is None

@@ -6,7 +6,7 @@
   and AdamW's two moments).
 - **Time**: the optimizer steps of the budget (the cap under `until="certified"`) times one step of
   this very write, measured just now on one batch of its records with a throwaway adapter (the real
-  loop: `train.write`, four steps, the second and third timed), plus the certificate checks (a forward pass over
+  loop: `train.write`, three steps, the second timed), plus the certificate checks (a forward pass over
   every record every `check_every` steps, taken as a third of a training step per batch). A rough
   figure: it holds for this machine's load at the moment it was measured.
 
@@ -135,9 +135,9 @@ def estimate(base, enc, adapter: AdapterConfig, objective: ObjectiveConfig, trai
              measure: bool = True) -> Cost:
     """The cost of writing `enc` with these settings; checks feasibility first (`check_feasible`).
 
-    With `measure`, four real optimizer steps on the first batch of records time one step (a few
-    seconds on SmolLM2 on a CPU); the adapter used is thrown away and the global RNG is reseeded
-    by the write that follows, so the write's numbers do not change.
+    With `measure`, three real optimizer steps (and one check) on the first batch of records time one
+    step, at the cost of about four steps of the write; the adapter used is thrown away and the
+    global RNG is reseeded by the write that follows, so the write's numbers do not change.
     """
     check_feasible(adapter, base)
     n = len(enc)
@@ -188,7 +188,7 @@ def _time_one_step(base, enc, adapter: AdapterConfig, objective: ObjectiveConfig
 
     k = min(train.batch_size, len(enc))
     sub = Encoded(enc.records[:k], enc.prompt, enc.terminator, enc.prompt_ids[:k], enc.value_ids[:k], enc.tokenizer)
-    cfg = dataclasses.replace(train, max_steps=4, epochs=None, until="budget", check_every=4)
+    cfg = dataclasses.replace(train, max_steps=3, epochs=None, until="budget", check_every=3)
     elapsed: dict[int, float] = {}
     ad = make_adapter(adapter, base, seed=train.seed)
     ad.attach(base)
@@ -196,7 +196,7 @@ def _time_one_step(base, enc, adapter: AdapterConfig, objective: ObjectiveConfig
         write(base, ad, sub, objective, cfg, on_step=lambda info: elapsed.setdefault(info.step, info.elapsed))
     finally:
         ad.detach()
-    return (elapsed[3] - elapsed[1]) / 2        # step 1 warms up; step 4 carries the certificate check
+    return elapsed[2] - elapsed[1]              # step 1 warms up; step 3 carries the certificate check
 
 
 def _size(n: int) -> str:

@@ -317,9 +317,9 @@ def test_memories_written_before_the_file_list_count_their_known_files(memory):
     meta = json.loads((memory / "memlaw.json").read_text())
     assert written_files(meta) == set(os.listdir(memory)) == set(meta["files"])
     del meta["files"]
-    assert written_files(meta) == {"memlaw.json", "records.jsonl", "adapter.safetensors"}
+    assert written_files(meta) == {"memlaw.json", "records.jsonl", "README.md", "adapter.safetensors"}
     assert written_files({"kind": "lora", "tensors_sha256": {"adapter_model.safetensors": ""}}) == \
-        {"memlaw.json", "records.jsonl", "adapter_model.safetensors", "adapter_config.json", "README.md"}
+        {"memlaw.json", "records.jsonl", "README.md", "adapter_model.safetensors", "adapter_config.json"}
 
 
 @pytest.fixture

@@ -628,3 +628,15 @@ def test_strict_yaml_keeps_what_yaml_allows(tmp_path):
                                "ranks": [1, 2], "names": ["a", "a"]}    # merge keys override; lists may repeat
     path.write_text("")
     assert load_yaml(path) is None
+
+
+def test_a_lora_memory_holds_only_files_memlaw_wrote(tmp_path):
+    records = tmp_path / "mem.jsonl"
+    write_records(records, [Record("key a", "S3CRET")])
+    args = ["write", records, *TINY, "--adapter", "lora", "--rank", "2", "--until", "budget", "--max-steps", "2",
+            "--out", tmp_path / "ad"]
+    assert cli(*args)[0] in (0, 1)
+    meta = json.loads((tmp_path / "ad" / "memlaw.json").read_text())
+    assert sorted(os.listdir(tmp_path / "ad")) == meta["files"]
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(meta["files"])
+    assert_refused(cli(*args), place=str(tmp_path / "ad"), cause="already holds a memory (1 record)")

@@ -88,7 +88,8 @@ def _check_replaceable(out: Path, *, replace: bool, force: bool) -> None:
         raise AdapterError(f"{out}: holds files memlaw did not write ({names}), which replacing the memory would "
                            f"delete; move them out, or pass --force to replace the directory with them")
     if not (replace or force):
-        raise AdapterError(f"{out}: already holds a memory ({meta.get('n_records', '?')} records); `memlaw update "
+        n = meta.get("n_records", "?")
+        raise AdapterError(f"{out}: already holds a memory ({n} record{'' if n == 1 else 's'}); `memlaw update "
                            f"{out} CHANGES` changes it in place, --force replaces it")
 
 

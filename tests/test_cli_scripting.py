@@ -232,6 +232,7 @@ def test_version_and_the_exit_codes_in_help():
     assert res.exit_code == 0 and res.stdout == f"memlaw {memlaw.__version__}\n"
     text = " ".join(runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).stdout.split())
     assert "Exit codes: 0 every record certified" in text and "130 interrupted" in text
+    assert "--online (or MEMLAW_ONLINE=1) lets write, demo, plan and sweep download a hub id" in text
     readme = (ROOT / "README.md").read_text()
     assert "| 130 |" in readme and "| 1 |" in readme and "| 2 |" in readme
 

@@ -27,7 +27,9 @@ from memlaw.errors import MemlawError, NotCertifiedError
 EXIT_CODES = ("Exit codes: 0 every record certified (write, demo), recalled exactly (verify), in memory and "
               "certified (recall), or the command succeeded; 1 it ran, but not every record certified or was "
               "recalled exactly, or a recalled key is not in the memory; 2 bad input (one line on stderr "
-              "names the file:line or option and the cause; nothing is written); 130 interrupted.")
+              "names the file:line or option and the cause; nothing is written); 130 interrupted. Network: "
+              "none unless asked; embedded models, local directories and the Hugging Face cache work offline, "
+              "and --online (or MEMLAW_ONLINE=1) lets write, demo, plan and sweep download a hub id.")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Write records into a frozen LLM's adapter, certify them, recall them exactly.",

@@ -24,11 +24,11 @@ def model_card(meta: dict[str, Any]) -> str:
     lora = kind == "lora"
     lines = ["---", f"base_model: {json.dumps(hub)}", f"library_name: {'peft' if lora else 'memlaw'}",
              "tags:", "  - memlaw", "  - parametric-memory", *(["  - lora"] if lora else []), "---", "",
-             f"# memlaw memory: {n} records in a {'PEFT LoRA' if lora else 'probe'} of rank {rank} on {hub}", ""]
+             f"# memlaw memory: {_records(n)} in a {'PEFT LoRA' if lora else 'probe'} of rank {rank} on {hub}", ""]
     lines += ["## What it holds", "",
-              f"- {n} records (key → value), {metrics.get('length', '?')} value tokens in all (ℓ, terminators "
+              f"- {_records(n)} (key → value), {metrics.get('length', '?')} value tokens in all (ℓ, terminators "
               f"excluded), {meta.get('n_params', '?'):,} trainable parameters." if isinstance(meta.get("n_params"), int)
-              else f"- {n} records (key → value).",
+              else f"- {_records(n)} (key → value).",
               f"- records sha256 `{meta.get('records_sha256', '?')}`; `records.jsonl` "
               f"{'is' if meta.get('records_saved') else 'is not'} in this directory. This card shows no key and "
               f"no value.", ""]
@@ -53,10 +53,14 @@ def model_card(meta: dict[str, Any]) -> str:
                   f"base = AutoModelForCausalLM.from_pretrained({json.dumps(hub)})",
                   'model = PeftModel.from_pretrained(base, "DIR")', "```", ""]
     if name in HUB_IDS:
-        lines += [f"The certificate holds for memlaw's embedded `{name}` (the hub's weights quantized to GGUF and "
-                  f"dequantized; fingerprint `{base['fingerprint'][:12]}`). On the hub's own weights the adapter "
+        lines += [f"The certificate was checked on memlaw's embedded `{name}` (the hub's weights quantized to GGUF "
+                  f"and dequantized; fingerprint `{base['fingerprint'][:12]}`). On the hub's own weights the adapter "
                   f"loads and runs, but the certificate is not re-checked there.", ""]
     return "\n".join(lines)
+
+
+def _records(n: Any) -> str:
+    return f"{n} record" if n == 1 else f"{n} records"
 
 
 def _count(metrics: dict[str, Any], key: str, n: Any) -> str:

@@ -54,7 +54,7 @@ def summary_section(rows: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[st
     ranks = sorted({r["rank"] for r in rows if r.get("rank") is not None})
     lengths = sorted({r["length"] for r in rows if r.get("length") is not None})
     sec.paragraphs.append(
-        f"What was measured: {len(rows)} memories, each a set of key → value records ({_sources(rows)}) "
+        f"What was measured: {_memories(len(rows))}, each a set of key → value records ({_sources(rows)}) "
         f"trained into a small adapter ({_names(rows, 'kind')}) of the frozen model {_names(rows, 'model')}, with "
         f"adapter ranks (sizes) {_span(ranks)} and memories of {_span(lengths)} value tokens. Each memory was then "
         "read back by greedy decoding and compared with its values.")
@@ -110,6 +110,10 @@ def symbols_section() -> Section:
     sec = Section(id="symbols", title="Symbols and words")
     sec.paragraphs += [f"{symbol}: {meaning}." for symbol, meaning in SYMBOLS.items()]
     return sec
+
+
+def _memories(n: int) -> str:
+    return "1 memory" if n == 1 else f"{n} memories"
 
 
 def _sources(rows: Sequence[Mapping[str, Any]]) -> str:

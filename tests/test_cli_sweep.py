@@ -193,6 +193,8 @@ def test_the_planned_command_certifies_or_the_plan_says_it_extrapolates(tmp_path
     (["fit", "--store", "{d}/nothing.db"], "no such store"),
     (["runs", "list", "--store", "{d}/r.db", "--where", "rnak=2"], "did you mean 'rank'"),
     (["plan", "{d}/bad.yaml", "--model", "tiny", "--store", "{d}/r.db"], "no finished cells"),
+    (["plan", "{d}/bad.yaml", "--model", "tiny", "--store", "{d}/r.db", "--format", "peft"], "writes a LoRA config"),
+    (["plan", "{d}/bad.yaml", "--model", "smollm2", "--store", "{d}/r.db"], "did you mean 'smollm2-135m'"),
 ])
 def test_errors_are_one_line_exit_2(tmp_path, args, cause):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**GRID, "rnaks": [1]}))

@@ -78,3 +78,45 @@ def test_plan_is_strict_json_and_quiet_on_a_degenerate_grid():
 def test_unknown_law_form_is_refused():
     with pytest.raises(ConfigError, match="law form must be one of paper"):
         plan(50, rows(), law="bounded-typo")
+
+
+LORA_SETTINGS = {"model": "smollm2-135m", "dtype": "auto", "adapter.kind": "lora", "adapter.lora_alpha": None,
+                 "adapter.lora_targets": "all-linear", "adapter.lora_layers": None, "adapter.dropout": None,
+                 "objective.name": "sft", "train.lr": 0.002, "train.batch_size": 16, "train.max_steps": 300,
+                 "train.epochs": None, "train.clip": 1.0, "train.until": "budget", "prompt.template": "chat"}
+
+
+def test_a_lora_plan_prints_the_write_command_and_peft_and_axolotl_configs():
+    import json
+
+    import yaml
+
+    p = plan(50, rows(), L_base=2.0)
+    p.settings = LORA_SETTINGS
+    assert p.config("memlaw", "mem.jsonl", "out") == (
+        "memlaw write mem.jsonl --out out --model smollm2-135m --dtype auto --adapter lora --rank 8 --objective sft "
+        "--max-steps 300 --lr 0.002 --batch-size 16 --template chat --until certified")
+    peft = json.loads(p.config("peft"))
+    assert peft["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert peft["lora_config"] == {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear",
+                                   "layers_to_transform": None, "bias": "none", "task_type": "CAUSAL_LM"}
+    assert peft["training_arguments"] == {
+        "learning_rate": 0.002, "lr_scheduler_type": "linear", "warmup_steps": 0, "weight_decay": 0.0,
+        "max_grad_norm": 1.0, "optim": "adamw_torch", "per_device_train_batch_size": 16,
+        "gradient_accumulation_steps": 1, "max_steps": 300}
+    ax = yaml.safe_load(p.config("axolotl", "mem.jsonl"))
+    assert (ax["base_model"], ax["adapter"], ax["lora_r"], ax["lora_alpha"], ax["lora_target_linear"]) == \
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", "lora", 8, 16, True)
+    assert (ax["learning_rate"], ax["max_steps"], ax["micro_batch_size"], ax["lr_scheduler"], ax["warmup_steps"]) == \
+        (0.002, 300, 16, "linear", 0)
+    assert ax["datasets"][0]["path"] == "mem.jsonl" and ax["train_on_inputs"] is False
+
+
+def test_peft_and_axolotl_configs_are_for_lora_plans_only():
+    p = plan(50, rows(), L_base=2.0)
+    p.settings = {**LORA_SETTINGS, "adapter.kind": "probe"}
+    for fmt in ("peft", "axolotl"):
+        with pytest.raises(ConfigError, match="writes a LoRA config"):
+            p.config(fmt)
+    with pytest.raises(ConfigError, match="format must be one of memlaw, peft, axolotl"):
+        p.config("json")

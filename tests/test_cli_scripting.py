@@ -144,7 +144,7 @@ def test_recall_prints_one_line_per_key_escaping_control_characters(mixed):
 @pytest.mark.parametrize("value", ["plain é 📞 [b]", "a\nb", "tab\t", "\u202edir", "zw\u200bj", "\x1b[2J", '"q"',
                                    "back\\slash\n", "\ud800"])
 def test_shown_values_are_printable_and_parse_back(value):
-    from memlaw.cli.memory import show_value
+    from memlaw.cli.recall import show_value
 
     shown = show_value(value)
     assert shown.isprintable() and "\n" not in shown

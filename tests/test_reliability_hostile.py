@@ -640,3 +640,23 @@ def test_a_lora_memory_holds_only_files_memlaw_wrote(tmp_path):
     assert sorted(os.listdir(tmp_path / "ad")) == meta["files"]
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(meta["files"])
     assert_refused(cli(*args), place=str(tmp_path / "ad"), cause="already holds a memory (1 record)")
+
+
+def test_demo_replaces_its_own_earlier_memory_but_not_other_files(tmp_path, memory, monkeypatch):
+    import memlaw.memory
+
+    calls = []
+
+    def stub(*_a, **k):                             # the write starts: record it, then stop as Ctrl-C would
+        calls.append(k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(memlaw.memory, "write_memory", stub)
+    ad = _copy(memory, tmp_path)
+    assert cli("demo", "--model", "tiny", "--out", ad, "--n", "2")[0] == 130   # an earlier memory: accepted
+    assert calls and calls[0]["out"] == ad
+    (ad / "notes.txt").write_text("precious")
+    before = snapshot(tmp_path)
+    assert_refused(cli("demo", "--model", "tiny", "--out", ad, "--n", "2"), place=str(ad),
+                   cause="holds files memlaw did not write ('notes.txt')")
+    assert snapshot(tmp_path) == before

@@ -272,8 +272,8 @@ def demo(
     online: OnlineOpt = False,
     as_json: JsonOpt = False,
     redact: Annotated[bool, typer.Option(help="Hide values in the output.")] = False,
-    force: Annotated[bool, flag("--force", help="Replace a memory already at --out (e.g. an earlier demo's), "
-                                "with any files in it that memlaw did not write.")] = False,
+    force: Annotated[bool, flag("--force", help="Also replace files in --out that memlaw did not write (an "
+                                "earlier demo's memory there is replaced anyway).")] = False,
 ) -> None:
     """Write a PhoneBook into the embedded SmolLM2 until every entry certifies, then verify by greedy decoding.
 
@@ -287,15 +287,17 @@ def demo(
         from memlaw.model_names import check_model_name
 
         check_model_name(model)
+        from memlaw.adapters import check_out_dir
         from memlaw.memory import write_memory
 
+        check_out_dir(out_dir, replace=True, force=force)   # an earlier demo's memory is the demo's to replace
         t0 = time.perf_counter()
         recs = phonebook(n)
         bar, on_step = progress_bar(not as_json and sys.stderr.isatty())
         on_step = on_step or step_lines("demo", DEMO_TRAIN.until)
         with bar if bar is not None else nullcontext():
             result = write_memory(recs, model=model, out=out_dir, adapter=AdapterConfig(kind="probe", rank=rank),
-                                  train=DEMO_TRAIN, device=device, on_step=on_step, force=force)
+                                  train=DEMO_TRAIN, device=device, on_step=on_step, force=True)
         wall = time.perf_counter() - t0
         _report(result, str(out_dir), as_json, redact, extra={"demo_wall_s": round(wall, 3)})
         if not as_json:

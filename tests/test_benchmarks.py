@@ -247,3 +247,24 @@ def test_methods_grid_validates():
         MethodsGrid(benchmark="phonbook")
     with pytest.raises(ConfigError, match="methods"):
         MethodsGrid(benchmark="phonebook", methods=("MemFT",))
+
+
+def test_mixed_set_covers_its_kinds_and_encodes(tiny_base, plain):
+    from memlaw.benchmarks import MIXED_SIZE, mixed
+    from memlaw.encode import encode
+
+    recs = mixed()
+    assert len(recs) == MIXED_SIZE == 24 and mixed(5) == recs[:5]
+    assert len({r.key for r in recs}) == 24
+    values = [r.value for r in recs]
+    kinds = {
+        "url": r"^https://", "api key": r"^(sk_test_|AKIA|whsec_)", "icd-10": r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,4})?(; |$)",
+        "multi-line": r"\n", "latex": r"\\(frac|int|begin)", "cjk": r"[\u4e00-\u9fff\u3040-\u30ff\uac00-\ud7af]",
+        "statute": r"\bshall\b",
+    }
+    for kind, pattern in kinds.items():
+        assert any(re.search(pattern, v) for v in values), kind
+    enc = encode(recs, tiny_base.tokenizer, plain)              # every value survives decode(encode(value))
+    assert len(enc) == 24 and enc.length > 24 * 5
+    with pytest.raises(ConfigError, match="1..24"):
+        mixed(25)

@@ -9,7 +9,7 @@ import torch
 from memlaw.adapters import make_adapter
 from memlaw.adapters.probe import ProbeAdapter
 from memlaw.adapters.stack import ProbeStack
-from memlaw.config import AdapterConfig, ObjectiveConfig, TrainConfig
+from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig
 from memlaw.encode import encode
 from memlaw.forward import TeacherForcer
 from memlaw.records import Record
@@ -22,9 +22,14 @@ def _memory(seed, n, digits):
     return [Record(f"key {c}", "".join(rng.choice("0123456789") for _ in range(digits))) for c in "abcdefgh"[:n]]
 
 
-@pytest.fixture
-def setup(tiny_base, plain):
-    encs = [encode(_memory(s, n, d), tiny_base.tokenizer, plain) for s, n, d in [(1, 8, 6), (2, 5, 4), (3, 3, 9)]]
+SHARED = PromptConfig(template="plain", format="Recall the value stored under {key}:")
+
+
+@pytest.fixture(params=["plain", "shared prompt"])
+def setup(request, tiny_base, plain):
+    """Three memories; with a shared prompt, training passes run its tokens once per adapter."""
+    prompt = plain if request.param == "plain" else SHARED
+    encs = [encode(_memory(s, n, d), tiny_base.tokenizer, prompt) for s, n, d in [(1, 8, 6), (2, 5, 4), (3, 3, 9)]]
     cfgs = [AdapterConfig(kind="probe", rank=r, layer=1, dropout=0.0) for r in (8, 2, 4)]
     train = TrainConfig(until="budget", max_steps=25, lr=3e-2, batch_size=4, check_every=5)
     return encs, cfgs, train
@@ -124,8 +129,10 @@ def test_stack_p_t_match_unstacked(tiny_base, setup):
         torch.testing.assert_close(joint[i].p, alone[i].p, atol=1e-5, rtol=1e-5)
 
 
-def test_stack_until_certified_freezes_finished_adapters(tiny_base, setup):
-    encs, cfgs, _ = setup
+def test_stack_until_certified_freezes_finished_adapters(tiny_base, plain):
+    encs = [encode(_memory(s, n, d), tiny_base.tokenizer, plain) for s, n, d in [(1, 8, 6), (2, 5, 4), (3, 3, 9)]]
+    cfgs = [AdapterConfig(kind="probe", rank=r, layer=1, dropout=0.0) for r in (8, 2, 4)]   # (the tiny model
+    # certifies these within the budget with plain prompts only)
     train = TrainConfig(until="certified", max_steps=300, lr=3e-2, batch_size=8, check_every=5)
     stack = ProbeStack([make_adapter(cfg, tiny_base, seed=0) for cfg in cfgs])
     stack.attach(tiny_base)

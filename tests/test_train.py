@@ -65,8 +65,78 @@ def test_fast_paths_do_not_change_training(tiny_base, tiny_records, plain):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["probe", "lora"])
+def test_shared_prompt_does_not_change_training(tiny_base, tiny_records, kind):
+    """10 steps with the shared prompt's tokens run once per pass equal 10 steps without (no dropout)."""
+    from memlaw.config import PromptConfig
+
+    prompt = PromptConfig(template="plain", format="Recall the value stored under {key}:")
+    enc = encode(tiny_records, tiny_base.tokenizer, prompt)
+    out = []
+    for shared in (True, False):
+        ad = make_adapter(AdapterConfig(kind=kind, rank=8, layer=1, dropout=0.0), tiny_base, seed=0)
+        ad.attach(tiny_base)
+        try:
+            res = write(tiny_base, ad, enc, ObjectiveConfig(), TrainConfig(
+                until="budget", max_steps=10, lr=3e-2, batch_size=4, check_every=5, shared_prompt=shared))
+            out.append(([p.detach().clone() for p in ad.parameters()], res.history))
+        finally:
+            ad.detach()
+    (a, ha), (b, hb) = out
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-3)
+    assert [h["loss"] for h in ha] == pytest.approx([h["loss"] for h in hb], abs=1e-4)
+
+
 def test_train_attention_must_be_known():
     from memlaw.errors import ConfigError
 
     with pytest.raises(ConfigError, match="attention must be 'auto', 'math' or 'model', got 'flash'"):
         TrainConfig(until="certified", attention="flash")
+
+
+def test_early_checks_stop_at_a_full_check_no_earlier_than_certification(tiny_base, tiny_records, plain):
+    """Checks never change training, so a run checked every step shows where certification first holds;
+    early checks stop there or later, on a full check that certifies every record, without periodic checks."""
+    every, _, _ = _write(tiny_base, tiny_records, plain, until="certified", max_steps=400, check_every=1,
+                         early_checks=False)
+    early, _, _ = _write(tiny_base, tiny_records, plain, until="certified", max_steps=400, check_every=1000)
+    assert every.certified and early.certified
+    first = next(h["step"] for h in every.history if h["certified"] == len(tiny_records))
+    assert every.steps == first
+    assert first <= early.steps < first + 10
+    assert [h["certified"] for h in early.history] == [len(tiny_records)]       # one full check, the last
+
+
+def test_budget_runs_make_no_early_checks_and_retire_nothing(tiny_base, tiny_records, plain, monkeypatch):
+    import memlaw.train as train
+
+    seen = []
+    real = train.check
+    monkeypatch.setattr(train, "check", lambda *a, **k: seen.append(k.get("rows")) or real(*a, **k))
+    res, _, _ = _write(tiny_base, tiny_records, plain, until="budget", max_steps=30, check_every=10,
+                       retire_margin=0.0)
+    assert res.steps == 30 and seen == [None, None, None]
+
+
+def test_retired_records_leave_the_batches_and_are_still_checked(tiny_base, tiny_records, plain, monkeypatch):
+    from memlaw.forward import TeacherForcer
+
+    sizes = []
+    real = TeacherForcer.logits
+    monkeypatch.setattr(TeacherForcer, "logits", lambda self, rows, *a: sizes.append(len(rows)) or real(self, rows, *a))
+    res, _, _ = _write(tiny_base, tiny_records, plain, until="certified", max_steps=400, check_every=1,
+                       retire_margin=0.05)
+    assert res.certified and res.history[-1]["certified"] == len(tiny_records)
+    trained = sizes  # every logits call: training passes (batch 8 or fewer) and checks (all 8 or some)
+    assert min(trained) < len(tiny_records) and max(trained) == len(tiny_records)
+    assert any(0 < h["certified"] < len(tiny_records) for h in res.history)
+
+
+def test_warmup_then_linear_decay():
+    from memlaw.pace import Pace
+
+    pace = Pace(TrainConfig(lr=0.1, max_steps=12, warmup=4), 3, total=12)
+    assert [round(pace.lr(s), 6) for s in range(12)] == [0.025, 0.05, 0.075, 0.1, 0.1, 0.0875, 0.075, 0.0625, 0.05,
+                                                         0.0375, 0.025, 0.0125]
+    assert Pace(TrainConfig(lr=0.1, max_steps=10), 3, total=10).lr(0) == 0.1

@@ -227,7 +227,9 @@ class ObjectiveConfig:
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     lr: float = 1e-2
-    """AdamW learning rate (paper: 1e-2), linear decay to 0, no warm-up."""
+    """AdamW learning rate (paper: 1e-2), linear decay to 0 over the budget after `warmup` steps."""
+    warmup: int = 0
+    """Steps of linear warm-up to `lr` (paper: none)."""
     batch_size: int = 16
     max_steps: int | None = None
     """Optimizer-step budget. With `until='certified'` it is the cap."""
@@ -239,12 +241,23 @@ class TrainConfig:
     """Certificate check interval in optimizer steps (`until='certified'`)."""
     margin: float = 0.0
     """Certified means p_t > 0.5 + margin for every answer token."""
+    early_checks: bool = True
+    """`until='certified'`: between check steps, check a record alone as soon as its training pass puts
+    every p_t near or above 0.5, and every record once none is left uncertified; the write stops at
+    the first check that certifies them all (`memlaw.pace`)."""
+    retire_margin: float | None = None
+    """`until='certified'`: records certified with this margin (every p_t > 0.5 + it) leave the
+    training batches until a check finds them below it again; None: every record always trains."""
     clip: float = 1.0
     seed: int = 0
     cache_prefix: bool = True
     """Single-layer adapter: compute hidden states below it once per memory, run only the layers above."""
     answer_logits: bool = True
     """Compute logits only at answer positions."""
+    shared_prompt: bool = True
+    """Training passes run the prompt tokens every record shares (the chat template's system turn) once
+    per pass, as one row whose key/value cache the rows continue from. Certificate checks always run
+    every prompt token in every row."""
     attention: Literal["auto", "math", "model"] = "auto"
     """Attention kernel of the training passes. `auto`: sdpa's math kernel on CPU (its flash kernel's
     backward made SmolLM2 bf16 steps 1.3-1.4x slower here), the model's own elsewhere; `model`: the
@@ -270,9 +283,12 @@ class TrainConfig:
             problems.append(f"until must be 'budget' or 'certified', got {shown(self.until)}")
         if self.until == "budget" and self.max_steps is None and self.epochs is None:
             problems.append("a budget run needs max_steps or epochs")
-        for name in ("cache_prefix", "answer_logits"):
+        for name in ("cache_prefix", "answer_logits", "shared_prompt", "early_checks"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false, got {shown(getattr(self, name))}")
+        problems += _problems(int_problem("warmup", self.warmup, lo=0),
+                              float_problem("retire_margin", self.retire_margin, lo=0.0, hi=0.5, hi_open=True,
+                                            optional=True))
         if self.attention not in ("auto", "math", "model"):
             problems.append(f"attention must be 'auto', 'math' or 'model', got {shown(self.attention)}")
         if self.lora_compute not in ("auto", "float32"):

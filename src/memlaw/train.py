@@ -24,6 +24,7 @@ from memlaw.errors import DivergedError
 from memlaw.certificate import certified as is_certified, stubborn as is_stubborn
 from memlaw.forward import TeacherForcer, TokenProbs, answer_probs, joint_logits, training_attention
 from memlaw.objectives import make_objective, token_nll, weighted_loss
+from memlaw.pace import Pace
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,12 @@ StepCallback = Callable[[StepInfo], None]
 CheckCallback = Callable[[int, dict[int, TokenProbs]], None]
 
 
-def check(tf: TeacherForcer, adapter, margin: float, chunk: int = 64) -> tuple[dict[int, TokenProbs], int, int]:
-    """No-dropout pass over the whole memory: (probs, stubborn tokens, certified records)."""
+def check(tf: TeacherForcer, adapter, margin: float, chunk: int = 64,
+          rows: list[int] | None = None) -> tuple[dict[int, TokenProbs], int, int]:
+    """No-dropout pass over the memory (or `rows` of it): (probs, stubborn tokens, certified records)."""
     adapter.eval()
-    probs = answer_probs(tf, chunk=chunk)
+    with tf.full_prompt():
+        probs = answer_probs(tf, rows, chunk=chunk)
     adapter.train()
     stubborn = sum(int(is_stubborn(p.p).sum()) for p in probs.values())
     certified = sum(is_certified(p.p, margin) for p in probs.values())
@@ -76,19 +79,24 @@ class _Run:
         self.total = cfg.budget_steps(self.n)           # the LR schedule's length; the cap for until="certified"
         self.obj = make_objective(objective, self.n, seed=cfg.seed, batch_size=cfg.batch_size)
         self.tf = TeacherForcer(base, enc, start_layer=start_layer, cache_prefix=cfg.cache_prefix,
-                                answer_logits=cfg.answer_logits)
+                                answer_logits=cfg.answer_logits, shared_prompt=cfg.shared_prompt)
+        self.pace = Pace(cfg, self.n, self.total)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.queue: list[list[int]] = []
         self.step, self.done, self.t_cert, self.loss = 0, False, None, float("nan")
         self.history: list[dict] = []
 
     def next_rows(self) -> list[int]:
-        """The next batch; a new epoch draws a fresh order of the objective's active records."""
-        if not self.queue:
-            active = self.obj.active(self.step / self.total)
-            pool = torch.arange(self.n) if active is None else active
-            order = pool[torch.randperm(len(pool), generator=self.gen)].tolist()
-            self.queue = [order[lo: lo + self.cfg.batch_size] for lo in range(0, len(order), self.cfg.batch_size)]
+        """The next batch; a new epoch draws a fresh order of the objective's active records that still
+        train (all of them when every one has retired)."""
+        while self.queue:
+            if rows := self.pace.trains(self.queue.pop(0)):
+                return rows
+        active = self.obj.active(self.step / self.total)
+        pool = list(range(self.n)) if active is None else active.tolist()
+        pool = torch.tensor(self.pace.trains(pool) or pool)
+        order = pool[torch.randperm(len(pool), generator=self.gen)].tolist()
+        self.queue = [order[lo: lo + self.cfg.batch_size] for lo in range(0, len(order), self.cfg.batch_size)]
         return self.queue.pop(0)
 
     def loss_of(self, logits, batch):
@@ -97,15 +105,19 @@ class _Run:
         # an argmax over the vocabulary at every answer token: 7% of a probe step, so only when read
         correct = (logits.argmax(-1) == batch.targets) & batch.mask if self.obj.needs_correct else None
         w = self.obj.weights(nll, batch.mask, correct, batch.rows)
+        self.pace.observe(batch.rows, nll, batch.mask)
         return weighted_loss(nll, w), bool(w.any())
 
     def lr(self, ahead: int = 0) -> float:
-        """The linearly decayed LR at step `self.step + ahead`."""
-        return self.cfg.lr * max(0.0, 1.0 - (self.step + ahead) / self.total)
+        """The scheduled LR at step `self.step + ahead`."""
+        return self.pace.lr(self.step + ahead)
 
     def after_step(self, adapter, t0: float, lr: float, on_check: CheckCallback | None,
                    weights: Callable[[], AbstractContextManager] = nullcontext) -> tuple[int | None, int | None]:
         """Count the step; at check steps run the no-dropout pass (inside `weights()`) and apply the stop rule.
+
+        Between check steps, records the pace finds due are checked alone, and once none is left
+        uncertified every record is checked (`memlaw.pace`).
 
         Raises:
             DivergedError: the step's loss is NaN or infinite (it is read every step anyway).
@@ -115,9 +127,16 @@ class _Run:
             raise DivergedError(f"training diverged: the loss is {self.loss} at step {self.step} (lr {self.cfg.lr:g}); "
                                 f"nothing was saved: lower the learning rate")
         stubborn = certified = None
-        if self.step % self.cfg.check_every == 0 or self.step == self.total:
+        full = self.step % self.cfg.check_every == 0 or self.step == self.total
+        if not full and (due := self.pace.due()):
+            with weights():
+                probs, _, _ = check(self.tf, adapter, self.cfg.margin, rows=due)
+            self._verdicts(probs)
+            full = not self.pace.pending
+        if full:
             with weights():
                 probs, stubborn, certified = check(self.tf, adapter, self.cfg.margin)
+            self._verdicts(probs)
             elapsed = time.perf_counter() - t0
             self.history.append({"step": self.step, "loss": self.loss, "stubborn": stubborn, "certified": certified,
                                  "lr": lr, "elapsed": elapsed})
@@ -130,6 +149,11 @@ class _Run:
         if self.step >= self.total:
             self.done = True
         return stubborn, certified
+
+    def _verdicts(self, probs: dict[int, TokenProbs]) -> None:
+        m = self.cfg.margin
+        self.pace.checked({i: is_certified(p.p, m) for i, p in probs.items()},
+                          {i: float(p.p.min()) for i, p in probs.items()})
 
     def result(self, t0: float, weights: Iterable[Tensor]) -> TrainResult:
         """The run's result, once its final `weights` are checked to be finite (DivergedError if not)."""
@@ -158,8 +182,7 @@ def write(base, adapter, enc: Encoded, objective: ObjectiveConfig, cfg: TrainCon
     run = _Run(base, enc, objective, cfg, adapter.first_layer)
     low = base.dtype if adapter.kind == "lora" and cfg.lora_compute == "auto" else torch.float32
     weights = _MasterWeights(list(adapter.parameters()), low)
-    opt = torch.optim.AdamW(weights.masters, lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / run.total))
+    opt = torch.optim.AdamW(weights.masters, lr=run.lr(), weight_decay=0.0)
     adapter.train()
     t0 = time.perf_counter()
     try:
@@ -167,15 +190,16 @@ def write(base, adapter, enc: Encoded, objective: ObjectiveConfig, cfg: TrainCon
             with training_attention(cfg.attention, base.device):
                 loss, any_weight = run.loss_of(*run.tf.logits(run.next_rows()))
             if any_weight:                           # zero weights mean a skipped step (zero gradient)
+                for group in opt.param_groups:
+                    group["lr"] = run.lr()
                 loss.backward()
                 weights.grads_to_masters()
                 torch.nn.utils.clip_grad_norm_(weights.masters, cfg.clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 weights.masters_to_params()
-            sched.step()                             # the schedule advances on skipped steps too (paper)
-            run.loss = float(loss.detach())
-            stubborn, certified = run.after_step(adapter, t0, sched.get_last_lr()[0], on_check,
+            run.loss = float(loss.detach())          # the schedule advances on skipped steps too (paper)
+            stubborn, certified = run.after_step(adapter, t0, run.lr(ahead=1), on_check,
                                                  weights.float32)   # checks see the weights that will be saved
             if on_step is not None:
                 on_step(StepInfo(run.step, run.total, run.loss, stubborn, certified, run.n,
@@ -272,10 +296,17 @@ def write_many(base, stack, encs: list[Encoded], objectives: list[ObjectiveConfi
     while not all(r.done for r in runs):
         live = [k for k, r in enumerate(runs) if not r.done]
         parts = [(runs[k].tf, runs[k].next_rows()) for k in live]
-        stack.index = torch.cat([torch.full((len(rows),), k, device=dev) for k, (_, rows) in zip(live, parts)])
-        stack.parts = [(k, len(rows), _seq_len(runs[k].enc, rows)) for k, (_, rows) in zip(live, parts)]
+
+        def on_pass(shared: int, head: bool) -> None:   # which adapter each row of this decoder call uses
+            if head:                                    # one row per adapter: its shared prompt
+                stack.index = torch.tensor(live, device=dev)
+                stack.parts = [(k, 1, shared) for k in live]
+                return
+            stack.index = torch.cat([torch.full((len(rows),), k, device=dev) for k, (_, rows) in zip(live, parts)])
+            stack.parts = [(k, len(rows), _seq_len(runs[k].enc, rows) - shared) for k, (_, rows) in zip(live, parts)]
+
         with training_attention(cfgs[0].attention, base.device):
-            outs = joint_logits(parts)
+            outs = joint_logits(parts, on_pass)
         total, stepping = 0.0, torch.zeros(K, dtype=torch.bool, device=dev)
         for k, (logits, batch) in zip(live, outs):
             loss, any_weight = runs[k].loss_of(logits, batch)

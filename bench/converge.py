@@ -1,0 +1,125 @@
+"""Steps and seconds to certified for training variants, interleaved in one process on one resident model.
+
+Each variant is a set of overrides of memlaw's `TrainConfig` (key `train`), `ObjectiveConfig`
+(key `objective`) and `AdapterConfig` (key `adapter`); `lr` may be a number or a per-kind mapping,
+and `"only": "probe"` limits a variant to one adapter kind. Runs go seed by seed, record set by
+record set, adapter by adapter, and within that variant by variant, so variants being compared run
+next to each other in time (the machine is shared). Every run is `write_memory(..., recall=False)`
+until every record certifies or `--max-steps`; seconds are the whole call (encoding, L_base, the
+prefix, training, the final certificate pass). One JSON line per run goes to `--out`; the table
+gives medians per (record set, adapter, variant) and how many seeds certified.
+
+    python bench/converge.py --sets pb16 mixed --adapters probe:16 lora:8 --seeds 0 1 2 --cap 400 \\
+        --variant default='{}' --variant lr3e-3='{"train": {"lr": 0.003}}' --out out/converge.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+from machine import machine
+from memlaw.benchmarks import mixed, phonebook
+from memlaw.config import AdapterConfig, ObjectiveConfig, TrainConfig
+from memlaw.memory import write_memory
+from memlaw.models import load_base
+
+
+def records(name: str):
+    if name == "mixed":
+        return mixed()
+    if name.startswith("pb"):
+        return phonebook(int(name[2:]))
+    raise SystemExit(f"unknown record set {name!r}: pb<N> or mixed")
+
+
+class _Cap(Exception):
+    pass
+
+
+def configs(variant: dict, kind: str, seed: int) -> tuple[TrainConfig, ObjectiveConfig]:
+    train = dict(variant.get("train", {}))
+    if isinstance(train.get("lr"), dict):
+        train["lr"] = train["lr"][kind]
+    train = {"until": "certified", "seed": seed, **train}
+    return TrainConfig(**train), ObjectiveConfig(**variant.get("objective", {}))
+
+
+def one(base, name: str, kind: str, rank: int, variant: dict, seed: int, cap: int) -> dict:
+    """One write; stopped after `cap` steps without touching its schedule (which spans its own budget)."""
+    train, objective = configs(variant, kind, seed)
+
+    def on_step(info) -> None:
+        if info.step >= cap and info.certified != info.n_records:
+            raise _Cap
+
+    t0 = time.perf_counter()
+    adapter = AdapterConfig(kind=kind, rank=rank, **variant.get("adapter", {}))
+    try:
+        res = write_memory(records(name), model=base, adapter=adapter, objective=objective,
+                           train=train, recall=False, on_step=on_step)
+    except _Cap:
+        return {"steps": cap, "certified": False, "n_certified": None, "n_records": len(records(name)),
+                "wall_s": time.perf_counter() - t0, "train_s": None, "steps_per_s": None, "checks": None,
+                "history": None}
+    wall = time.perf_counter() - t0
+    s = res.verification.summary()
+    return {"steps": res.train.steps, "certified": s["certified"] == s["n_records"], "n_certified": s["certified"],
+            "n_records": s["n_records"], "wall_s": wall, "train_s": res.train.wall_s,
+            "steps_per_s": res.train.steps_per_s, "checks": len(res.train.history),
+            "history": [(h["step"], h["certified"], h["stubborn"]) for h in res.train.history]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sets", nargs="+", default=["pb16", "mixed"])
+    ap.add_argument("--adapters", nargs="+", default=["probe:16", "lora:8"], help="kind:rank")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variant", action="append", default=[], help="name=JSON overrides (repeatable)")
+    ap.add_argument("--cap", type=int, default=600, help="stop a run after this many steps (its schedule "
+                    "spans the variant's own budget: TrainConfig's max_steps, default 2000)")
+    ap.add_argument("--out", default=None, help="append one JSON line per run here")
+    args = ap.parse_args()
+    variants = {}
+    for v in args.variant or ["default={}"]:
+        name, _, spec = v.partition("=")
+        variants[name] = json.loads(spec or "{}")
+    base = load_base("smollm2-135m")
+    rows = []
+    for seed in args.seeds:
+        for name in args.sets:
+            for spec in args.adapters:
+                kind, rank = spec.split(":")
+                for vname, variant in variants.items():
+                    if variant.get("only", kind) != kind:
+                        continue
+                    r = {"set": name, "adapter": spec, "variant": vname, "seed": seed, "spec": variant,
+                         **one(base, name, kind, int(rank), variant, seed, args.cap)}
+                    rows.append(r)
+                    print(f"  {name} {spec} {vname} seed {seed}: steps {r['steps']} certified {r['n_certified']}/"
+                          f"{r['n_records']} wall {r['wall_s']:.1f} s ({r['steps_per_s'] or 0:.2f} steps/s)", flush=True)
+                    if args.out:
+                        with open(args.out, "a") as f:
+                            f.write(json.dumps(r) + "\n")
+    print(f"\nmachine: {machine()}; cap {args.cap} steps; medians over seeds {args.seeds} "
+          "(a run that did not certify counts as the cap, and its seconds as its wall time)\n")
+    head = f"{'set':7} {'adapter':9} {'variant':24} {'certified':>9} {'steps':>6} {'seconds':>8} {'steps/s':>8}"
+    print(head)
+    print("-" * len(head))
+    for name in args.sets:
+        for spec in args.adapters:
+            for vname in variants:
+                rs = [r for r in rows if (r["set"], r["adapter"], r["variant"]) == (name, spec, vname)]
+                if not rs:
+                    continue
+                steps = statistics.median(r["steps"] if r["certified"] else args.cap for r in rs)
+                secs = statistics.median(r["wall_s"] for r in rs)
+                rate = statistics.median(r["steps"] / r["wall_s"] for r in rs)
+                ok = sum(r["certified"] for r in rs)
+                print(f"{name:7} {spec:9} {vname:24} {ok:>4}/{len(rs):<4} {steps:6.0f} {secs:8.1f} {rate:8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memlaw.adapters import check_out_dir, load_adapter, load_saved_records, make_adapter, read_meta, save_adapter
 from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig, to_dict
@@ -33,6 +33,9 @@ from memlaw.certificate import certified
 from memlaw.forward import TeacherForcer, answer_probs
 from memlaw.errors import AdapterError
 from memlaw.leakage import Leakage, check_leakage
+
+if TYPE_CHECKING:
+    from memlaw.update import UpdateOutcome
 from memlaw.models import BaseModel, load_base
 from memlaw.records import Record, as_records, load_records, records_sha256
 from memlaw.train import StepCallback, TrainResult, write
@@ -246,6 +249,29 @@ class Memory:
         watch = _records(watched) if isinstance(watched, (str, os.PathLike)) else list(watched)
         return check_leakage(self.base, self.prompt, self.terminator, stored, watched=watch,
                              random_keys=random_keys, seed=seed, max_new_tokens=max_new_tokens)
+
+    def update(self, changes: str | os.PathLike | Sequence[Record] | None = None, *, delete: Sequence[str] = (),
+               delete_file: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+               **options) -> "UpdateOutcome":
+        """Add, change and delete records (`memlaw.update.update_memory`, on this memory's base model).
+
+        Saved in place unless `out` names a new directory; after an in-place update this object holds
+        the updated adapter. `options`: records, objective, train, store, leakage, random_keys, on_step,
+        on_capacity.
+        """
+        from memlaw.update import update_memory
+
+        self.adapter.detach()                  # the update trains its own copy; one adapter attached at a time
+        outcome = None
+        try:
+            outcome = update_memory(self.directory, changes, delete=delete, delete_file=delete_file, out=out,
+                                    base=self.base, **options)
+        finally:
+            if outcome is not None and outcome.out is not None and outcome.out.absolute() == self.directory.absolute():
+                self.adapter, self.meta = load_adapter(self.directory, self.base)   # updated in place
+            self.adapter.attach(self.base)
+            self.adapter.eval()
+        return outcome
 
     def records_match(self, records: Sequence[Record]) -> bool:
         return records_sha256(records) == self.meta.get("records_sha256")

@@ -278,8 +278,12 @@ def check_integrity(directory: str | Path, meta: dict, *, records: bool = True) 
     return problems
 
 
-def load_adapter(directory: str | Path, base, *, check: bool = True) -> tuple[Any, dict]:
+def load_adapter(directory: str | Path, base, *, check: bool = True,
+                 dropout: float | None = 0.0) -> tuple[Any, dict]:
     """Load an adapter directory onto `base` (unattached) and return it with its metadata.
+
+    `dropout` is the training-only dropout of the loaded adapter: 0 to use it, the written adapter's
+    setting (None: the kind's default) to train it further (`update`).
 
     Raises:
         AdapterError: missing or malformed files, tensors whose sha256 does not match, or a base
@@ -294,7 +298,7 @@ def load_adapter(directory: str | Path, base, *, check: bool = True) -> tuple[An
                            f"(fingerprint {base.fingerprint[:12]}): other weights")
     if check and (bad := check_integrity(directory, meta, records=False)):
         raise AdapterError(f"{directory}: {'; '.join(bad)}")
-    cfg = AdapterConfig(kind=meta["kind"], rank=meta["rank"], layer=meta.get("layer"), dropout=0.0,
+    cfg = AdapterConfig(kind=meta["kind"], rank=meta["rank"], layer=meta.get("layer"), dropout=dropout,
                         lora_alpha=meta.get("alpha"), lora_targets=_targets(meta), lora_layers=_layers(meta))
     from memlaw.adapters import make_adapter
 

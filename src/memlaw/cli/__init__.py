@@ -6,6 +6,7 @@ Each submodule registers its commands on the one Typer `app`.
 from memlaw.cli._common import app
 from memlaw.cli import memory  # noqa: F401  (write, verify, demo)
 from memlaw.cli import recall  # noqa: F401  (recall)
+from memlaw.cli import update  # noqa: F401  (update)
 from memlaw.cli import sweep  # noqa: F401  (sweep, runs)
 from memlaw.cli import plan  # noqa: F401  (fit, plan)
 from memlaw.cli import bench  # noqa: F401  (bench methods)

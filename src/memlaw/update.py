@@ -1,0 +1,281 @@
+"""Update a living memory (DESIGN §7b): add, change and delete records of an existing adapter.
+
+`update_memory` checks the change set against the memory's records (`memlaw.changes.diff`), then
+warm-starts from the saved adapter and trains until every record of the updated memory certifies,
+with the same options as `write` (by default those the memory was written with). A deleted key is
+trained to answer nothing: its answer is the terminator alone, certified like every record, so greedy
+decoding cannot return the old value from that key. After training, greedy decoding of every changed
+and deleted key checks that none returns its old value.
+
+Only an update whose records all certify and whose old values are all gone is saved: in place by
+default, atomically (a kill at any moment leaves the previous adapter or the new one), with
+`records.jsonl` and memlaw.json's `records_sha256` updated and an entry added to memlaw.json's
+`history` (counts, steps, time; never a value). Otherwise nothing is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memlaw.adapters import check_integrity, check_out_dir, load_adapter, load_saved_records, read_meta, save_adapter
+from memlaw.changes import Delete, Diff, deletes_of, diff, load_deletes
+from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig, from_dict, to_dict
+from memlaw.errors import AdapterError, ConfigError
+from memlaw.records import Record, check_records, load_records, records_sha256
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class UpdateOutcome:
+    """What an update did. `saved` is False when it did not certify or an old value still came back."""
+
+    out: Path | None                  # where the updated adapter was saved (None: nothing written)
+    counts: dict[str, int]            # added, changed, deleted, n_records_before, n_records
+    train: object                     # TrainResult of the warm-started training
+    verification: object              # Verification of the updated memory's records
+    old_recalled: list[str]           # keys whose old value greedy decoding still returns (should be none)
+    deleted_certified: int            # deleted keys certified to answer nothing
+    capacity: str                     # what the capacity law said before training
+    wall_s: float
+    history: dict = field(default_factory=dict)   # the entry added to memlaw.json's history
+    leakage: object = None            # Leakage of the updated memory, when asked
+
+    @property
+    def saved(self) -> bool:
+        return self.out is not None
+
+    @property
+    def certified(self) -> bool:
+        s = self.verification.summary()
+        return s["certified"] == s["n_records"] and self.deleted_certified == self.counts["deleted"]
+
+
+def written_settings(meta: dict) -> tuple[AdapterConfig, ObjectiveConfig, TrainConfig]:
+    """The adapter, objective and train configs a memory was written with (defaults where not recorded)."""
+    t = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    try:
+        adapter = from_dict(AdapterConfig, t.get("adapter") or {"kind": meta["kind"], "rank": meta["rank"]},
+                            "memlaw.json training.adapter")
+        objective = from_dict(ObjectiveConfig, t.get("objective"), "memlaw.json training.objective")
+        train = from_dict(TrainConfig, t.get("train") or {"until": "certified"}, "memlaw.json training.train")
+    except ConfigError as e:
+        raise AdapterError(f"cannot read the settings the memory was written with: {e}") from None
+    return adapter, objective, train
+
+
+def update_settings(meta: dict, objective: ObjectiveConfig | None = None, **train: object
+                    ) -> tuple[ObjectiveConfig, TrainConfig]:
+    """The objective and train configs of an update: those the memory was written with, `until="certified"`,
+    and the given `train` fields (None: as written) on top.
+
+    Raises:
+        ConfigError: an unknown or invalid train field.
+    """
+    _, written_objective, written_train = written_settings(meta)
+    given = {k: v for k, v in train.items() if v is not None}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown := sorted(set(given) - names):
+        raise ConfigError(f"unknown train setting {unknown[0]!r}; valid: {', '.join(sorted(names))}")
+    if given.get("max_steps") is not None and "epochs" not in given:
+        given["epochs"] = None
+    if given.get("epochs") is not None and "max_steps" not in given:
+        given["max_steps"] = None
+    return objective or written_objective, dataclasses.replace(written_train, **{"until": "certified", **given})
+
+
+def current_records(directory: Path, meta: dict, records: str | os.PathLike | Sequence[Record] | None) -> list[Record]:
+    """The memory's records: the saved ones, or `records` (for a memory written with --no-records), which
+    must hash to memlaw.json's records_sha256.
+
+    Raises:
+        AdapterError: no saved records and none given, or records that are not the memory's.
+    """
+    if records is None:
+        return load_saved_records(directory)
+    recs = load_records(records) if isinstance(records, (str, os.PathLike)) else list(records)
+    check_records(recs)
+    if records_sha256(recs) != meta.get("records_sha256"):
+        name = os.fspath(records) if isinstance(records, (str, os.PathLike)) else "the records given"
+        raise AdapterError(f"{name}: not the records {directory} holds (records_sha256 differs); an update starts "
+                           f"from the memory's exact records")
+    return recs
+
+
+def check_target(directory: Path, out: str | os.PathLike | None) -> Path:
+    """Where the update goes: `directory` itself (in place), or a new `out` that holds no memory yet."""
+    if out is None or Path(out).absolute() == directory.absolute():
+        return directory
+    out = check_out_dir(out)
+    if out.exists() and any(out.iterdir()):
+        raise AdapterError(f"{out}: already holds an adapter; --out names a new directory (or give none to update "
+                           f"{directory} in place)")
+    return out
+
+
+def update_memory(directory: str | os.PathLike, changes: str | os.PathLike | Sequence[Record] | None = None, *,
+                  delete: Sequence[str] = (), delete_file: str | os.PathLike | None = None,
+                  out: str | os.PathLike | None = None, base=None, device: str = "auto",
+                  records: str | os.PathLike | Sequence[Record] | None = None,
+                  objective: ObjectiveConfig | None = None, train: TrainConfig | None = None,
+                  store: str | os.PathLike | None = None, leakage: bool = False, random_keys: int = 32,
+                  on_step=None, on_capacity: Callable[[str], None] | None = None) -> UpdateOutcome:
+    """Add, change and delete records of the memory in `directory`; save only if all certify (module doc).
+
+    Args:
+        changes: records to add (new keys) or change (existing keys); a records file or Records.
+        delete, delete_file: keys to delete, given directly or as a file (`memlaw.changes.load_deletes`).
+        out: save the updated memory there instead of in place (a new directory).
+        base: a loaded base model (default: load the one the memory was written on, on `device`).
+        records: the memory's records, for a memory saved without them (--no-records).
+        objective, train: training settings (default: those the memory was written with).
+        store: a sweep store; its capacity law says before training whether the rank holds the update.
+        leakage: also run the leakage check (`memlaw.leakage`) on the updated memory, watching the old
+            values of changed and deleted keys; its counts are in `outcome.leakage` (they do not stop the save).
+        random_keys: random keys of the leakage check.
+        on_step: progress callback of the training loop.
+        on_capacity: called with the capacity line before training.
+
+    Raises:
+        RecordError: a malformed or refused change set (`memlaw.changes`), or a value the tokenizer cannot
+            round-trip. AdapterError: a damaged adapter, records or base model that are not the memory's.
+        Nothing is written when any is raised.
+    """
+    t0 = time.perf_counter()
+    directory = Path(directory)
+    meta = read_meta(directory)
+    if problems := check_integrity(directory, meta):
+        raise AdapterError(f"{directory}: {'; '.join(problems)}")
+    current = current_records(directory, meta, records)
+    new = [] if changes is None else (load_records(changes) if isinstance(changes, (str, os.PathLike)) else list(changes))
+    if new:
+        check_records(new)
+    deletes: list[Delete] = deletes_of(delete) + (load_deletes(delete_file) if delete_file is not None else [])
+    d = diff(current, new, deletes)
+    target = check_target(directory, out)
+    written_adapter = written_settings(meta)[0]
+    if train is None or objective is None:
+        written_objective, written_train = update_settings(meta)
+        objective, train = objective or written_objective, train or written_train
+
+    from memlaw.encode import encode
+    from memlaw.models import load_base
+    from memlaw.verify import base_answer_losses
+
+    if base is None:
+        base = load_base(meta["base_model"]["name"], dtype=meta["dtype"], device=device)
+    prompt = PromptConfig(**meta["prompt"])
+    tombstones = [Record(r.key, "", r.where) for r in d.deleted]     # deleted keys answer nothing
+    enc = encode(d.final + tombstones, base.tokenizer, prompt, max_length=base.context_length)
+    if enc.terminator != list(meta["terminator_ids"]):
+        raise AdapterError(f"{directory}: the tokenizer renders terminator {enc.terminator}, the adapter was "
+                           f"written with {meta['terminator_ids']}")
+    adapter, _ = load_adapter(directory, base, dropout=written_adapter.dropout)   # fingerprint checked here
+    losses = base_answer_losses(base, enc)
+    note = capacity_note(store, meta, enc.length, len(d.final), _value_loss(losses[: len(d.final)], enc))
+    if on_capacity is not None:
+        on_capacity(note)
+
+    result, checked, gone_outputs, leaks = _train_and_check(base, adapter, enc, objective, train, losses, d, on_step,
+                                                            random_keys if leakage else None)
+    n = len(d.final)
+    verification = _first(checked, n, len(enc.terminator))
+    old_recalled = [old.key for old, text in zip(d.gone, gone_outputs) if text == old.value]
+    outcome = UpdateOutcome(None, d.counts(), result, verification, old_recalled,
+                            sum(v.certified for v in checked.records[n:]), note, 0.0, leakage=leaks)
+    entry = history_entry(d, outcome, meta, records_sha256(d.final), objective, train, time.perf_counter() - t0)
+    if outcome.certified and not old_recalled:
+        save_adapter(target, adapter, base, prompt=enc.prompt, terminator=enc.terminator, records=d.final,
+                     save_records=meta.get("records_saved", True), extra={
+                         "created": meta.get("created"), "training": meta.get("training"),
+                         "history": [*meta.get("history", []), entry], "metrics": verification.summary()})
+        outcome.out = target
+    outcome.history = entry
+    outcome.wall_s = time.perf_counter() - t0
+    return outcome
+
+
+def _train_and_check(base, adapter, enc, objective, train, losses, d: Diff, on_step, random_keys: int | None):
+    """Warm-started write and verify of `enc`, then greedy decoding of the keys whose old values must be gone
+    (and, with `random_keys`, the leakage check)."""
+    from memlaw.encode import prompt_ids
+    from memlaw.leakage import check_leakage
+    from memlaw.train import write
+    from memlaw.verify import greedy, verify
+
+    adapter.attach(base)
+    try:
+        result = write(base, adapter, enc, objective, train, on_step=on_step)
+        checked = verify(base, adapter, enc, margin=train.margin, base_losses=losses)
+        tok = base.tokenizer
+        gone = d.gone
+        stop = enc.terminator[0]
+        limits = [len(tok(r.value, add_special_tokens=False).input_ids) + len(enc.terminator) for r in gone]
+        outs = greedy(base, [prompt_ids(r.key, tok, enc.prompt) for r in gone], limits, stop) if gone else []
+        leaks = None if random_keys is None else check_leakage(base, enc.prompt, enc.terminator, d.final,
+                                                                watched=gone, random_keys=random_keys)
+    finally:
+        adapter.detach()
+    texts = [tok.decode(o[: o.index(stop)] if stop in o else o, skip_special_tokens=False,
+                        clean_up_tokenization_spaces=False) for o in outs]
+    return result, checked, texts, leaks
+
+
+def _first(v, n: int, n_terminator: int):
+    """The verification of the first `n` records (the memory), without the deleted keys' rows after them."""
+    if len(v.records) == n:
+        return v
+    return dataclasses.replace(v, records=v.records[:n], terminator_tokens=n * n_terminator)
+
+
+def _value_loss(losses: list[tuple[float, float]], enc) -> float:
+    """Token-weighted mean value-token loss (L_base) of the records the losses belong to."""
+    lengths = [len(v) for v in enc.value_ids[: len(losses)]]
+    return sum(loss * k for (loss, _), k in zip(losses, lengths)) / max(1, sum(lengths))
+
+
+def capacity_note(store: str | os.PathLike | None, meta: dict, length: int, n_records: int, L_base: float) -> str:
+    """One line: whether the capacity law fitted to `store`'s cells says the adapter's rank holds `length`."""
+    rank = meta["rank"]
+    if store is None:
+        return (f"capacity: no law available to check rank {rank} against ℓ = {length} value tokens (give --store "
+                f"with sweep results for this model and adapter kind)")
+    from memlaw.errors import MemlawError
+    from memlaw.plan import law_rows, plan
+    from memlaw.store import open_store
+
+    try:
+        with open_store(store, create=False) as db:
+            cells = db.load_cells({"model": meta["base_model"]["name"], "kind": meta["kind"]})
+        p = plan(length, law_rows(cells), n_records=n_records, L_base=L_base)
+    except MemlawError as e:
+        return f"capacity: no law available from {os.fspath(store)} ({e})"
+    if p.rank is None:
+        return f"capacity: the law fitted to {os.fspath(store)} gives no rank for ℓ = {length} value tokens"
+    extra = f" ({'; '.join(p.extrapolating)}: an extrapolation)" if p.extrapolating else ""
+    if p.rank > rank:
+        return (f"capacity: warning: the {p.rank_source} fitted to {os.fspath(store)} says ℓ = {length} value tokens "
+                f"need rank {p.rank}, and this adapter has rank {rank}: the update may not certify{extra}")
+    return (f"capacity: ℓ = {length} value tokens fit rank {rank} by the {p.rank_source} fitted to "
+            f"{os.fspath(store)} (it needs rank {p.rank}){extra}")
+
+
+def history_entry(d: Diff, outcome: UpdateOutcome, meta: dict, sha_after: str, objective: ObjectiveConfig,
+                  train: TrainConfig, wall_s: float) -> dict:
+    """memlaw.json's record of one update: counts, steps, time, certificate; never a key's value."""
+    r = outcome.train
+    return {"updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **d.counts(),
+            "steps": r.steps, "train_s": round(r.wall_s, 3), "wall_s": round(wall_s, 3), "time_to_certified": r.time_to_certified,
+            "certified": outcome.certified, "old_values_recalled": len(outcome.old_recalled),
+            "records_sha256_before": meta.get("records_sha256"), "records_sha256": sha_after,
+            "objective": to_dict(objective), "train": to_dict(train)}
+
+
+__all__ = ["update_memory", "UpdateOutcome", "written_settings", "current_records", "capacity_note",
+           "history_entry"]

@@ -1,0 +1,169 @@
+"""`memlaw update` and `Memory.update` on the tiny model: warm start, certificate, old values gone, files
+and history, refusals with nothing written."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from memlaw.adapters import check_integrity, read_meta
+from memlaw.cli import app
+from memlaw.config import AdapterConfig, PromptConfig, TrainConfig
+from memlaw.records import Record, load_records, records_sha256, write_records
+
+runner = CliRunner()
+NEW = Record("key i", "123123")
+
+
+@pytest.fixture(scope="module")
+def memory(tmp_path_factory, tiny_base, tiny_records):
+    """A certified memory of the 8 tiny records, written once; tests update copies of it."""
+    from memlaw.memory import write_memory
+
+    d = tmp_path_factory.mktemp("mem")
+    out = write_memory(tiny_records, model=tiny_base, out=d / "ad", prompt=PromptConfig(template="plain"),
+                       adapter=AdapterConfig(kind="probe", rank=8, layer=1),
+                       train=TrainConfig(lr=0.03, batch_size=8, max_steps=400, until="certified"))
+    assert out.train.certified
+    return d / "ad"
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+@pytest.fixture
+def copy(memory, tmp_path):
+    shutil.copytree(memory, tmp_path / "ad")
+    return tmp_path / "ad"
+
+
+def changed_value(tiny_records):
+    return Record(tiny_records[0].key, "999999" if tiny_records[0].value != "999999" else "888888")
+
+
+def test_update_in_place_certifies_and_forgets(copy, tiny_base, tiny_records):
+    from memlaw.memory import Memory
+
+    change = changed_value(tiny_records)
+    before = read_meta(copy)
+    with Memory.open(copy, base=tiny_base) as mem:
+        outcome = mem.update([change, NEW], delete=[tiny_records[1].key], leakage=True, random_keys=8)
+        assert outcome.saved and outcome.out == copy and outcome.certified and outcome.old_recalled == []
+        assert outcome.counts == {"added": 1, "changed": 1, "deleted": 1, "n_records_before": 8, "n_records": 8}
+        # the Memory now holds the updated adapter: recall it, independently of the outcome's own check
+        got = mem.recall([change.key, NEW.key, tiny_records[1].key, tiny_records[2].key])
+        assert got[:2] == [change.value, NEW.value] and got[3] == tiny_records[2].value
+        assert got[2] == ""                                  # a deleted key answers nothing
+        v = mem.verify().summary()
+        assert v["certified"] == v["em"] == v["n_records"] == 8
+    final = [change, *tiny_records[2:], NEW]
+    assert load_records(copy / "records.jsonl") == final
+    meta = read_meta(copy)
+    assert check_integrity(copy, meta) == [] and meta["records_sha256"] == records_sha256(final)
+    assert meta["created"] == before["created"] and meta["training"] == before["training"]
+    (entry,) = meta["history"]
+    assert entry["added"] == entry["changed"] == entry["deleted"] == 1 and entry["n_records"] == 8
+    assert entry["certified"] and entry["old_values_recalled"] == 0 and entry["steps"] == outcome.train.steps > 0
+    assert entry["records_sha256_before"] == before["records_sha256"] and entry["train"]["until"] == "certified"
+    assert not any(r.value in json.dumps(meta["history"]) for r in [*tiny_records, change, NEW])
+    leak = outcome.leakage.summary()
+    assert leak["n_watched"] == 2 and leak["watched_values_leaked"] == 0
+
+
+def test_cli_update_to_a_new_directory_then_again_in_place(copy, tiny_records, tmp_path):
+    write_records(tmp_path / "changes.jsonl", [NEW])
+    original = snapshot(copy)
+    res = runner.invoke(app, ["update", str(copy), str(tmp_path / "changes.jsonl"), "--out", str(tmp_path / "new"),
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["saved"] and data["added"] == 1 and data["summary"]["certified"] == 9
+    assert "no law available" in data["capacity"] and "no law available" in res.stderr
+    assert snapshot(copy) == original                        # --out leaves the memory as it was
+    assert len(load_records(tmp_path / "new" / "records.jsonl")) == 9
+    gone = tmp_path / "gone.txt"
+    gone.write_text(f"{tiny_records[3].key}\n{NEW.key}\n")
+    res = runner.invoke(app, ["update", str(tmp_path / "new"), "--delete-file", str(gone)])
+    assert res.exit_code == 0, res.output
+    assert "2 deleted (9 -> 7 records)" in res.stdout and "old values recalled 0/2" in res.stdout
+    assert not any(r.value in res.stdout + res.stderr for r in [*tiny_records, NEW])
+    assert [h["deleted"] for h in read_meta(tmp_path / "new")["history"]] == [0, 2]
+
+
+def _refused(args, copy, match):
+    original = snapshot(copy)
+    res = runner.invoke(app, ["update", str(copy), *args])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0], lines
+    assert snapshot(copy) == original and not [p for p in copy.parent.iterdir() if p.name.startswith(".ad.")]
+    return lines[0]
+
+
+def test_refusals_write_nothing(copy, tiny_records, tmp_path):
+    same = tmp_path / "same.jsonl"
+    write_records(same, [tiny_records[2]])
+    _refused([str(same)], copy, "already has this value")
+    _refused(["--delete", "no such key"], copy, "is not in the memory")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"key": "k", "value": "1"}\n{"key": "k2", "vaule": "2"}\n')
+    _refused([str(bad)], copy, "bad.jsonl:2")
+    _refused([], copy, "nothing to update")
+    _refused(["--delete", tiny_records[0].key, "--max-steps", "0"], copy, "max_steps must be an integer >= 1")
+    other = tmp_path / "other.jsonl"
+    write_records(other, tiny_records[:4])
+    _refused(["--delete", tiny_records[0].key, "--records", str(other)], copy, "not the records")
+    (tmp_path / "a-file").write_text("x")
+    _refused(["--delete", tiny_records[0].key, "--out", str(tmp_path / "a-file")], copy, "is not a directory")
+    shutil.copytree(copy, tmp_path / "another")
+    _refused(["--delete", tiny_records[0].key, "--out", str(tmp_path / "another")], copy, "already holds an adapter")
+
+
+def test_refused_on_another_base_model(copy, tiny_base, tiny_records):
+    import dataclasses
+
+    from memlaw.errors import AdapterError
+    from memlaw.update import update_memory
+
+    original = snapshot(copy)
+    other = dataclasses.replace(tiny_base, fingerprint="0" * 64)
+    with pytest.raises(AdapterError, match="refusing to load onto"):
+        update_memory(copy, delete=[tiny_records[0].key], base=other)
+    assert snapshot(copy) == original
+
+
+def test_not_certified_within_the_budget_writes_nothing(copy, tiny_records):
+    original = snapshot(copy)
+    res = runner.invoke(app, ["update", str(copy), "--delete", tiny_records[0].key, "--max-steps", "1"])
+    assert res.exit_code == 1, res.output
+    assert "did not certify every record within 1 steps" in res.stderr and "nothing was written" in res.stderr
+    assert snapshot(copy) == original
+
+
+def test_an_old_value_that_still_comes_back_is_not_saved(copy, tiny_base, tiny_records, monkeypatch):
+    """The gate itself: greedy decoding made to return the old value of the changed key."""
+    import memlaw.verify
+    from memlaw.update import update_memory
+
+    change = changed_value(tiny_records)
+    old = tiny_base.tokenizer(tiny_records[0].value, add_special_tokens=False).input_ids
+    real = memlaw.verify.greedy
+    monkeypatch.setattr(memlaw.verify, "greedy", lambda base, prompts, *a, **k: (
+        [old for _ in prompts] if len(prompts) == 1 else real(base, prompts, *a, **k)))
+    original = snapshot(copy)
+    outcome = update_memory(copy, [change], base=tiny_base)
+    assert outcome.certified and outcome.old_recalled == [change.key] and not outcome.saved
+    assert snapshot(copy) == original
+
+
+def test_update_settings_inherit_what_was_written(memory):
+    from memlaw.update import update_settings
+
+    meta = read_meta(memory)
+    obj, train = update_settings(meta)
+    assert (train.lr, train.batch_size, train.max_steps, train.until) == (0.03, 8, 400, "certified")
+    obj, train = update_settings(meta, lr=0.01, epochs=5)
+    assert (train.lr, train.epochs, train.max_steps) == (0.01, 5, None)

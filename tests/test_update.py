@@ -167,3 +167,33 @@ def test_update_settings_inherit_what_was_written(memory):
     assert (train.lr, train.batch_size, train.max_steps, train.until) == (0.03, 8, 400, "certified")
     obj, train = update_settings(meta, lr=0.01, epochs=5)
     assert (train.lr, train.epochs, train.max_steps) == (0.01, 5, None)
+
+
+@pytest.mark.parametrize("ratio,warns", [(10, False), (2, True)])
+def test_capacity_note_from_a_store(tmp_path, ratio, warns):
+    """Cells planted on the law, fully recalled where length <= ratio * rank: the frontier says which rank ℓ needs."""
+    from memlaw.law import law
+    from memlaw.store import open_store
+    from memlaw.sweep import sweep_from_dict
+    from memlaw.sweep.cell import CellResult
+    from memlaw.update import capacity_note
+
+    grid = sweep_from_dict({"name": "g", "model": "tiny", "ranks": [1, 2, 4, 8], "lengths": [10, 20, 40, 80],
+                            "train": {"max_steps": 5}})
+    with open_store(tmp_path / "runs.db") as db:
+        for cell in grid.cells():
+            full = cell.length <= ratio * cell.adapter.rank
+            dl = float(law(cell.adapter.rank, cell.length, 3.0, 0.5, 0.2, 0.1))
+            metrics = {"length": cell.length, "delta_loss": dl, "L_base": 3.0, "L_final": 3.0 - dl,
+                       "em_rate": 1.0 if full else 0.3}
+            db.add_cell(CellResult(cell.key, cell, "done", metrics, {}, [], None), sweep="g")
+    meta = {"rank": 8, "kind": grid.cells()[0].adapter.kind, "base_model": {"name": "tiny"}}
+    note = capacity_note(tmp_path / "runs.db", meta, 60, 10, 3.0)
+    import re
+
+    need = int(re.search(r"needs? rank (\d+)", note).group(1))
+    if not warns:                                            # the frontier: ℓ_max = 10 r, so ceil(60 / 10)
+        assert need == 6 and "by the frontier" in note
+    assert ("warning" in note) == warns == (need > 8) and ("may not certify" in note) == warns
+    assert "no law available" in capacity_note(tmp_path / "missing.db", meta, 60, 10, 3.0)
+    assert "no law available" in capacity_note(None, meta, 60, 10, 3.0)

@@ -235,18 +235,15 @@ def test_kill_at_random_moments(forkserver, refs, tiny_base, tmp_path, swaps):
     assert adapter_state(out, tiny_base, tensors) == "seed2"
 
 
-def test_kill_a_real_cli_process_during_the_save(refs, tiny_base, tmp_path, swaps):
-    """`python -m memlaw.cli write`, killed -9 as soon as its temp directory appears (it is saving)."""
-    d, tensors = refs
-    records, out = tmp_path / "mem.jsonl", tmp_path / "ad"
-    shutil.copyfile(d / "mem.jsonl", records)
-    shutil.copytree(d / "seed0", out)
-    proc = subprocess.Popen([sys.executable, "-m", "memlaw.cli", *write_args(records, out, 1)],
+def kill_while_saving(args: list[str], out: Path) -> int:
+    """Run `python -m memlaw.cli ARGS` and kill -9 it as soon as its temp directory beside `out` appears
+    (it is saving); returns its exit status."""
+    proc = subprocess.Popen([sys.executable, "-m", "memlaw.cli", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before, deadline = out.stat().st_ino, time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if any(p.name.startswith(f".ad.{proc.pid}.") for p in tmp_path.iterdir()):
+            if any(p.name.startswith(f".{out.name}.{proc.pid}.") for p in out.parent.iterdir()):
                 time.sleep(random.uniform(0, 0.01))
                 break
             try:
@@ -258,7 +255,17 @@ def test_kill_a_real_cli_process_during_the_save(refs, tiny_base, tmp_path, swap
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(60)
-    assert proc.returncode == -signal.SIGKILL, "the write finished before it could be killed"
+    return proc.returncode
+
+
+def test_kill_a_real_cli_process_during_the_save(refs, tiny_base, tmp_path, swaps):
+    """`python -m memlaw.cli write`, killed -9 as soon as its temp directory appears (it is saving)."""
+    d, tensors = refs
+    records, out = tmp_path / "mem.jsonl", tmp_path / "ad"
+    shutil.copyfile(d / "mem.jsonl", records)
+    shutil.copytree(d / "seed0", out)
+    assert kill_while_saving(write_args(records, out, 1), out) == -signal.SIGKILL, \
+        "the write finished before it could be killed"
     assert adapter_state(out, tiny_base, tensors) in ({"seed0", "seed1"} if swaps else {"seed0", "seed1", "absent"})
     assert_strays_are_not_adapters(tmp_path, out)
     resume(records, out, 1)

@@ -12,8 +12,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from typer.testing import CliRunner
 from memlaw.adapters import check_integrity, load_adapter, read_meta
 from memlaw.cli import app
 from memlaw.records import Record, load_records, write_records
-from test_crash import POINTS, assert_strays_are_not_adapters, child
+from test_crash import POINTS, assert_strays_are_not_adapters, child, kill_while_saving
 
 runner = CliRunner()
 TINY = ["--model", "tiny", "--rank", "8", "--layer", "1", "--template", "plain", "--lr", "0.03", "--batch-size", "8",
@@ -127,22 +125,6 @@ def test_kill_a_real_cli_process_during_the_save(states, tiny_base, tmp_path):
     d, tensors = states
     mem = tmp_path / "ad"
     shutil.copytree(d / "s0", mem)
-    proc = subprocess.Popen([sys.executable, "-m", "memlaw.cli", *update_args(mem, d / "change0.jsonl")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    before, deadline = mem.stat().st_ino, time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if any(p.name.startswith(f".ad.{proc.pid}.") for p in tmp_path.iterdir()):
-                time.sleep(random.uniform(0, 0.01))
-                break
-            try:
-                if mem.stat().st_ino != before:
-                    break
-            except FileNotFoundError:
-                break
-            time.sleep(0.0005)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(60)
-    assert proc.returncode == -signal.SIGKILL, "the update finished before it could be killed"
+    assert kill_while_saving(update_args(mem, d / "change0.jsonl"), mem) == -signal.SIGKILL, \
+        "the update finished before it could be killed"
     assert memory_state(mem, tiny_base, tensors) in (0, 1)

@@ -192,8 +192,8 @@ def test_capacity_note_from_a_store(tmp_path, ratio, warns):
     import re
 
     need = int(re.search(r"needs? rank (\d+)", note).group(1))
-    if not warns:                                            # the frontier: ℓ_max = 10 r, so ceil(60 / 10)
-        assert need == 6 and "by the frontier" in note
+    if not warns:                                            # rank 8 recalled ℓ = 80 >= 60 fully: measured
+        assert need == 8 and "by the measured cells in" in note and "fit rank 8" in note
     assert ("warning" in note) == warns == (need > 8) and ("may not certify" in note) == warns
     assert "no law available" in capacity_note(tmp_path / "missing.db", meta, 60, 10, 3.0)
     assert "no law available" in capacity_note(None, meta, 60, 10, 3.0)

@@ -256,14 +256,16 @@ def capacity_note(store: str | os.PathLike | None, meta: dict, length: int, n_re
         p = plan(length, law_rows(cells), n_records=n_records, L_base=L_base)
     except MemlawError as e:
         return f"capacity: no law available from {os.fspath(store)} ({e})"
+    where = os.fspath(store)
     if p.rank is None:
-        return f"capacity: the law fitted to {os.fspath(store)} gives no rank for ℓ = {length} value tokens"
+        return f"capacity: the cells in {where} give no rank for ℓ = {length} value tokens"
+    source = {"measured": "the measured cells in", "frontier": "the capacity frontier fitted to",
+              "law": "the law fitted to"}.get(p.rank_source, f"the {p.rank_source} of")
     extra = f" ({'; '.join(p.extrapolating)}: an extrapolation)" if p.extrapolating else ""
     if p.rank > rank:
-        return (f"capacity: warning: the {p.rank_source} fitted to {os.fspath(store)} says ℓ = {length} value tokens "
-                f"need rank {p.rank}, and this adapter has rank {rank}: the update may not certify{extra}")
-    return (f"capacity: ℓ = {length} value tokens fit rank {rank} by the {p.rank_source} fitted to "
-            f"{os.fspath(store)} (it needs rank {p.rank}){extra}")
+        return (f"capacity: warning: by {source} {where}, ℓ = {length} value tokens need rank {p.rank}, and this "
+                f"adapter has rank {rank}: the update may not certify{extra}")
+    return f"capacity: ℓ = {length} value tokens fit rank {rank} by {source} {where} (it needs rank {p.rank}){extra}"
 
 
 def history_entry(d: Diff, outcome: UpdateOutcome, meta: dict, sha_after: str, objective: ObjectiveConfig,

@@ -9,12 +9,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from memlaw.cli._common import app, err, nullcontext, out, run, setup_logging
-from memlaw.cli.living import (RANDOM_KEYS_HELP, SHOW_LEAKS_HELP, leakage_exit, leakage_json, print_leakage)
-from memlaw.cli.memory import DEVICE_HELP, MARGIN_HELP, Objective, progress_bar, summary_table
+from memlaw.cli._common import (DeviceOpt, JsonOpt, VerboseOpt, app, err, flag, nullcontext, out, run,
+                                setup_logging)
+from memlaw.cli.living import RANDOM_KEYS_HELP, SHOW_LEAKS_HELP, leakage_exit, leakage_json, print_leakage
+from memlaw.cli.memory import MARGIN_HELP, Objective, progress_bar, summary_table
 from memlaw.cli.progress import duration, step_lines
 
-AS_WRITTEN = "Default: as the memory was written."
+AS_WRITTEN = "as the memory was written"
 
 
 @app.command()
@@ -22,31 +23,34 @@ def update(
     directory: Annotated[Path, typer.Argument(help="The memory (adapter directory) to update.")],
     changes: Annotated[Optional[Path], typer.Argument(help=(
         "Records (JSONL or CSV): new keys are added, existing keys take their new values."))] = None,
-    delete: Annotated[Optional[list[str]], typer.Option("--delete", help="A key to delete (repeat for more).")] = None,
+    delete: Annotated[Optional[list[str]], typer.Option("--delete", help="A key to delete (repeat for more).",
+                                                        show_default="none")] = None,
     delete_file: Annotated[Optional[Path], typer.Option(help=(
-        "Keys to delete: one per line, or JSON Lines of {\"key\": ...} (.jsonl).") )] = None,
+        "Keys to delete: one per line, or JSON Lines of {\"key\": ...} (.jsonl)."), show_default="none")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help=(
-        "Save the updated memory in this new directory (default: replace DIRECTORY in place, atomically)."))] = None,
-    records: Annotated[Optional[Path], typer.Option(help=(
-        "The memory's current records, for one written with --no-records."))] = None,
-    objective: Annotated[Optional[Objective], typer.Option(help=f"Training objective. {AS_WRITTEN}")] = None,
-    lr: Annotated[Optional[float], typer.Option(help=f"AdamW learning rate. {AS_WRITTEN}")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help=f"Step budget (a cap: updates stop when all records "
-                                                          f"certify). {AS_WRITTEN}")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help=f"Epoch budget instead of --max-steps. {AS_WRITTEN}")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=f"Records per optimizer step. {AS_WRITTEN}")] = None,
-    seed: Annotated[Optional[int], typer.Option(help=f"Seed (order, dropout). {AS_WRITTEN}")] = None,
-    margin: Annotated[Optional[float], typer.Option(help=f"{MARGIN_HELP} {AS_WRITTEN}")] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+        "Save the updated memory in this new directory."), show_default="DIRECTORY, in place, atomically")] = None,
+    records: Annotated[Optional[Path], typer.Option(help="The memory's current records, for one written with "
+                                                         "--no-records.", show_default="records.jsonl")] = None,
+    objective: Annotated[Optional[Objective], typer.Option(help="Training objective.", show_default=AS_WRITTEN)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate.", show_default=AS_WRITTEN)] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Step budget (a cap: an update stops when every record "
+                                                          "certifies).", show_default=AS_WRITTEN)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epoch budget instead of --max-steps.",
+                                                  show_default=AS_WRITTEN)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Records per optimizer step.", show_default=AS_WRITTEN)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed (order, dropout).", show_default=AS_WRITTEN)] = None,
+    margin: Annotated[Optional[float], typer.Option(help=MARGIN_HELP, show_default=AS_WRITTEN)] = None,
+    device: DeviceOpt = "auto",
     store: Annotated[Optional[Path], typer.Option(help=(
-        "A sweep store: its capacity law says, before training, whether the adapter's rank holds the update."))] = None,
-    leakage: Annotated[bool, typer.Option("--leakage", help=(
+        "A sweep store: its capacity law says, before training, whether the adapter's rank holds the update."),
+        show_default="none: no law")] = None,
+    leakage: Annotated[bool, flag("--leakage", help=(
         "After training, also run verify --leakage's check, watching the old values of changed and deleted "
         "keys (exit 1 if any value comes out; the update is saved all the same)."))] = False,
     random_keys: Annotated[int, typer.Option(min=0, help=RANDOM_KEYS_HELP)] = 32,
-    show_leaks: Annotated[bool, typer.Option("--show-leaks", help=SHOW_LEAKS_HELP)] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (no values).")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log memlaw's steps.")] = False,
+    show_leaks: Annotated[bool, flag("--show-leaks", help=SHOW_LEAKS_HELP)] = False,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Add, change and delete records of a memory: warm-start from its adapter, train until every record
     certifies, check that no changed or deleted key returns its old value, and save.

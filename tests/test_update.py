@@ -118,8 +118,11 @@ def test_refusals_write_nothing(copy, tiny_records, tmp_path):
     _refused(["--delete", tiny_records[0].key, "--records", str(other)], copy, "not the records")
     (tmp_path / "a-file").write_text("x")
     _refused(["--delete", tiny_records[0].key, "--out", str(tmp_path / "a-file")], copy, "is not a directory")
+    (copy / "notes.txt").write_text("mine")                  # in place would delete it with the old directory
+    _refused(["--delete", tiny_records[0].key], copy, "holds files memlaw did not write")
+    (copy / "notes.txt").unlink()
     shutil.copytree(copy, tmp_path / "another")
-    _refused(["--delete", tiny_records[0].key, "--out", str(tmp_path / "another")], copy, "already holds an adapter")
+    _refused(["--delete", tiny_records[0].key, "--out", str(tmp_path / "another")], copy, "already holds a memory")
 
 
 def test_refused_on_another_base_model(copy, tiny_base, tiny_records):

@@ -109,14 +109,11 @@ def current_records(directory: Path, meta: dict, records: str | os.PathLike | Se
 
 
 def check_target(directory: Path, out: str | os.PathLike | None) -> Path:
-    """Where the update goes: `directory` itself (in place), or a new `out` that holds no memory yet."""
+    """Where the update goes: `directory` itself (in place; refused if it holds files memlaw did not
+    write, which replacing it would delete), or a new `out` (refused if it holds a memory or anything else)."""
     if out is None or Path(out).absolute() == directory.absolute():
-        return directory
-    out = check_out_dir(out)
-    if out.exists() and any(out.iterdir()):
-        raise AdapterError(f"{out}: already holds an adapter; --out names a new directory (or give none to update "
-                           f"{directory} in place)")
-    return out
+        return check_out_dir(directory, replace=True)
+    return check_out_dir(out)
 
 
 def update_memory(directory: str | os.PathLike, changes: str | os.PathLike | Sequence[Record] | None = None, *,
@@ -191,7 +188,8 @@ def update_memory(directory: str | os.PathLike, changes: str | os.PathLike | Seq
                             sum(v.certified for v in checked.records[n:]), note, 0.0, leakage=leaks)
     entry = history_entry(d, outcome, meta, records_sha256(d.final), objective, train, time.perf_counter() - t0)
     if outcome.certified and not old_recalled:
-        save_adapter(target, adapter, base, prompt=enc.prompt, terminator=enc.terminator, records=d.final,
+        save_adapter(target, adapter, base, replace=target == directory, prompt=enc.prompt, terminator=enc.terminator,
+                     records=d.final,
                      save_records=meta.get("records_saved", True), extra={
                          "created": meta.get("created"), "training": meta.get("training"),
                          "history": [*meta.get("history", []), entry], "metrics": verification.summary()})

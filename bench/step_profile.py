@@ -24,6 +24,7 @@ from memlaw.adapters import make_adapter
 from memlaw.benchmarks import phonebook
 from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig
 from memlaw.encode import encode
+from memlaw.engine import attached
 from memlaw.models import load_base
 from memlaw.train import write
 
@@ -47,16 +48,12 @@ def main() -> None:
     answers = sum(len(enc.answer_ids(i)) for i in range(args.n)) * args.batch // args.n
     print(f"machine: {machine()}; model dtype {base.dtype}; ~{tokens} tokens and {answers} answer tokens a step\n")
     for kind in args.kinds:
-        ad = make_adapter(AdapterConfig(kind=kind, rank=RANK[kind]), base, seed=0)
-        ad.attach(base)
         train = TrainConfig(until="budget", max_steps=args.steps, batch_size=args.batch, lr=LR[kind],
                             check_every=10**6)
-        try:
+        with attached(make_adapter(AdapterConfig(kind=kind, rank=RANK[kind]), base, seed=0), base) as ad:
             write(base, ad, enc, ObjectiveConfig(), dataclasses.replace(train, max_steps=2))   # warm-up
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 res = write(base, ad, enc, ObjectiveConfig(), train)
-        finally:
-            ad.detach()
         self_us: dict[str, float] = defaultdict(float)
         for e in prof.key_averages():
             self_us[e.key] += e.self_cpu_time_total

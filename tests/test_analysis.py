@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from memlaw import experiments
+from memlaw.config import AdapterConfig, BenchmarkConfig, ObjectiveConfig, PromptConfig, TrainConfig
+from memlaw.sweep.grid import CellConfig
 from memlaw import analysis
 from memlaw.sweep import sweep_from_dict
 from memlaw.sweep.cell import RECORD_COLUMNS, probs_interval, run_cell
@@ -22,9 +25,11 @@ def cell(key="k1", *, rank=4, length=12, records=None, steps=100, em_rate=None, 
         full = [{**base, **r} for r in records]
         cols = {name: [r[name] for r in full] for name in RECORD_COLUMNS}
     metrics = {"history": list(history), "steps": steps, **({"records": cols} if cols is not None else {})}
+    config = CellConfig(model=model, benchmark=BenchmarkConfig(), length=length, adapter=AdapterConfig(rank=rank),
+                        objective=ObjectiveConfig(), train=TrainConfig(max_steps=steps), prompt=PromptConfig())
     return {"key": key, "model": model, "kind": "probe", "objective": "sft", "benchmark": "phonebook",
             "rank": rank, "length": length, "steps": steps, "em_rate": em_rate, "L_final": L_final,
-            "metrics": metrics, **flat}
+            "metrics": metrics, "config": config.to_dict(), **flat}
 
 
 def failed(es, ff):
@@ -132,11 +137,12 @@ def test_grids_stubborn_counts_and_certified_since():
                        "certified": 0, "loss": 1.0}]
 
 
-def test_cell_rows_and_groups():
+def test_cell_rows_and_experiments():
     rows = [cell("b", rank=8, length=24, model="m"), cell("a", rank=2, length=24, model="m"),
             cell("c", rank=2, length=12, model="n")]
     assert [r["key"] for r in analysis.cell_rows(rows)] == ["a", "b", "c"]
-    assert [len(v) for v in analysis.groups(rows).values()] == [2, 1]
+    groups = experiments.group(rows)
+    assert [len(e.rows) for e in groups] == [2, 1] and [e.label for e in groups] == ["model=m", "model=n"]
 
 
 # ---------------------------------------------------------------- recording (sweep/cell.py)

@@ -200,53 +200,42 @@ def test_linear_rule_split_is_disjoint_seeded_and_correct():
         linear_rule(9_950, 100)
 
 
-# ---- the methods grid on the tiny model ----
+# ---- the registry, and method comparisons as sweeps on the tiny model ----
 
-@pytest.fixture(scope="module")
-def tiny_grid_kwargs(plain):
-    return dict(ranks=(2, 8), lr=0.03, layer=1, batch_size=8, prompt=plain, held_out=4)
+@pytest.mark.parametrize("name, options, held", [("phonebook", {}, 0), ("long-context", {"ratio": "r20"}, 0),
+                                                 ("linear-rule", {"held_out": 7}, 7)])
+def test_build_gives_exactly_length_value_tokens(tok, name, options, held):
+    from memlaw.benchmarks import build
 
-
-@pytest.mark.parametrize("benchmark, length, sw", [("phonebook", 40, "memft-sw-curriculum"),
-                                                   ("long-context", 40, "memft-sw"),
-                                                   ("linear-rule", 8, "memft-sw-curriculum")])
-def test_run_methods_grid_rows_and_resume(tiny_base, tiny_grid_kwargs, benchmark, length, sw):
-    from memlaw.benchmarks.methods import MethodsGrid, run_methods, table
-
-    grid = MethodsGrid(benchmark=benchmark, lengths=(length,), steps=3, **tiny_grid_kwargs)
-    seen = []
-    rows = run_methods(grid, tiny_base, on_cell=lambda row, i, n: seen.append((i, n)))
-    assert seen == [(i, 6) for i in range(1, 7)]
-    assert [(r["method"], r["rank"]) for r in rows] == [(m, r) for r in (2, 8) for m in ("SFT", "MemFT-OT", "MemFT-SW")]
-    assert {r["objective"] for r in rows if r["method"] == "MemFT-SW"} == {sw}
-    assert all(r["steps"] == 3 for r in rows) and len({r["cell_id"] for r in rows}) == 6
-    json.dumps(rows)  # JSON-ready
-    if benchmark == "linear-rule":
-        assert all(r["generalization"]["n_records"] == 4 and isinstance(r["score"], tuple) for r in rows)
-    columns, cells = table(rows)
-    assert columns == ["r2", "r8"] and list(cells) == ["SFT", "MemFT-OT", "MemFT-SW"]
-    resumed = run_methods(grid, tiny_base, done={r["cell_id"]: r for r in rows[:4]},
-                          on_cell=lambda row, i, n: seen.append(i))
-    assert len(seen) == 6 + 2 and [r["cell_id"] for r in resumed] == [r["cell_id"] for r in rows]
+    length = 40 if name != "linear-rule" else 41                 # linear-rule: reachable sums of short values
+    try:
+        records, held_out = build(name, tok, length, **options)
+    except ConfigError as e:                                      # an unreachable ℓ says which ones are reachable
+        assert "nearest" in str(e)
+        return
+    assert sum(len(tok(r.value, add_special_tokens=False).input_ids) for r in records) == length
+    assert len(held_out) == held and not {r.key for r in held_out} & {r.key for r in records}
 
 
-def test_run_methods_phonebook_learns_on_tiny(tiny_base, plain):
-    from memlaw.benchmarks.methods import MethodsGrid, run_methods
+def test_build_refuses_options_a_benchmark_does_not_take(tok):
+    from memlaw.benchmarks import build
 
-    grid = MethodsGrid(benchmark="phonebook", ranks=(8,), lengths=(80,), steps=150, lr=0.03, layer=1,
-                       batch_size=8, prompt=plain, methods=("SFT",))
-    [row] = run_methods(grid, tiny_base)
-    assert row["metrics"]["length"] == 80 and row["metrics"]["n_records"] == 8
-    assert row["score"] >= 0.25 and row["metrics"]["delta_loss"] > 1.0
+    with pytest.raises(ConfigError, match="ratio is not an option of benchmark 'phonebook'"):
+        build("phonebook", tok, 40, ratio="r20")
+    with pytest.raises(ConfigError, match="did you mean 'linear-rule'"):
+        build("linear-rul", tok, 40)
 
 
-def test_methods_grid_validates():
-    from memlaw.benchmarks.methods import MethodsGrid
+def test_benchmark_names_come_from_the_config_literal():
+    from memlaw.benchmarks import BUILDERS
+    from memlaw.config import BenchmarkConfig, choices
 
-    with pytest.raises(ConfigError, match="did you mean 'phonebook'"):
-        MethodsGrid(benchmark="phonbook")
-    with pytest.raises(ConfigError, match="methods"):
-        MethodsGrid(benchmark="phonebook", methods=("MemFT",))
+    assert tuple(BUILDERS) == choices(BenchmarkConfig, "name")
+
+
+METHODS_GRID = {"name": "methods", "model": "tiny", "dtype": "float32", "ranks": [2, 8], "seeds": [0, 1],
+                "adapter": {"layer": 1}, "prompt": {"template": "plain"},
+                "train": {"lr": 0.03, "batch_size": 8, "max_steps": 3, "check_every": 3}}
 
 
 def test_mixed_set_covers_its_kinds_and_encodes(tiny_base, plain):
@@ -268,3 +257,77 @@ def test_mixed_set_covers_its_kinds_and_encodes(tiny_base, plain):
     assert len(enc) == 24 and enc.length > 24 * 5
     with pytest.raises(ConfigError, match="1..24"):
         mixed(25)
+
+
+@pytest.mark.parametrize("benchmark, length, sw", [({"name": "phonebook"}, 40, "memft-sw-curriculum"),
+                                                   ({"name": "long-context"}, 41, "memft-sw"),
+                                                   ({"name": "linear-rule", "held_out": 4}, 21,
+                                                    "memft-sw-curriculum")])
+def test_method_comparison_is_a_sweep_with_an_objectives_axis(tiny_base, tmp_path, benchmark, length, sw):
+    from memlaw.experiments import compare
+    from memlaw.store import open_store
+    from memlaw.sweep import run_local, sweep_from_dict
+
+    grid = sweep_from_dict({**METHODS_GRID, "benchmark": benchmark, "lengths": [length],
+                            "objectives": [{"name": "sft"}, {"name": "memft-ot"}, {"name": sw}]})
+    cells = grid.cells()
+    assert [(c.rank, c.seed, c.objective.name) for c in cells] == [
+        (r, s, o) for r in (2, 8) for s in (0, 1) for o in ("sft", "memft-ot", sw)]
+    assert len({c.key for c in cells}) == 12 and len({c.experiment_key for c in cells}) == 3
+    with open_store(tmp_path / "runs.db") as store:
+        first = run_local(grid, store, base=tiny_base)
+        again = run_local(grid, store, base=tiny_base)           # resume: nothing left to run
+        rows = store.load_cells()
+    assert (first.ran, again.ran, again.skipped) == (12, 0, 12)
+    assert all(r["steps"] == 3 for r in rows)
+    if benchmark["name"] == "linear-rule":                       # held-out EM is stored with the cell
+        assert all(r["metrics"]["held_out"]["n_records"] == 4 for r in rows)
+    else:
+        assert all("held_out" not in r["metrics"] for r in rows)
+    [table] = compare(rows)
+    assert table.objectives == ["sft", "memft-ot", sw] and table.columns == [(2, length), (8, length)]
+    for name in table.objectives:
+        for column in table.columns:
+            stat = table.cells[name][column]
+            assert stat.n == 2 and stat.sd is not None
+            own = [r for r in rows if r["objective"] == name and (r["rank"], r["length"]) == column]
+            metric = "free_acc" if benchmark["name"] == "long-context" else "em_rate"
+            assert stat.mean == pytest.approx(sum(r[metric] for r in own) / 2)
+
+
+def test_a_winner_needs_a_gap_larger_than_the_seeds_spread():
+    from memlaw.experiments import Comparison, Stat
+
+    col = (4, 160)
+    cells = {"sft": {col: Stat.of([0.40, 0.50])}, "memft-ot": {col: Stat.of([0.60, 0.70])}}
+    c = Comparison({}, "em_rate", ["sft", "memft-ot"], [col], cells)
+    assert c.winner(col) == "memft-ot"                           # 0.65 - 0.45 = 0.2 > sd 0.0707
+    cells["memft-ot"][col] = Stat.of([0.30, 0.80])               # same mean, sd 0.354 > 0.2: a tie
+    assert c.winner(col) is None
+    cells["memft-ot"][col] = Stat.of([0.9])                       # one seed: no spread, no winner
+    assert c.winner(col) is None
+
+
+def test_runs_compare_prints_the_table_from_the_store(tiny_base, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from memlaw.cli import app
+    from memlaw.store import open_store
+    from memlaw.sweep import run_local, sweep_from_dict
+
+    grid = sweep_from_dict({**METHODS_GRID, "ranks": [2], "lengths": [40],
+                            "objectives": [{"name": "sft"}, {"name": "memft-ot"}]})
+    with open_store(tmp_path / "runs.db") as store:
+        run_local(grid, store, base=tiny_base)
+    runner = CliRunner()
+    res = runner.invoke(app, ["runs", "compare", "--store", str(tmp_path / "runs.db"), "--json"])
+    assert res.exit_code == 0, res.output
+    [table] = json.loads(res.stdout)
+    assert table["metric"] == "em_rate" and table["columns"] == [[2, 40]]
+    assert set(table["cells"]) == {"sft", "memft-ot"} and all(c[0]["n"] == 2 for c in table["cells"].values())
+    text = runner.invoke(app, ["runs", "compare", "--store", str(tmp_path / "runs.db")]).stdout
+    assert "r2 ℓ40" in text and "memft-ot" in text and "[2]" in text
+    res = runner.invoke(app, ["runs", "compare", "--store", str(tmp_path / "runs.db"), "--where", "objective=sft"])
+    assert res.exit_code == 2 and "no cells that differ only in their objective" in res.output

@@ -87,9 +87,9 @@ def test_fit_store_and_csv(swept, tmp_path):
     d, _, _ = swept
     res = invoke("fit", "--store", d / "runs.db", "--json")
     assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout)
+    [out] = json.loads(res.stdout)["fits"]
     assert out["n"] == 4 and set(out["law"]["params"]) == {"C", "alpha", "beta", "b"}
-    assert out["source"]["model"] == "tiny" and any("n>=5" in w or "n=4" in w for w in out["warnings"])
+    assert out["config"]["model"] == "tiny" and any("n>=5" in w or "n=4" in w for w in out["warnings"])
     invoke("runs", "export", "--out", tmp_path / "runs.csv", "--store", d / "runs.db")
     res = invoke("fit", "--csv", tmp_path / "runs.csv")
     assert res.exit_code == 0 and "R²" in res.stdout and "MAPE" in res.stdout
@@ -106,7 +106,7 @@ def test_fit_recovers_planted_parameters_from_a_csv(tmp_path):
                 f.write(f"{r},{length},{y},{1.0 if length <= 40 * r else 0.5}\n")
     res = invoke("fit", "--csv", path, "--json")
     assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout)
+    [out] = json.loads(res.stdout)["fits"]
     p = out["law"]["params"]
     assert p["alpha"] == pytest.approx(0.4, abs=0.05) and p["beta"] == pytest.approx(0.3, abs=0.05)
     assert out["law"]["r2"] > 0.99 and out["held_out"]["mape"] < 5
@@ -115,12 +115,14 @@ def test_fit_recovers_planted_parameters_from_a_csv(tmp_path):
     assert "α" in text.stdout and "held-out MAPE" in text.stdout and "frontier" in text.stdout
 
 
-def _planted_store(path, lengths=(20, 40, 60, 80), ranks=(1, 2, 4, 8)):
-    """Rows of the law ΔL = 3·r^0.5·ℓ^-0.2 + 0 with full EM while ℓ <= 10·r (frontier K = 10, γ = 1)."""
-    grid = sweep_from_dict({**GRID, "ranks": list(ranks), "lengths": list(lengths)})
+def _planted_store(path, lengths=(20, 40, 60, 80), ranks=(1, 2, 4, 8), **grid_options):
+    """Rows of the law ΔL = 3·r^0.5·ℓ^-0.2 + 0 with full EM while ℓ <= 10·r (frontier K = 10, γ = 1);
+    with several long-context noise ratios, ratio rX gets C = 3 + X/25 (a law of its own)."""
+    grid = sweep_from_dict({**GRID, "ranks": list(ranks), "lengths": list(lengths), **grid_options})
     with open_store(path) as db:
         for c in grid.cells():
-            dl = float(law(c.rank, c.length, 3.0, 0.5, 0.2, 0.0))
+            C = 3.0 + int(c.benchmark.ratio[1:]) / 25 if c.benchmark.ratio else 3.0
+            dl = float(law(c.rank, c.length, C, 0.5, 0.2, 0.0))
             em = 1.0 if c.length <= 10 * c.rank else 0.0
             db.add_cell(CellResult(c.key, c, "done", {"length": c.length, "delta_loss": dl, "em_rate": em,
                                                       "L_final": 0.05 if em else 1.0}), sweep="planted")
@@ -183,6 +185,29 @@ def test_the_planned_command_certifies_or_the_plan_says_it_extrapolates(tmp_path
     write_records(tmp_path / "more.jsonl", pool[20:30])                # ℓ = 60: past every measured length
     text = invoke("plan", tmp_path / "more.jsonl", "--model", "tiny", "--store", tmp_path / "runs.db").stdout
     assert "EXTRAPOLATING" in text and "ℓ = 60 is 1.7× the largest measured length (36)" in text
+
+
+def test_fit_never_mixes_experiments_two_noise_ratios_are_two_laws(tmp_path, tiny_records):
+    """A store holding long-context cells at r0 and r100: two laws (store and exported CSV alike); plan refuses
+    the mix naming the key, and --where on the config key picks one."""
+    _planted_store(tmp_path / "runs.db", benchmarks=[{"name": "long-context", "ratio": "r0"},
+                                                     {"name": "long-context", "ratio": "r100"}])
+    fits = json.loads(invoke("fit", "--store", tmp_path / "runs.db", "--fix-b", "--json").stdout)["fits"]
+    assert sorted(f["experiment"] for f in fits) == ["benchmark.ratio=r0", "benchmark.ratio=r100"]
+    for f in fits:
+        C = 3.0 + int(f["config"]["benchmark"]["ratio"][1:]) / 25
+        assert f["n"] == 16 and f["law"]["params"]["C"] == pytest.approx(C, rel=1e-6)
+        assert f["law"]["r2"] == pytest.approx(1.0)
+    invoke("runs", "export", "--out", tmp_path / "runs.csv", "--store", tmp_path / "runs.db")
+    from_csv = json.loads(invoke("fit", "--csv", tmp_path / "runs.csv", "--fix-b", "--json").stdout)["fits"]
+    assert sorted(round(f["law"]["params"]["C"], 6) for f in from_csv) == [3.0, 7.0]
+    write_records(tmp_path / "mem.jsonl", tiny_records)
+    res = invoke("plan", tmp_path / "mem.jsonl", "--model", "tiny", "--store", tmp_path / "runs.db")
+    assert res.exit_code == 2 and "benchmark.ratio" in res.stderr and "2 experiments" in res.stderr
+    res = invoke("plan", tmp_path / "mem.jsonl", "--model", "tiny", "--store", tmp_path / "runs.db",
+                 "--where", "benchmark.ratio=r100", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["law"]["params"]["C"] == pytest.approx(7.0, rel=1e-3)
 
 
 @pytest.mark.parametrize("args,cause", [

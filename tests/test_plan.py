@@ -13,13 +13,18 @@ def rows(ranks=(1, 2, 4, 8), lengths=(20, 40, 60, 80), full=lambda r, length: le
             for r in ranks for length in lengths]
 
 
-def test_law_rows_refuse_mixed_groups_and_empty_input():
+def test_law_rows_refuse_mixed_experiments_and_empty_input():
+    from memlaw.sweep import sweep_from_dict
+
+    grid = sweep_from_dict({"name": "g", "model": "m", "ranks": [1], "lengths": [10], "train": {"max_steps": 5},
+                            "objectives": [{"name": "sft"}, {"name": "memft-ot"}]})
+    sft, ot = (c.to_dict() for c in grid.cells())
     base = {"status": "done", "model": "m", "kind": "probe", "objective": "sft", "benchmark": "phonebook",
-            "rank": 1, "length": 10, "delta_loss": 1.0, "em_rate": 1.0, "L_final": 0.1}
+            "rank": 1, "length": 10, "delta_loss": 1.0, "em_rate": 1.0, "L_final": 0.1, "config": sft}
     assert law_rows([base]) == [{"rank": 1, "length": 10, "delta_loss": 1.0, "em": 1.0, "certified": None,
                                  "L_final": 0.1}]
-    with pytest.raises(ConfigError, match="mix 2 groups.*--where"):
-        law_rows([base, {**base, "objective": "memft-ot"}])
+    with pytest.raises(ConfigError, match="mix 2 experiments .they differ in objective.name.*--where"):
+        law_rows([base, {**base, "objective": "memft-ot", "config": ot}])
     with pytest.raises(ConfigError, match="no finished cells"):
         law_rows([{**base, "delta_loss": None}])
 

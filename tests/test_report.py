@@ -12,7 +12,7 @@ import torch
 from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
-from memlaw import analysis
+from memlaw import analysis, experiments
 from memlaw.cli import app
 from memlaw.records import Record, write_records
 from memlaw.report import build_report, html, plots
@@ -36,7 +36,7 @@ def store_path(tmp_path_factory, tiny_base):
         "name": "tiny-report", "model": "tiny", "dtype": "float32", "ranks": [2, 8], "lengths": [24, 48],
         "benchmark": {"name": "records", "path": str(tmp / "records.jsonl")}, "adapter": {"layer": 1},
         "prompt": {"template": "plain"}, "train": {"lr": 0.03, "batch_size": 8, "max_steps": 100, "check_every": 10},
-        "token_probs": True})
+        "objectives": [{"name": "sft"}, {"name": "memft-ot"}], "seeds": [0, 1], "token_probs": True})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -57,20 +57,11 @@ def rows(store_path):
         return rows, {r["key"]: store.token_probs(r["key"]) for r in rows}
 
 
-METHODS = [{"cell_id": f"c{i}", "benchmark": "phonebook", "method": m, "rank": r, "length": 160, "model": "tiny",
-            "steps": 300, "score": s, "memory": {"document": "doc.txt"}}
-           for i, (m, r, s) in enumerate([("SFT", 1, 0.5), ("MemFT-OT", 1, 0.75), ("MemFT-SW", 1, 0.7),
-                                          ("SFT", 4, 0.9), ("MemFT-OT", 4, 1.0), ("MemFT-SW", 4, 1.0)])]
-
-
 @pytest.fixture(scope="module")
 def page_dir(store_path, tmp_path_factory):
-    """`memlaw report` run once through the CLI (with the methods file), shared by the tests that read it."""
+    """`memlaw report` run once through the CLI, shared by the tests that read it."""
     out = tmp_path_factory.mktemp("page")
-    methods = out / "methods.jsonl"
-    methods.write_text("".join(json.dumps(r) + "\n" for r in METHODS))
-    res = runner.invoke(app, ["report", "--store", str(store_path), "--out", str(out / "site"),
-                              "--methods", str(methods)])
+    res = runner.invoke(app, ["report", "--store", str(store_path), "--out", str(out / "site")])
     assert res.exit_code == 0, res.output
     assert "wrote" in res.output
     return out / "site"
@@ -81,7 +72,7 @@ def page_dir(store_path, tmp_path_factory):
 
 def test_the_tiny_sweep_obeys_the_theory(rows):
     rows, probs = rows
-    assert len(rows) == 4 and all(probs[r["key"]] for r in rows)
+    assert len(rows) == 16 and all(probs[r["key"]] for r in rows)
     points = [p for r in rows for p in analysis.phase_points(r, probs[r["key"]])]
     summary = analysis.phase_summary(points)
     assert summary["on_path"] > 0 and summary["violations"] == 0          # p_t > 0.5 on the path => right
@@ -114,7 +105,7 @@ def test_every_figure_function_returns_a_figure_that_renders(rows):
             plots.stubborn_figure(analysis.stubborn_curves(rows), sf.points, rho=sf.rho, n=sf.n),
             plots.stubborn_figure([], [], rho=None, n=0),
             plots.phase_figure(pts, analysis.phase_summary(pts)),
-            plots.methods_figure(["r1", "r4"], {"SFT": {"r1": 0.5, "r4": (0.9, 0.2)}, "MemFT-OT": {"r1": None}})]
+            plots.methods_figure(experiments.compare(rows)[0], metric="EM %")]
     assert all(isinstance(f, Figure) for f in figs)
     png, svg = plots.render(figs[0], "png"), plots.render(figs[0], "svg")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg[:500]
@@ -127,20 +118,23 @@ def test_every_figure_function_returns_a_figure_that_renders(rows):
 
 def test_report_page_has_every_section_table_and_embedded_image(page_dir):
     html = (page_dir / "index.html").read_text()
-    for table in ("fit-tiny-probe-sft-records", "rho-table", "timeline-table", "phase-table", "misalignment-table",
-                  "methods-phonebook", "cells-table", "failed-table"):
+    for table in ("rho-table", "timeline-table", "phase-table", "misalignment-table", "methods-tiny--probe--records",
+                  "cells-table", "failed-table"):
         assert f'id="{table}"' in html, table
-    for text in ("Spearman ρ", "0.908", "155", "held-out MAPE", "R²", "MAPE", "MemFT-OT"):
+    for objective in ("sft", "memft-ot"):                   # one law per experiment: never one over both objectives
+        assert re.search(rf'id="fit-objective-name-{objective}-[0-9a-f]{{8}}"', html), objective
+    for text in ("Spearman ρ", "0.908", "155", "held-out MAPE", "R²", "MAPE", "memft-ot", " ± ", "[2]"):
         assert text in html
     figures = sorted(p.stem for p in (page_dir / "figures").glob("*.png"))
     assert sorted(p.stem for p in (page_dir / "figures").glob("*.svg")) == figures
-    assert len(figures) >= 8 and {"stubborn", "phase", "methods-phonebook"} <= set(figures)
+    assert len(figures) >= 8 and {"stubborn", "phase", "methods-tiny--probe--records"} <= set(figures)
     assert any(f.startswith("grid-") for f in figures) and any(f.startswith("heat-em") for f in figures)
     assert html.count('src="data:image/png;base64,') == len(figures)
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)      # nothing to fetch: opens offline
     assert ERROR_SECRET in html                                                # errors are shown unless --redact
     summary = json.loads((page_dir / "report.json").read_text())
-    assert summary["cells"] == 4 and summary["phase"]["violations"] == 0
+    assert summary["cells"] == 16 and summary["phase"]["violations"] == 0
+    assert sorted(law["config"]["objective"]["name"] for law in summary["laws"]) == ["memft-ot", "sft"]
     assert summary["stubborn_vs_failure"]["paper"] == {"rho": 0.908, "n": 155}
 
 
@@ -213,11 +207,10 @@ def test_secret_values_never_reach_the_store_or_any_report(store_path, rows, tmp
     with open_store(store_path, create=False) as store:
         failed = store.load_cells(status="failed")
     for redact in (False, True):
-        rep = build_report(rows, probs, failed=failed, methods=METHODS, redact=redact)
+        rep = build_report(rows, probs, failed=failed, redact=redact)
         text = html.page(rep, {f.name: b"" for f in rep.figures}) + json.dumps(rep.summary)   # no rendering
         assert SECRET not in text
         assert (ERROR_SECRET in text) is (not redact)
-        assert ("doc.txt" in text) is (not redact)
         assert ("Redacted" in text) is redact
     res = runner.invoke(app, ["report", "--store", str(store_path), "--out", str(tmp_path / "cli"), "--redact",
                               "--no-svg"])
@@ -232,9 +225,6 @@ def test_report_errors_are_one_line(tmp_path, store_path):
     res = runner.invoke(app, ["report", "--store", str(store_path), "--out", str(tmp_path / "o"),
                               "--where", "rank>=100"])
     assert res.exit_code == 2 and "no finished cells" in res.output
-    res = runner.invoke(app, ["report", "--store", str(store_path), "--out", str(tmp_path / "o"),
-                              "--methods", str(tmp_path / "missing.jsonl")])
-    assert res.exit_code == 2 and "missing.jsonl:1" in res.output
     assert not (tmp_path / "o").exists()
 
 
@@ -259,8 +249,8 @@ def test_chromium_loads_every_image_and_shows_the_tables(page_dir, tmp_path):
     assert attr("tables-scrolling") >= 1 and attr("page-overflow") <= 0   # the wide cells table scrolls in its box
     summary = re.search(r'<section id="summary">(.*?)</section>', dom, re.S).group(1)
     assert dom.index('id="summary"') < dom.index("<nav>")  # the page opens with it
-    assert "What was measured: 4 memories" in summary and "100 optimizer steps of batches of 8" in summary
-    for table in ("rho-table", "phase-table", "misalignment-table", "cells-table", "methods-phonebook"):
+    assert "What was measured: 16 memories" in summary and "100 optimizer steps of batches of 8" in summary
+    for table in ("rho-table", "phase-table", "misalignment-table", "cells-table", "methods-tiny--probe--records"):
         assert re.search(rf'<table id="{table}">.*?<td>', dom, re.S), table
     shot = tmp_path / "report.png"
     subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1280,3000",

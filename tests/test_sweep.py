@@ -16,7 +16,8 @@ from memlaw.errors import ConfigError
 from memlaw.records import Record
 from memlaw.store import open_store
 from memlaw.sweep import CellConfig, load_sweep, run_local, run_sweep, sweep_from_dict
-from memlaw.sweep.cell import comparable, prefix_by_length, run_cell
+from memlaw.benchmarks import prefix_by_length
+from memlaw.sweep.cell import comparable, run_cell
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -75,7 +76,7 @@ def test_key_ignores_the_sweep_name_and_int_vs_float_spelling():
     ({"ranks": []}, "ranks must be a non-empty list"),
     ({"lengths": [10, 10]}, "repeated"),
     ({"benchmark": {"name": "phonebok"}}, "did you mean 'phonebook'"),
-    ({"benchmark": {"name": "phonebook", "ratio": 0.2}}, "ratio is only for"),
+    ({"benchmark": {"name": "phonebook", "ratio": 0.2}}, "ratio is not an option of benchmark 'phonebook'"),
     ({"train": {"lr": 0.1}}, "needs max_steps or epochs"),
     ({"dtype": "fp16"}, "dtype must be one of"),
 ])

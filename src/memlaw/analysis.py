@@ -24,6 +24,7 @@ rounds to the nearest value, and 0.5 is exact in float16: a stored p_t > 0.5 was
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from memlaw.certificate import certified, stubborn
-from memlaw.plan import GROUP  # cells of one law
+from memlaw.experiments import experiment_of
 
 LN2 = math.log(2.0)
 PAPER_RHO, PAPER_N = 0.908, 155
@@ -201,7 +202,7 @@ class Misalignment:
 def misalignment(rows: Iterable[Mapping[str, Any]], threshold: float = LN2) -> Misalignment:
     """Loss-vs-recall misalignment: cells with L_final < `threshold` yet EM < 100%, lowest loss first.
 
-    Each row also says whether its loss is below that of a fully recalled cell of its group
+    Each row also says whether its loss is below that of a fully recalled cell of its experiment
     (`below_recalled`: the loss ranks it above a cell that recalls everything) and, with per-record
     verdicts, how many of its failed records have their own mean loss below the threshold.
     """
@@ -209,7 +210,7 @@ def misalignment(rows: Iterable[Mapping[str, Any]], threshold: float = LN2) -> M
     recalled_max: dict[tuple, float] = {}
     for r in rows:
         if r["em_rate"] >= 1.0:
-            g = tuple(r.get(k) for k in GROUP)
+            g = _experiment(r)
             recalled_max[g] = max(recalled_max.get(g, -math.inf), r["L_final"])
     low = [r for r in rows if r["L_final"] < threshold]
     out = []
@@ -218,7 +219,7 @@ def misalignment(rows: Iterable[Mapping[str, Any]], threshold: float = LN2) -> M
             continue
         recs = record_rows(r)
         failed = [x for x in recs if x.get("em") is False]
-        ceiling = recalled_max.get(tuple(r.get(k) for k in GROUP))
+        ceiling = recalled_max.get(_experiment(r))
         m = r.get("metrics") or {}
         out.append({
             "key": r["key"], "model": r.get("model"), "rank": r.get("rank"), "length": r.get("length"),
@@ -232,6 +233,10 @@ def misalignment(rows: Iterable[Mapping[str, Any]], threshold: float = LN2) -> M
             "below_recalled": ceiling is not None and r["L_final"] < ceiling,
         })
     return Misalignment(out, threshold, len(low), len(out))
+
+
+def _experiment(row: Mapping[str, Any]) -> str:
+    return json.dumps(experiment_of(row), sort_keys=True)
 
 
 # ---------------------------------------------------------------- the phase picture
@@ -304,19 +309,11 @@ def cell_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         m = r.get("metrics") or {}
         out.append({c: r.get(c, m.get(c)) for c in CELL_COLUMNS})
-    return sorted(out, key=lambda r: (tuple(str(r.get(k)) for k in GROUP), r["length"] or 0, r["rank"] or 0,
-                                      r["seed"] or 0))
-
-
-def groups(rows: Iterable[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
-    """Rows by (model, kind, objective, benchmark), in first-seen order."""
-    out: dict[tuple, list] = {}
-    for r in rows:
-        out.setdefault(tuple(r.get(k) for k in GROUP), []).append(r)
-    return out
+    return sorted(out, key=lambda r: (tuple(str(r.get(k)) for k in ("model", "kind", "objective")), r["length"] or 0,
+                                      r["rank"] or 0, r["seed"] or 0))
 
 
 __all__ = ["record_rows", "final_probs", "probability_grid", "stubborn_over_training", "certified_since",
            "stubborn_curves", "StubbornFailure", "stubborn_vs_failure", "Misalignment", "misalignment",
-           "phase_points", "phase_summary", "cell_rows", "groups", "CELL_COLUMNS", "GROUP", "LN2", "PAPER_RHO",
+           "phase_points", "phase_summary", "cell_rows", "CELL_COLUMNS", "LN2", "PAPER_RHO",
            "PAPER_N"]

@@ -1,4 +1,4 @@
-"""Configuration dataclasses, one per step of the data flow, composed into `WriteConfig`.
+"""Configuration dataclasses, one per step of the data flow; `sweep.grid.CellConfig` composes them.
 
 Each is frozen and keyword-only, documented field by field, and validated once in `__post_init__`,
 which raises one `ConfigError` naming every problem. `from_dict` builds any of them from a plain
@@ -20,7 +20,7 @@ import string
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from memlaw.errors import ConfigError
 
@@ -304,6 +304,87 @@ class TrainConfig:
         return DEFAULT_MAX_STEPS
 
 
+@dataclass(frozen=True, kw_only=True)
+class BenchmarkConfig:
+    """Which records a cell writes: a benchmark (`memlaw.benchmarks.build`) and its own options.
+
+    Options a benchmark does not take must stay unset; those it takes are filled with their defaults
+    here, so two spellings of one memory give one cell key.
+    """
+
+    name: Literal["phonebook", "long-context", "linear-rule", "records"] = "phonebook"
+    """`phonebook`: the paper's list, the first entries holding exactly ℓ value tokens (PB<ℓ>).
+    `long-context`: one record, the first ℓ tokens of a document with noise `ratio`.
+    `linear-rule`: pairs "x, y" -> 3x + 5y + 7, the first training pairs holding ℓ value tokens, and
+    `held_out` pairs for generalization. `records`: a JSONL/CSV file, the first records holding ℓ."""
+    path: str | None = None
+    """`records`: the file (JSONL or CSV, as `memlaw write` reads). Where to find it, not what it is:
+    the cell key holds `sha256`, so moving the file keeps the key and editing it changes the key."""
+    sha256: str | None = None
+    """`records`: sha256 of the file's bytes (filled when the grid is loaded)."""
+    ratio: str | float | None = None
+    """`long-context`: noise ratio r0, r20, ..., r100 or a number in [0, 1] (default r100)."""
+    source: Literal["own", "paper"] | None = None
+    """`long-context`: `own` (default: built in the model's token space from the paper's r0 text) or
+    `paper` (the paper's files, noise in Qwen3's token space)."""
+    held_out: int | None = None
+    """`linear-rule`: held-out pairs (default 100), from the end of the shuffle: the same whatever ℓ."""
+    data_seed: int | None = None
+    """`long-context` (noise positions and tokens) and `linear-rule` (the shuffle): default 0. Data,
+    not training randomness: the cell's seed does not change it."""
+
+    OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
+        "phonebook": {},
+        "long-context": {"ratio": "r100", "source": "own", "data_seed": 0},
+        "linear-rule": {"held_out": 100, "data_seed": 0},
+        "records": {"path": None, "sha256": None},
+    }
+    """Each benchmark's options and their defaults (None: required)."""
+
+    def __post_init__(self) -> None:
+        names = choices(BenchmarkConfig, "name")
+        if self.name not in names:
+            raise ConfigError(f"benchmark: name must be one of {', '.join(names)}, got {self.name!r}"
+                              f"{_nearest(self.name, names)}")
+        problems = []
+        takes = self.OPTIONS[self.name]
+        for option in ("path", "sha256", "ratio", "source", "held_out", "data_seed"):
+            value = getattr(self, option)
+            if option not in takes:
+                if value is not None:
+                    problems.append(f"{option} is not an option of benchmark {self.name!r}")
+            elif value is None and takes[option] is not None:
+                object.__setattr__(self, option, takes[option])
+        if self.name == "records" and not self.path:
+            problems.append("benchmark 'records' needs a path")
+        if self.path is not None and not isinstance(self.path, str):
+            problems.append(f"path must be a file name, got {shown(self.path)}")
+        if self.ratio is not None and (isinstance(self.ratio, bool) or not isinstance(self.ratio, (str, int, float))):
+            problems.append(f"ratio must be r0, r20, ..., r100 or a number in [0, 1], got {shown(self.ratio)}")
+        if self.source not in (None, "own", "paper"):
+            problems.append(f"source must be 'own' or 'paper', got {self.source!r}")
+        if self.held_out is not None and (not _is_int(self.held_out) or self.held_out < 0):
+            problems.append(f"held_out must be an integer >= 0, got {self.held_out!r}")
+        if self.data_seed is not None and not _is_int(self.data_seed):
+            problems.append(f"data_seed must be an integer, got {self.data_seed!r}")
+        _raise(problems, "benchmark")
+
+    def options(self) -> dict[str, Any]:
+        """The benchmark's own options, as `memlaw.benchmarks.build` takes them."""
+        return {k: getattr(self, k) for k in self.OPTIONS[self.name]}
+
+    def key_dict(self) -> dict[str, Any]:
+        """What identifies the memory: all fields but `path` where the content's sha256 is known."""
+        d = to_dict(self)
+        if self.sha256 is not None:
+            d.pop("path")
+        return d
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _nearest(name: str, options: tuple[str, ...] | list[str]) -> str:
     close = difflib.get_close_matches(str(name), list(options), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -352,5 +433,5 @@ def json_ready(x: Any) -> Any:
     return x
 
 
-__all__ = ["PromptConfig", "AdapterConfig", "ObjectiveConfig", "TrainConfig", "from_dict", "to_dict", "field",
-           "int_problem", "float_problem", "margin_problem", "format_problem", "shown", "MAX_SEED"]
+__all__ = ["PromptConfig", "AdapterConfig", "ObjectiveConfig", "TrainConfig", "BenchmarkConfig", "choices", "from_dict",
+           "to_dict", "field", "int_problem", "float_problem", "margin_problem", "format_problem", "shown", "MAX_SEED"]

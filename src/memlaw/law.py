@@ -507,14 +507,18 @@ def fit_table(rows: Iterable[Mapping[str, Any]], *, relative: bool = False,
     return out
 
 
-def read_law_csv(path: str | os.PathLike) -> list[dict[str, float]]:
-    """Read a CSV with header rank,length,delta_loss[,em] into rows of floats (other columns ignored).
+def read_law_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a CSV with header rank,length,delta_loss[,em] into rows of floats.
+
+    Of the other columns, `L_final` (a number) and `experiment` and `config` (text, as `memlaw runs
+    export` writes them) are kept, so the rows group into experiments as the store's do; the rest
+    are ignored.
 
     Raises:
         ConfigError: "path:line: cause" for a missing column, a non-number, a non-positive rank or
             length, or an em outside [0, 1].
     """
-    required, optional = ("rank", "length", "delta_loss"), ("em",)
+    required, optional = ("rank", "length", "delta_loss"), ("em", "L_final")
     rows = []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -545,6 +549,7 @@ def read_law_csv(path: str | os.PathLike) -> list[dict[str, float]]:
                     raise ConfigError(f"{where}: {k} must be > 0, got {cell}")
                 if k == "em" and not 0.0 <= row[k] <= 1.0:
                     raise ConfigError(f"{where}: em must be a fraction in [0, 1], got {cell}")
+            row.update({k: raw[k] for k in ("experiment", "config", "key") if raw.get(k)})
             rows.append(row)
     return rows
 

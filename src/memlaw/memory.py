@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memlaw.adapters import check_out_dir, load_adapter, load_saved_records, make_adapter, read_meta, save_adapter
+from memlaw.adapters import check_out_dir, load_adapter, load_saved_records, read_meta, save_adapter
 from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig, to_dict
 from memlaw.encode import Encoded, encode, prompt_ids
 from memlaw.certificate import certified
@@ -37,8 +37,9 @@ from memlaw.leakage import Leakage, check_leakage
 if TYPE_CHECKING:
     from memlaw.update import UpdateOutcome
 from memlaw.models import BaseModel, load_base
+from memlaw.engine import Written, write_and_verify
 from memlaw.records import Record, as_records, load_records, records_sha256
-from memlaw.train import StepCallback, TrainResult, write
+from memlaw.train import StepCallback, TrainResult
 from memlaw.verify import Verification, VerifyCallback, base_answer_losses, greedy, verify
 
 logger = logging.getLogger(__name__)
@@ -103,24 +104,21 @@ def write_memory(records: str | os.PathLike | Sequence[Record | Mapping[str, Any
         check_out_dir(out, force=force)
     base = model if isinstance(model, BaseModel) else load_base(model, dtype=dtype, device=device)
     enc = encode(recs, base.tokenizer, prompt, max_length=base.context_length)
-    losses = base_answer_losses(base, enc)           # L_base: once per memory, no adapter attached
-    ad = make_adapter(adapter, base, seed=train.seed)
-    ad.attach(base)
-    try:
-        result = write(base, ad, enc, objective, train, on_step=on_step)
-        checked = verify(base, ad, enc, recall=recall, margin=train.margin, base_losses=losses)
-        if out is not None:
-            save_adapter(out, ad, base, prompt=enc.prompt, terminator=enc.terminator, records=recs, force=force,
-                         save_records=save_records, extra={
-                             "training": {"adapter": to_dict(adapter), "objective": to_dict(objective),
-                                          "train": to_dict(train), "steps": result.steps,
-                                          "device": base.device.type,
-                                          "wall_s": round(result.wall_s, 3),
-                                          "time_to_certified": result.time_to_certified},
-                             "metrics": checked.summary(),
-                         })
-    finally:
-        ad.detach()
+
+    def save(done: Written) -> None:
+        save_adapter(out, done.adapter, base, prompt=enc.prompt, terminator=enc.terminator, records=recs, force=force,
+                     save_records=save_records, extra={
+                         "training": {"adapter": to_dict(adapter), "objective": to_dict(objective),
+                                      "train": to_dict(train), "steps": done.train.steps,
+                                      "device": base.device.type,
+                                      "wall_s": round(done.train.wall_s, 3),
+                                      "time_to_certified": done.train.time_to_certified},
+                         "metrics": done.verification.summary(),
+                     })
+
+    done = write_and_verify(base, enc, adapter, objective, train, recall=recall, on_step=on_step,
+                            while_attached=save if out is not None else None)
+    result, checked = done.train, done.verification
     return WriteOutcome(Path(out) if out is not None else None, result, checked, time.perf_counter() - t0)
 
 

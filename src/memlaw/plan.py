@@ -32,27 +32,20 @@ import numpy as np
 
 from memlaw import recipe
 from memlaw.errors import ConfigError, FitWarning
+from memlaw.experiments import one_experiment
 from memlaw.law import Frontier, MemoryLaw, fit_table, unsaturated
 
-GROUP = ("model", "kind", "objective", "benchmark")
-"""Rows of one law share these; a fit over several groups would mix different laws."""
-
-
 def law_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Store rows -> law rows {rank, length, delta_loss, em, L_final}, after checking they form one group.
+    """Store rows -> law rows {rank, length, delta_loss, em, L_final}, after checking they form one experiment.
 
     Raises:
-        ConfigError: no usable row, or rows of several (model, kind, objective, benchmark) groups
-            (the message lists them and how to pick one with --where).
+        ConfigError: no usable row, or rows of several experiments (cells that differ in more than
+            rank, length and seed; the message names the keys and how to pick one with --where).
     """
     usable = [r for r in rows if r.get("status", "done") == "done" and r.get("delta_loss") is not None]
     if not usable:
         raise ConfigError("no finished cells with a ΔL match; check the store and the --where filter")
-    groups = Counter(tuple(r.get(k) for k in GROUP) for r in usable)
-    if len(groups) > 1:
-        listed = "; ".join(f"{', '.join(f'{k}={v}' for k, v in zip(GROUP, g))} ({n} cells)" for g, n in groups.items())
-        raise ConfigError(f"the cells mix {len(groups)} groups, each its own law: {listed}; "
-                          "pick one with --where, e.g. --where model=...,kind=...")
+    one_experiment(usable)
     return [{"rank": r["rank"], "length": r["length"], "delta_loss": r["delta_loss"], "em": r.get("em_rate"),
              "certified": r.get("certified_rate"), "L_final": r.get("L_final")} for r in usable]
 
@@ -72,15 +65,16 @@ def fit_rows(rows: list[dict[str, Any]], *, relative: bool = False,
 def fit_cells(*, store: str | os.PathLike | None = None, csv: str | os.PathLike | None = None,
               where: str | None = None, relative: bool = False, saturated_below: float | None = None,
               fix_b: bool = False) -> dict[str, Any]:
-    """`memlaw fit`: the law, held-out check and frontier of a store's cells (one group) or of a CSV.
+    """`memlaw fit`: one law per experiment (cells that differ only in rank, length and seed) of a store or CSV.
 
     Returns:
-        `fit_rows`' dict plus `source` (where the rows came from, and the group) and `n` (rows).
+        {"fits": [...]}: per experiment, `fit_rows`' dict plus `experiment` (what sets it apart from
+        the others), `config` (its shared settings), `source` and `n` (rows).
 
     Raises:
-        ConfigError: not exactly one of `store` and `csv`, `where` with a CSV, no usable rows, or
-            rows of several groups.
+        ConfigError: not exactly one of `store` and `csv`, `where` with a CSV, or no usable rows.
     """
+    from memlaw.experiments import group
     from memlaw.law import read_law_csv
 
     if (store is None) == (csv is None):
@@ -93,11 +87,17 @@ def fit_cells(*, store: str | os.PathLike | None = None, csv: str | os.PathLike 
         from memlaw.store import open_store
 
         with open_store(store, create=False) as db:
-            stored = db.load_cells(where)
-        rows = law_rows(stored)
-        source = {"store": str(store), "where": where, **{k: stored[0][k] for k in GROUP}}
-    fit = fit_rows(rows, relative=relative, saturated_below=saturated_below, fix_b=fix_b)
-    return json_safe({**fit, "source": source, "n": len(rows)})
+            rows = [r for r in db.load_cells(where) if r.get("delta_loss") is not None]
+        source = {"store": str(store), "where": where}
+        if not rows:
+            raise ConfigError("no finished cells with a ΔL match; check the store and the --where filter")
+    fits = []
+    for experiment in group(rows):          # one law per experiment: never across ratios, budgets, objectives
+        lrows = law_rows(experiment.rows) if store is not None else experiment.rows
+        fit = fit_rows(lrows, relative=relative, saturated_below=saturated_below, fix_b=fix_b)
+        fits.append({**fit, "experiment": experiment.label, "config": experiment.config, "source": source,
+                     "n": len(lrows)})
+    return json_safe({"fits": fits})
 
 
 LAW_FORMS: dict[str, tuple[type, str]] = {
@@ -352,4 +352,4 @@ def _freeze(d: dict) -> tuple:
     return tuple(sorted(d.items()))
 
 
-__all__ = ["plan", "plan_records", "fit_cells", "Plan", "law_rows", "fit_rows", "prompt_of", "json_safe", "LAW_FORMS", "GROUP"]
+__all__ = ["plan", "plan_records", "fit_cells", "Plan", "law_rows", "fit_rows", "prompt_of", "json_safe", "LAW_FORMS"]

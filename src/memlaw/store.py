@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import io
 import json
 import logging
@@ -94,7 +95,7 @@ class Store:
             "model": cell.model, "benchmark": cell.benchmark.name, "kind": cell.adapter.kind,
             "rank": cell.adapter.rank, "length": m.get("length", cell.length), "objective": cell.objective.name,
             "seed": cell.seed, "error": result.error, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "config": cell.canonical_json(), "metrics": _dumps(m), "versions": _dumps(result.versions),
+            "config": _dumps(cell.to_dict()), "metrics": _dumps(m), "versions": _dumps(result.versions),
         }
         for name in ("delta_loss", "L_base", "L_final", "em_rate", "certified_rate", "tf_acc", "free_acc",
                      "steps", "wall_s", "time_to_certified", "n_params"):
@@ -341,11 +342,15 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
         raise
 
 
-_WHERE_RE = re.compile(r"^\s*([A-Za-z_]+)\s*(!=|<=|>=|=|<|>)\s*(.*?)\s*$")
+_WHERE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z_0-9.]*)\s*(!=|<=|>=|=|<|>)\s*(.*?)\s*$")
+_CONFIG_KEY = re.compile(r"^[a-z_]+(\.[a-z_]+)+$")
 
 
 def parse_where(where: str | Mapping[str, Any] | None) -> tuple[list[str], list[Any]]:
-    """'model=smollm2-135m,rank>=4' -> (["model = ?", "rank >= ?"], ["smollm2-135m", 4]). Only flat columns.
+    """'model=smollm2-135m,rank>=4' -> (["model = ?", "rank >= ?"], ["smollm2-135m", 4]).
+
+    A column is a flat column or a dotted key of the cell's config, e.g. `benchmark.ratio=r100` or
+    `train.lr<0.01` (compared as a number when the value is one).
 
     Raises:
         StoreError: a clause without an operator, an unknown column (with the nearest name), or a
@@ -366,10 +371,15 @@ def parse_where(where: str | Mapping[str, Any] | None) -> tuple[list[str], list[
     filterable = {k: v for k, v in ALL_COLUMNS.items() if k not in _JSON_COLUMNS}
     clauses, params = [], []
     for col, op, value in items:
+        if "." in col and _CONFIG_KEY.match(col):          # a key inside the config JSON
+            clauses.append(f"json_extract(config, ?) {op} ?")
+            params += [f"$.{col}", _number_or_text(value)]
+            continue
         if col not in filterable:
             close = difflib.get_close_matches(col, list(filterable), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise StoreError(f"unknown column {col!r} in filter{hint}; columns: {', '.join(filterable)}")
+            raise StoreError(f"unknown column {col!r} in filter{hint}; columns: {', '.join(filterable)}, or a config "
+                             f"key such as benchmark.ratio or train.lr")
         if filterable[col] in ("INTEGER", "REAL"):
             try:
                 value = float(value)
@@ -382,14 +392,36 @@ def parse_where(where: str | Mapping[str, Any] | None) -> tuple[list[str], list[
     return clauses, params
 
 
+def _number_or_text(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+EXPORT_EXTRA = ("em", "experiment", "ratio", "held_out", "held_out_em_rate")
+"""Derived export columns: em (= em_rate, as `memlaw fit --csv` reads it), the experiment key (cells that
+differ only in rank, length and seed share it; `fit --csv` groups by it), the benchmark options that
+split experiments most often, and the held-out (generalization) EM of cells that have held-out records."""
+
+
 def _export_names() -> list[str]:
     flat = [c for c in ALL_COLUMNS if c not in _JSON_COLUMNS]
-    return [*flat, "em", *_JSON_COLUMNS]
+    return [*flat, *EXPORT_EXTRA, *_JSON_COLUMNS]
 
 
 def _export_row(row: dict) -> dict:
+    from memlaw.experiments import experiment_of
+
     out = {k: v for k, v in row.items() if k not in _JSON_COLUMNS}
     out["em"] = row.get("em_rate")
+    experiment = json.dumps(experiment_of(row), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    out["experiment"] = hashlib.sha256(experiment.encode("utf-8")).hexdigest()[:16]
+    bench = (row.get("config") or {}).get("benchmark") or {}
+    out["ratio"], out["held_out"] = bench.get("ratio"), bench.get("held_out")
+    out["held_out_em_rate"] = ((row.get("metrics") or {}).get("held_out") or {}).get("em_rate")
     for c in _JSON_COLUMNS:
         out[c] = _dumps(row[c])
     return out

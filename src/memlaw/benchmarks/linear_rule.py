@@ -39,6 +39,10 @@ class LinearRule:
     seed: int
 
 
+GRID = 100 * 100
+"""Pairs (x, y) in the default range {0, …, 99}²."""
+
+
 def linear_rule(n_train: int = 100, n_held_out: int = 100, *, seed: int = 0, low: int = 0,
                 high: int = 99) -> LinearRule:
     """Training and held-out pairs (x, y) ∈ [low, high]², disjoint, from one shuffle seeded by `seed`.
@@ -58,4 +62,13 @@ def linear_rule(n_train: int = 100, n_held_out: int = 100, *, seed: int = 0, low
     return LinearRule([rule_record(*p) for p in pairs[:n_train]], [rule_record(*p) for p in held], low, high, seed)
 
 
-__all__ = ["rule", "rule_record", "LinearRule", "linear_rule"]
+def build(tokenizer, length: int, *, held_out: int = 100, data_seed: int = 0) -> tuple[list[Record], list[Record]]:
+    """The registry's `linear-rule`: the first training pairs holding ℓ = `length` value tokens, and
+    `held_out` pairs from the end of the same shuffle (the same pairs whatever ℓ)."""
+    from memlaw.benchmarks.registry import prefix_by_length
+
+    split = linear_rule(GRID - held_out, held_out, seed=data_seed)
+    return prefix_by_length(split.train, length, tokenizer, source=f"linear-rule (length {length})"), split.held_out
+
+
+__all__ = ["rule", "rule_record", "LinearRule", "linear_rule", "build", "GRID"]

@@ -250,6 +250,12 @@ def long_context(tokenizer, length: int, ratio: str | float = "r100", *, source:
     return [Record(doc.question, prefix_value(tokenizer, doc.text, length))]
 
 
+def build(tokenizer, length: int, *, ratio: str | float = "r100", source: str = "own",
+          data_seed: int = 0) -> tuple[list[Record], list[Record]]:
+    """The registry's `long-context`: `long_context` with the noise seeded by `data_seed`, nothing held out."""
+    return long_context(tokenizer, length, ratio, source=source, seed=data_seed), []
+
+
 def document(tokenizer, ratio: str | float = "r100", *, source: str = "own", text: str | None = None,
              seed: int = 0) -> Document:
     """The document `long_context` cuts its value from (cached for the paper's r0 text)."""
@@ -276,4 +282,5 @@ def _own_from_paper(tokenizer, ratio: float, seed: int) -> Document:
 
 
 __all__ = ["QUESTION", "RATIOS", "Document", "parse_ratio", "paper_document", "noise_positions",
-           "regular_token_ids", "replace_tokens", "build_document", "prefix_value", "long_context", "document"]
+           "regular_token_ids", "replace_tokens", "build_document", "prefix_value", "long_context", "document",
+           "build"]

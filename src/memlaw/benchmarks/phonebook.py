@@ -74,6 +74,11 @@ def phonebook_length(tokenizer, length: int) -> list[Record]:
     raise ConfigError(f"PB{length}: {cause}; nearest valid: {nearby}{limit}")
 
 
+def build(tokenizer, length: int) -> tuple[list[Record], list[Record]]:
+    """The registry's `phonebook`: PB<ℓ>, nothing held out."""
+    return phonebook_length(tokenizer, length), []
+
+
 def _cumulative_value_tokens(tokenizer, length: int, chunk: int = 1024) -> list[int]:
     """Running value-token totals of the paper's list, tokenised chunk by chunk until they pass `length`."""
     records = _paper_list()

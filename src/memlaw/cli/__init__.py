@@ -9,7 +9,6 @@ from memlaw.cli import recall  # noqa: F401  (recall)
 from memlaw.cli import update  # noqa: F401  (update)
 from memlaw.cli import sweep  # noqa: F401  (sweep, runs)
 from memlaw.cli import plan  # noqa: F401  (fit, plan)
-from memlaw.cli import bench  # noqa: F401  (bench methods)
 from memlaw.cli import report  # noqa: F401  (report)
 
 

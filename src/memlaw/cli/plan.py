@@ -36,7 +36,10 @@ def fit(
     """Fit ΔL = C·r^α·ℓ^(−β) + b: parameters ± standard errors, R², MAPE, held-out MAPE, capacity frontier.
 
     ΔL = L_base − L_final is how much the adapter lowers the mean value-token loss; r is the rank, ℓ
-    the memory's length in value tokens; C, α, β and b are fitted.
+    the memory's length in value tokens; C, α, β and b are fitted. One law per experiment: cells
+    that differ only in rank, length and seed. Cells that differ in anything else (noise ratio,
+    budget, lr, objective, ...) are fitted separately, each labelled by what differs; pick one with
+    --where (flat columns or config keys, e.g. benchmark.ratio=r100).
     """
     setup_logging()
 
@@ -48,7 +51,8 @@ def fit(
         if as_json:
             out.print_json(json.dumps(result, allow_nan=False))
         else:
-            _print_fit(result)
+            for fit in result["fits"]:
+                _print_fit(fit)
 
     run(go)
 
@@ -58,8 +62,7 @@ def _pm(v, se) -> str:
 
 
 def _print_fit(res: dict) -> None:
-    src = res["source"]
-    what = src.get("csv") or ", ".join(f"{k}={src[k]}" for k in ("model", "kind", "objective", "benchmark") if k in src)
+    what = res["experiment"] or res["source"].get("csv") or res["source"].get("store")
     law = res["law"]
     out.print(f"ΔL = C·r^α·ℓ^(−β) + b fitted to {res['n']} cells ({what})", markup=False, soft_wrap=True)
     t = Table()

@@ -15,11 +15,9 @@ def report(
     store: Annotated[Path, typer.Option("--store", help="SQLite results store (read only).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for index.html, report.json and figures/.")],
     where: Annotated[Optional[str], typer.Option(
-        help="Filter on store columns, e.g. model=smollm2-135m,kind=probe (ops = != < <= > >=).",
+        help="Filter on store columns or config keys, e.g. model=smollm2-135m,kind=probe,benchmark.ratio=r100 "
+             "(ops = != < <= > >=).",
         show_default="every cell")] = None,
-    methods: Annotated[Optional[Path], typer.Option(
-        "--methods", help="JSONL rows of `memlaw bench methods --out FILE` (MemFT vs SFT tables).",
-        show_default="none")] = None,
     redact: Annotated[bool, typer.Option(
         help="Leave out free text that could quote input (error messages, memory notes). Record values are "
              "never stored, so no report shows them.")] = False,
@@ -29,7 +27,7 @@ def report(
         help="Fit the law on cells with L_final at least this (as memlaw fit).", show_default="every cell")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Write DIR/index.html: law fit, scaling panels, heat maps, stubborn tokens, ρ, phase picture, tables.
+    """Write DIR/index.html: law fits, scaling panels, heat maps, MemFT vs SFT, stubborn tokens, ρ, phase picture.
 
     The page opens offline (figures embedded, no CDN, no server); every file is written atomically.
     """
@@ -40,20 +38,13 @@ def report(
         from memlaw.report import build_report, write_report
         from memlaw.store import open_store
 
-        methods_rows = None
-        if methods is not None:
-            from memlaw.benchmarks.methods import read_rows
-
-            if not methods.is_file():
-                raise ConfigError(f"{methods}:1: no such methods file (rows of `memlaw bench methods --out`)")
-            methods_rows = list(read_rows(methods).values())
         with open_store(store, create=False) as db:
             rows = db.load_cells(where)
             failed = db.load_cells(where, status="failed")
             probs = {r["key"]: p for r in rows if (p := db.token_probs(r["key"]))}
-        if not rows and not methods_rows:
+        if not rows:
             raise ConfigError(f"{store}: no finished cells" + (f" match --where {where}" if where else ""))
-        rep = build_report(rows, probs, failed=failed, methods=methods_rows, redact=redact,
+        rep = build_report(rows, probs, failed=failed, redact=redact,
                            source=f"store {store}" + (f" where {where}" if where else ""),
                            law_options={"fix_b": fix_b, "saturated_below": saturated_below})
         page = write_report(rep, out_dir, svg=svg)

@@ -22,7 +22,8 @@ app.add_typer(runs_app, name="runs")
 
 StoreOpt = Annotated[Path, typer.Option("--store", help="SQLite results store.")]
 WhereOpt = Annotated[Optional[str], typer.Option(
-    help="Filter on store columns, e.g. model=smollm2-135m,kind=probe,rank>=4 (ops = != < <= > >=).",
+    help="Filter on store columns or config keys, e.g. model=smollm2-135m,kind=probe,rank>=4,benchmark.ratio=r100 "
+         "(ops = != < <= > >=).",
     show_default="every cell")]
 DEFAULT_STORE = Path("runs.db")
 
@@ -258,5 +259,56 @@ def runs_export(
         with open_store(store, create=False) as db:
             n = db.export(out_file, fmt.value, where=where)
         out.print(f"exported {n} cells to {out_file}", markup=False, soft_wrap=True)
+
+    run(go)
+
+
+@runs_app.command("compare")
+def runs_compare(
+    store: StoreOpt = DEFAULT_STORE,
+    where: WhereOpt = None,
+    metric: Annotated[Optional[str], typer.Option(
+        help="What to compare: em_rate, free_acc, certified_rate, delta_loss, held_out_em_rate, ... "
+             "(default: the benchmark's headline, EM or, for long-context, free-run token accuracy).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """MemFT vs SFT: objectives run on the same memories, mean ± sd over seeds per rank × length.
+
+    A * marks the objective whose mean beats every other's by more than the larger sd of the two;
+    without one the cell is a tie (with one seed there is no spread, so no mark).
+    """
+    setup_logging()
+
+    def go():
+        from memlaw.errors import ConfigError
+        from memlaw.experiments import compare
+        from memlaw.store import open_store
+
+        with open_store(store, create=False) as db:
+            rows = db.load_cells(where)
+        tables = [c for c in compare(rows, metric) if len(c.objectives) > 1]
+        if not tables:
+            raise ConfigError(f"{store}: no cells that differ only in their objective" +
+                              (f" match --where {where}" if where else "") + "; run a grid with `objectives:`")
+        if as_json:
+            out.print_json(json.dumps([{"setup": c.label, "metric": c.metric, "columns": c.columns,
+                                        "winners": [c.winner(col) for col in c.columns],
+                                        "cells": {o: [None if (s := c.cells[o].get(col)) is None else vars(s)
+                                                      for col in c.columns] for o in c.objectives}}
+                                       for c in tables]))
+            return
+        for c in tables:
+            t = Table(title=f"{c.label}: {c.metric} (mean ± sd over seeds [n])")
+            t.add_column("objective")
+            for r, n in c.columns:
+                t.add_column(f"r{r} ℓ{n}", justify="right")
+            for name in c.objectives:
+                cells = []
+                for col in c.columns:
+                    s = c.cells[name].get(col)
+                    text = "-" if s is None else f"{s.mean:.3f}" + (f" ± {s.sd:.3f}" if s.sd is not None else "")
+                    cells.append(text + (f" [{s.n}]" if s else "") + (" *" if c.winner(col) == name else ""))
+                t.add_row(name, *cells)
+            _print_table(t)
 
     run(go)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from memlaw import analysis
+from memlaw import analysis, experiments
 from memlaw.report.document import Report, Section
 from memlaw.report.summary import summary_section, symbols_section
 from memlaw.report.sections import (cells_section, grids_section, law_section, methods_section, misalignment_section,
@@ -15,7 +15,7 @@ from memlaw.report.sections import (cells_section, grids_section, law_section, m
 logger = logging.getLogger(__name__)
 
 def build_report(rows: Sequence[Mapping[str, Any]], token_probs: Mapping[str, Sequence] | None = None, *,
-                 failed: Sequence[Mapping[str, Any]] = (), methods: Sequence[Mapping[str, Any]] | None = None,
+                 failed: Sequence[Mapping[str, Any]] = (),
                  redact: bool = False, source: str = "", title: str = "memlaw report",
                  law_options: Mapping[str, Any] | None = None) -> Report:
     """Sections, tables and figures for finished cells `rows` (store rows). Pure: writes nothing.
@@ -24,7 +24,6 @@ def build_report(rows: Sequence[Mapping[str, Any]], token_probs: Mapping[str, Se
         rows: `Store.load_cells()` rows (status done).
         token_probs: {cell key: `Store.token_probs(key)`} for the cells that stored p_t.
         failed: failed cells (`load_cells(status="failed")`), listed with their errors unless `redact`.
-        methods: rows of `memlaw bench methods --out FILE.jsonl` (MemFT vs SFT), if any.
         redact: leave out free text that could quote input (values themselves are never stored).
         source: where the rows came from, for the page header.
         law_options: passed to the law fit (`fix_b`, `saturated_below`, `relative`), as `memlaw fit`.
@@ -33,8 +32,8 @@ def build_report(rows: Sequence[Mapping[str, Any]], token_probs: Mapping[str, Se
     rows = [r for r in rows if r.get("status", "done") == "done"]
     sections: list[Section] = []
     summary: dict[str, Any] = {"cells": len(rows), "failed": len(failed), "laws": []}
-    for group, grows in analysis.groups(rows).items():
-        sec, fit = law_section(group, grows, law_options or {})
+    for experiment in experiments.group(rows):   # one law per experiment, never across ratios or objectives
+        sec, fit = law_section(experiment, law_options or {})
         sections.append(sec)
         summary["laws"].append(fit)
     if rows:
@@ -47,8 +46,9 @@ def build_report(rows: Sequence[Mapping[str, Any]], token_probs: Mapping[str, Se
         sections.append(sec)
         sec, summary["misalignment"] = misalignment_section(rows)
         sections.append(sec)
-    if methods:
-        sections.append(methods_section(methods, redact))
+    comparisons = [c for c in experiments.compare(rows) if len(c.objectives) > 1]
+    if comparisons:                             # objectives compared on the same memories: MemFT vs SFT
+        sections.append(methods_section(comparisons))
     sections.append(cells_section(rows, list(failed), redact))
     intro = [summary_section(rows, summary["laws"]), symbols_section()]
     return Report(title=title, source=source, redact=redact, sections=sections, summary=summary, intro=intro)

@@ -227,28 +227,23 @@ def phase_figure(points: Sequence[Mapping[str, Any]], summary: Mapping[str, int]
     return fig
 
 
-def methods_figure(columns: Sequence[str], cells: Mapping[str, Mapping[str, Any]], *, metric: str = "score",
-                   title: str = "") -> Figure:
-    """MemFT vs SFT: grouped bars, one group per column (rank or length), one bar per method (%).
-
-    A pair score (linear rule: memory EM, generalization EM) draws its first number.
-    """
+def methods_figure(comparison, *, metric: str = "score", title: str = "") -> Figure:
+    """MemFT vs SFT: grouped bars with error bars (sd over seeds), one group per (rank, length), one bar per objective."""
+    columns = comparison.columns
     fig, (ax,) = _figure(max(5.0, 1.2 + 1.1 * len(columns)), 3.8)
-    methods = list(cells)
-    width = 0.8 / max(1, len(methods))
+    width = 0.8 / max(1, len(comparison.objectives))
     x = np.arange(len(columns))
-    for k, (method, color) in enumerate(zip(methods, _colors(len(methods), "tab10"))):
-        vals = []
-        for c in columns:
-            v = cells[method].get(c)
-            v = v[0] if isinstance(v, (list, tuple)) else v
-            vals.append(np.nan if v is None else 100.0 * float(v))
-        bars = ax.bar(x + (k - (len(methods) - 1) / 2) * width, vals, width, label=method, color=color)
+    for k, (name, color) in enumerate(zip(comparison.objectives, _colors(len(comparison.objectives), "tab10"))):
+        stats = [comparison.cells[name].get(c) for c in columns]
+        means = [np.nan if s is None else 100.0 * s.mean for s in stats]
+        sds = [0.0 if s is None or s.sd is None else 100.0 * s.sd for s in stats]
+        bars = ax.bar(x + (k - (len(comparison.objectives) - 1) / 2) * width, means, width, yerr=sds, capsize=3,
+                      label=name, color=color)
         ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
-    ax.set_xticks(x, list(columns))
-    ax.set_ylabel(f"{metric} (%)")
-    ax.set_ylim(0, 110)
-    ax.set_title(title or "MemFT vs SFT at an equal step budget")
+    ax.set_xticks(x, [f"r{r} ℓ{n}" for r, n in columns])
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, 115)
+    ax.set_title(title or comparison.label)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     return fig

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,14 +30,15 @@ def _pm(value: float | None, se: float | None) -> str:
     return f"{value:.4g} ± {se:.2g}" if se is not None else f"{value:.4g} ± ?"
 
 
-def law_section(group: tuple, rows: list[Mapping[str, Any]],
-                law_options: Mapping[str, Any] | None = None) -> tuple[Section, dict[str, Any]]:
+def law_section(experiment, law_options: Mapping[str, Any] | None = None) -> tuple[Section, dict[str, Any]]:
+    """The law fitted to one experiment (`experiments.Experiment`: cells differing only in rank, length, seed)."""
     from memlaw.plan import fit_rows, law_rows
 
-    model, kind, objective, benchmark = group
-    name = f"{model} · {kind} · {objective} · {benchmark}"
-    sec = Section(id=_slug("law", *group), title=f"Memory law: {name}")
-    summary: dict[str, Any] = {"group": dict(zip(analysis.GROUP, group)), "cells": len(rows)}
+    rows = experiment.rows
+    digest = hashlib.sha256(json.dumps(experiment.config, sort_keys=True).encode()).hexdigest()[:8]
+    group = (experiment.label[:40], digest)               # figure and table names: unique per experiment
+    sec = Section(id=_slug("law", *group), title=f"Memory law: {experiment.label}")
+    summary: dict[str, Any] = {"experiment": experiment.label, "config": experiment.config, "cells": len(rows)}
     try:
         lrows = law_rows(rows)
         fit = fit_rows(lrows, **(law_options or {}))
@@ -268,34 +271,29 @@ def misalignment_section(rows) -> tuple[Section, dict[str, Any]]:
     return sec, mis.to_dict()
 
 
-def methods_section(methods_rows: Sequence[Mapping[str, Any]], redact: bool) -> Section:
-    from memlaw.benchmarks.methods import CELL_METRIC, format_score, table
+def methods_section(comparisons) -> Section:
+    """MemFT vs SFT: each comparison (`experiments.compare`) as the paper's table, mean ± sd over seeds."""
+    from memlaw.experiments import SCORE_LABEL
 
     sec = Section(id="methods", title="MemFT vs SFT")
-    by_bench: dict[str, list] = {}
-    for r in methods_rows:
-        by_bench.setdefault(r.get("benchmark", "?"), []).append(r)
-    for bench, rows in by_bench.items():
-        columns, cells = table(rows)
-        metric = CELL_METRIC.get(bench, "score")
-        models = sorted({str(r.get("model")) for r in rows})
-        steps = sorted({r.get("steps") for r in rows if r.get("steps") is not None})
-        t = Table(id=_slug("methods", bench), caption=f"{bench} on {', '.join(models)}: {metric}, "
-                  f"{'/'.join(map(str, steps))} optimizer steps per cell (best per column in bold)",
-                  columns=["method", *columns], rows=[])
-        key = lambda v: (v[1], v[0]) if isinstance(v, (list, tuple)) else v  # noqa: E731
-        best = {c: max((cells[m][c] for m in cells if cells[m].get(c) is not None), key=key, default=None)
-                for c in columns}
-        for method, by_col in cells.items():
-            t.rows.append([method, *[Cell(format_score(by_col.get(c)), strong=by_col.get(c) is not None
-                                          and key(by_col[c]) == key(best[c])) for c in columns]])
+    sec.paragraphs.append("Objectives compared on the same memories, rank and budget. A cell is the mean ± sd over "
+                          "seeds (n seeds in brackets); it is bold where that objective's mean beats every other's "
+                          "by more than the larger sd of the two (with one seed there is no spread: nothing is bold).")
+    for c in comparisons:
+        metric = SCORE_LABEL.get(c.metric, c.metric)
+        labels = [f"r{r} ℓ{n}" for r, n in c.columns]
+        t = Table(id=_slug("methods", c.label), caption=f"{c.label}: {metric}", columns=["objective", *labels], rows=[])
+        for name in c.objectives:
+            row: list[Any] = [name]
+            for col in c.columns:
+                st = c.cells[name].get(col)
+                text = "-" if st is None else (f"{100 * st.mean:.1f}" + (f" ± {100 * st.sd:.1f}" if st.sd is not None
+                                                                        else "") + f" [{st.n}]")
+                row.append(Cell(text, strong=c.winner(col) == name))
+            t.rows.append(row)
         sec.tables.append(t)
-        sec.figures.append(FigureSpec(_slug("methods", bench), f"{bench}: {metric} per method.",
-                                      plots.methods_figure(columns, cells, metric=metric.split(" / ")[0],
-                                                           title=f"{bench}: MemFT vs SFT")))
-        if not redact:
-            notes = {str(r["memory"]) for r in rows if r.get("memory")}
-            sec.paragraphs += [f"{bench} memory: {n}" for n in sorted(notes)]
+        sec.figures.append(FigureSpec(_slug("methods", c.label), f"{c.label}: {metric} per objective (mean ± sd "
+                                      "over seeds).", plots.methods_figure(c, metric=metric)))
     return sec
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from memlaw import analysis
+from memlaw import experiments
 from memlaw.recipe import budget_text, settings
 from memlaw.report.document import Section
 
@@ -44,8 +44,8 @@ def summary_section(rows: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[st
 
     Args:
         rows: finished store rows.
-        fits: per law group, `{"group": {...}, "cells": n, "fit": fit_rows(...) or absent}` (the report's
-            `summary["laws"]`).
+        fits: per experiment, `{"experiment": label, "cells": n, "fit": fit_rows(...) or absent}` (the
+            report's `summary["laws"]`).
     """
     sec = Section(id="summary", title="Summary")
     if not rows:
@@ -58,13 +58,13 @@ def summary_section(rows: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[st
         f"trained into a small adapter ({_names(rows, 'kind')}) of the frozen model {_names(rows, 'model')}, with "
         f"adapter ranks (sizes) {_span(ranks)} and memories of {_span(lengths)} value tokens. Each memory was then "
         "read back by greedy decoding and compared with its values.")
-    for group, grows in analysis.groups(rows).items():
-        shared, mixed = settings(grows)
+    for experiment in experiments.group(rows):
+        shared, mixed = settings(experiment.rows)
         until = ("stopping early once every record was certified" if shared.get("train.until") == "certified"
                  else "for the whole budget")
         budget = (f"{budget_text(shared)} at learning rate {shared.get('train.lr')}, {until}"
                   if "train.lr" in shared else "settings that differ between cells")
-        name = " · ".join(str(x) for x in group)
+        name = experiment.label
         sec.paragraphs.append(f"Training budget ({name}): objective {shared.get('objective.name', '?')}, {budget}"
                               + (f"; the cells differ in {', '.join(sorted(mixed))}" if mixed else "") + ".")
     em_all = sum(1 for r in rows if r.get("em_rate") == 1.0)
@@ -78,7 +78,7 @@ def summary_section(rows: Sequence[Mapping[str, Any]], fits: Sequence[Mapping[st
 
 
 def _finding(group_fit: Mapping[str, Any]) -> list[str]:
-    name = " · ".join(str(v) for v in group_fit.get("group", {}).values())
+    name = group_fit.get("experiment", "")
     fit = group_fit.get("fit")
     if not fit:
         return [f"Main finding ({name}): no law could be fitted to its {group_fit.get('cells', 0)} cells."]

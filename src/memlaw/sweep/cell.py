@@ -1,7 +1,9 @@
 """One grid cell: build its records, write them into a fresh adapter, verify. Writes nothing to disk.
 
-`run_cell` is the whole data flow of DESIGN §1 in run order; the executor (local or Ray) keeps the
-base model resident, hands it in, and persists the returned `CellResult` to the store.
+`run_cell` prepares the cell (records from the benchmark registry, encoding, L_base) and hands it
+to `engine.write_and_verify`; a stacked group trains in one pass and verifies each adapter with
+`engine.measure`. The executor (local or Ray) keeps the base model resident, hands it in, and
+persists the returned `CellResult` to the store.
 """
 
 from __future__ import annotations
@@ -12,21 +14,22 @@ import platform
 import sys
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
 from memlaw.adapters import make_adapter
-from memlaw.benchmarks.phonebook import PHONEBOOK_SIZE, phonebook
-from memlaw.encode import encode
+from memlaw.benchmarks.registry import build_cell
+from memlaw.config import BenchmarkConfig
+from memlaw.encode import Encoded, encode
+from memlaw.engine import attached, measure, write_and_verify
 from memlaw.errors import ConfigError, MemlawError
-from memlaw.records import Record, load_records
-from memlaw.sweep.grid import BenchmarkConfig, CellConfig, probs_interval
-from memlaw.train import StepCallback, write
 from memlaw.forward import TokenProbs
-from memlaw.verify import base_answer_losses, verify
+from memlaw.records import Record
+from memlaw.sweep.grid import CellConfig, probs_interval
+from memlaw.train import StepCallback
+from memlaw.verify import base_answer_losses
 
 logger = logging.getLogger(__name__)
 
@@ -48,50 +51,9 @@ class CellResult:
     error: str | None = None
 
 
-def prefix_by_length(records: list[Record], length: int, tokenizer, *, source: str) -> list[Record]:
-    """The first records whose value tokens add up to exactly `length` (ℓ, terminator excluded).
-
-    Raises:
-        ConfigError: the records run out first, or the running total jumps over `length` (say
-            which lengths are reachable nearby).
-    """
-    total = 0
-    for n, rec in enumerate(records, 1):
-        below = total
-        total += len(tokenizer(rec.value, add_special_tokens=False).input_ids)
-        if total == length:
-            return records[:n]
-        if total > length:
-            raise ConfigError(f"{source}: no prefix has exactly {length} value tokens under this tokenizer; "
-                              f"the nearest are {below} ({n - 1} records) and {total} ({n} records)")
-    raise ConfigError(f"{source}: only {total} value tokens in {len(records)} records, fewer than length {length}")
-
-
-@lru_cache(maxsize=4)
-def _records_file(path: str) -> tuple[Record, ...]:
-    return tuple(load_records(path))
-
-
 def cell_records(benchmark: BenchmarkConfig, length: int, tokenizer) -> list[Record]:
-    """The records of a cell: the benchmark's data holding `length` value tokens under `tokenizer`."""
-    if benchmark.name == "phonebook":
-        try:  # the benchmarks module's PB<N> builder, where this memlaw has it
-            from memlaw.benchmarks.phonebook import phonebook_length
-        except ImportError:
-            source = phonebook(min(length, PHONEBOOK_SIZE))  # every value has >= 1 token: never more entries than ℓ
-            return prefix_by_length(source, length, tokenizer, source=f"phonebook (length {length})")
-        return phonebook_length(tokenizer, length)
-    if benchmark.name == "records":
-        return prefix_by_length(list(_records_file(benchmark.path)), length, tokenizer, source=benchmark.path)
-    if benchmark.name == "long-context":
-        try:
-            from memlaw.benchmarks.long_context import long_context
-        except ImportError:
-            raise ConfigError("benchmark 'long-context' needs memlaw.benchmarks.long_context, "
-                              "which this memlaw lacks") from None
-        # The document is data, not training randomness: its noise seed stays 0 whatever the cell's seed.
-        return long_context(tokenizer, length, benchmark.ratio if benchmark.ratio is not None else "r100")
-    raise ConfigError(f"unknown benchmark {benchmark.name!r}")  # BenchmarkConfig validates; kept for safety
+    """The records a cell writes (the benchmark's memory of `length` value tokens under `tokenizer`)."""
+    return build_cell(benchmark, tokenizer, length)[0]
 
 
 def versions() -> dict[str, str]:
@@ -128,15 +90,11 @@ def run_cell(cell: CellConfig, base, *, on_step: StepCallback | None = None, tok
 
 def _write_alone(prep: _Prepared, base, on_step, token_probs, recall) -> CellResult:
     keeper = ProbsKeeper(token_probs)
-    prep.adapter.attach(base)
-    try:
-        trained = write(base, prep.adapter, prep.enc, prep.cell.objective, prep.cell.train, on_step=on_step,
-                        on_check=keeper if keeper.every else None)
-        checked = verify(base, prep.adapter, prep.enc, recall=recall, margin=prep.cell.train.margin,
-                         base_losses=prep.losses)
-    finally:
-        prep.adapter.detach()
-    return cell_result(prep, base, trained, checked, keeper, wall_s=time.perf_counter() - prep.t0)
+    done = write_and_verify(base, prep.enc, prep.adapter, prep.cell.objective, prep.cell.train,
+                            base_losses=prep.losses, held_out=prep.held_out, recall=recall, on_step=on_step,
+                            on_check=keeper if keeper.every else None)
+    return cell_result(prep, base, done.train, done.verification, done.held_out, keeper,
+                       wall_s=time.perf_counter() - prep.t0)
 
 
 def run_group(cells: list[CellConfig], base, *, on_step: StepCallback | None = None,
@@ -175,15 +133,11 @@ def _run_stacked(ready: list[_Prepared], base, on_step, token_probs, recall) -> 
     out = {}
     for k, prep in enumerate(ready):
         t_verify = time.perf_counter()
-        adapter = stack.unstack(k, dropout=prep.adapter.drop.p)
-        adapter.attach(base)
-        try:
-            checked = verify(base, adapter, prep.enc, recall=recall, margin=prep.cell.train.margin,
-                             base_losses=prep.losses)
-        finally:
-            adapter.detach()
+        with attached(stack.unstack(k, dropout=prep.adapter.drop.p), base) as adapter:
+            checked, held = measure(base, adapter, prep.enc, margin=prep.cell.train.margin, base_losses=prep.losses,
+                                    held_out=prep.held_out, recall=recall)
         wall = prep.prep_s + trained[k].wall_s + time.perf_counter() - t_verify
-        out[id(prep)] = cell_result(prep, base, trained[k], checked, keepers[k], wall_s=wall, stacked=K)
+        out[id(prep)] = cell_result(prep, base, trained[k], checked, held, keepers[k], wall_s=wall, stacked=K)
     return out
 
 
@@ -207,7 +161,8 @@ class _Prepared:
     """A cell ready to train: its memory, the base model's losses on it, a fresh adapter."""
 
     cell: CellConfig
-    enc: Any
+    enc: Encoded
+    held_out: Encoded | None     # records to measure generalization on (the linear rule), not trained on
     losses: list[tuple[float, float]]
     adapter: Any
     t0: float                    # when preparing began
@@ -220,14 +175,15 @@ def prepare_cell(cell: CellConfig, base) -> _Prepared | CellResult:
         raise ConfigError(f"cell is for model {cell.model!r} but the resident base model is {base.name!r}")
     t0 = time.perf_counter()
     try:
-        records = cell_records(cell.benchmark, cell.length, base.tokenizer)
+        records, held_out = build_cell(cell.benchmark, base.tokenizer, cell.length)
         enc = encode(records, base.tokenizer, cell.prompt, max_length=base.context_length)
+        held = encode(held_out, base.tokenizer, cell.prompt, max_length=base.context_length) if held_out else None
         losses = base_answer_losses(base, enc)            # L_base: once per memory, no adapter attached
         adapter = make_adapter(cell.adapter, base, seed=cell.seed)
     except MemlawError as e:
         logger.warning("cell %s failed: %s", cell.key[:12], e)
         return CellResult(cell.key, cell, "failed", versions=versions(), error=str(e))
-    return _Prepared(cell, enc, losses, adapter, t0, time.perf_counter() - t0)
+    return _Prepared(cell, enc, held, losses, adapter, t0, time.perf_counter() - t0)
 
 
 class ProbsKeeper:
@@ -249,9 +205,9 @@ class ProbsKeeper:
         return self.kept
 
 
-def cell_result(prep: _Prepared, base, trained, checked, keeper: ProbsKeeper, *, wall_s: float,
+def cell_result(prep: _Prepared, base, trained, checked, held, keeper: ProbsKeeper, *, wall_s: float,
                 stacked: int | None = None) -> CellResult:
-    """The stored row of a trained and verified cell."""
+    """The stored row of a trained and verified cell (`held`: the verification of its held-out records, if any)."""
     metrics = {
         **checked.summary(),
         "steps": trained.steps, "certified_all": trained.certified, "write_s": trained.wall_s,
@@ -261,6 +217,9 @@ def cell_result(prep: _Prepared, base, trained, checked, keeper: ProbsKeeper, *,
         "history": [{k: v for k, v in h.items() if k != "elapsed"} for h in trained.history],
         "records": record_columns(checked),
     }
+    if held is not None:
+        h = held.summary()
+        metrics["held_out"] = {k: h[k] for k in ("n_records", "em", "em_rate", "free_acc", "tf_acc")}
     if stacked is not None:
         metrics["stacked"] = stacked                # trained in one pass with stacked - 1 other cells
     return CellResult(prep.cell.key, prep.cell, "done", metrics, versions(), keeper.rows())
@@ -292,5 +251,5 @@ def comparable(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["CellResult", "run_cell", "run_group", "prepare_cell", "cell_result", "ProbsKeeper", "cell_records",
-           "prefix_by_length", "versions", "comparable", "TIMING_KEYS", "record_columns", "probs_interval",
+           "versions", "comparable", "TIMING_KEYS", "record_columns", "probs_interval",
            "RECORD_COLUMNS"]

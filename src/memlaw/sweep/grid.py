@@ -1,17 +1,18 @@
 """A sweep grid: YAML -> `SweepConfig` -> the list of `CellConfig`s it expands to. Pure, no I/O but the YAML read.
 
-A cell is one write + verify: one model, one benchmark prefix of `length` value tokens, one adapter
-rank, one objective, one seed. Its key is the sha256 of its canonical JSON, so the same cell gets
+A cell is one write + verify: one model, one benchmark memory of `length` value tokens, one adapter
+rank, one objective, one seed. Cells equal but for rank, length and seed form one *experiment*
+(`CellConfig.experiment_key`): the unit a law is fitted to and seeds are averaged over. Its key is the sha256 of its canonical JSON, so the same cell gets
 the same key in any sweep that contains it, and a store that has the key has the result.
 
     name: smollm2-phonebook
     model: smollm2-135m
-    benchmark: {name: phonebook}
+    benchmark: {name: phonebook}       # or benchmarks: [{name: long-context, ratio: r100}, ...]
     ranks: [1, 2, 4, 8]
     lengths: [40, 80, 160, 320]        # value tokens (ℓ), not entries
     seeds: [0]
     adapter: {kind: probe}             # rank comes from `ranks`
-    objective: {name: sft}
+    objective: {name: sft}             # or objectives: [{name: sft}, {name: memft-ot}, ...]
     train: {lr: 0.01, batch_size: 16, epochs: 200}
     prompt: {template: chat}
 """
@@ -19,7 +20,6 @@ the same key in any sweep that contains it, and a store that has the key has the
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
@@ -28,41 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig, from_dict, to_dict
+from memlaw.config import (AdapterConfig, BenchmarkConfig, ObjectiveConfig, PromptConfig, TrainConfig, from_dict,
+                           to_dict)
 from memlaw.errors import ConfigError
 from memlaw.fileio import load_yaml
 
-BENCHMARKS = ("phonebook", "long-context", "records")
 DTYPES = ("auto", "bfloat16", "bf16", "float32", "fp32")
-
-
-@dataclass(frozen=True, kw_only=True)
-class BenchmarkConfig:
-    name: Literal["phonebook", "long-context", "records"] = "phonebook"
-    """`phonebook`: the paper's list, the first entries holding exactly ℓ value tokens (PB<ℓ>).
-    `long-context`: one record, the first ℓ tokens of a document with noise `ratio`.
-    `records`: a JSONL/CSV file, the first records holding exactly ℓ value tokens."""
-    path: str | None = None
-    """Records file for `records` (JSONL or CSV, as `memlaw write` reads)."""
-    ratio: str | float | None = None
-    """Long-context noise ratio: r0, r20, ..., r100 or a number in [0, 1] (None: r100). Not for the others."""
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.name not in BENCHMARKS:
-            close = difflib.get_close_matches(str(self.name), BENCHMARKS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"name must be one of {', '.join(BENCHMARKS)}, got {self.name!r}{hint}")
-        if self.name == "records" and not self.path:
-            problems.append("benchmark 'records' needs a path")
-        if self.path is not None and not isinstance(self.path, str):
-            problems.append(f"path must be a file name, got {self.path!r:.60}")
-        if self.name != "records" and self.path is not None:
-            problems.append(f"path is only for benchmark 'records', not {self.name!r}")
-        if self.name != "long-context" and self.ratio is not None:
-            problems.append(f"ratio is only for benchmark 'long-context', not {self.name!r}")
-        if problems:
-            raise ConfigError("benchmark: " + "; ".join(problems))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,9 +64,28 @@ class CellConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
+    def key_dict(self) -> dict[str, Any]:
+        """What identifies the cell: every field (a `records` file by its sha256, not its path)."""
+        return {**self.to_dict(), "benchmark": self.benchmark.key_dict()}
+
     def canonical_json(self) -> str:
         """Sorted keys, no whitespace, floats as Python writes them: the bytes the key hashes."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(self.key_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    def experiment(self) -> dict[str, Any]:
+        """The cell's identity without rank, length and seed: cells with equal ones are one experiment
+        (one law fit, one group of seeds, one stackable group)."""
+        d = self.key_dict()
+        d.pop("length")
+        d["adapter"].pop("rank")
+        d["train"].pop("seed")
+        return d
+
+    @property
+    def experiment_key(self) -> str:
+        """sha256 hex of the canonical JSON of `experiment()`."""
+        text = json.dumps(self.experiment(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     @property
     def key(self) -> str:
@@ -115,20 +105,25 @@ class CellConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SweepConfig:
-    """A grid: ranks × lengths × seeds over one model, benchmark, adapter kind, objective and budget."""
+    """A grid: benchmarks × lengths × ranks × seeds × objectives over one model, adapter kind and budget.
+
+    YAML takes `benchmark:` (one mapping) or `benchmarks:` (a list), and `objective:` or `objectives:`.
+    """
 
     name: str
     """Written into each row's `sweep` column (the first sweep that ran the cell)."""
     model: str
     dtype: str = "auto"
-    benchmark: BenchmarkConfig = BenchmarkConfig()
+    benchmarks: tuple[BenchmarkConfig, ...] = (BenchmarkConfig(),)
+    """The memories: each benchmark with its own options (e.g. long-context at several noise ratios)."""
     ranks: tuple[int, ...]
     lengths: tuple[int, ...]
     """ℓ values in value tokens (PhoneBook: entries × tokens per value under the model's tokenizer)."""
     seeds: tuple[int, ...] = (0,)
     adapter: AdapterConfig = AdapterConfig()
     """Everything but `rank`, which comes from `ranks`."""
-    objective: ObjectiveConfig = ObjectiveConfig()
+    objectives: tuple[ObjectiveConfig, ...] = (ObjectiveConfig(),)
+    """The objectives compared (e.g. sft, memft-ot, memft-sw-curriculum), each on every memory."""
     train: TrainConfig
     """Optimizer and budget (`max_steps` or `epochs`, `until`); `seed` comes from `seeds`."""
     prompt: PromptConfig = PromptConfig()
@@ -148,6 +143,12 @@ class SweepConfig:
         problems = []
         if not isinstance(self.stack, int) or isinstance(self.stack, bool) or self.stack < 1:
             problems.append(f"stack must be an integer >= 1, got {self.stack!r}")
+        for axis in ("benchmarks", "objectives"):
+            values = getattr(self, axis)
+            if not isinstance(values, tuple) or not values:
+                problems.append(f"{axis} must be a non-empty list")
+            elif len(set(values)) != len(values):
+                problems.append(f"{axis} has repeated entries")
         for axis in ("ranks", "lengths", "seeds"):
             values = getattr(self, axis)
             if not isinstance(values, tuple) or not values:
@@ -172,12 +173,14 @@ class SweepConfig:
             raise ConfigError("sweep: " + "; ".join(problems))
 
     def cells(self) -> list[CellConfig]:
-        """The grid, smallest lengths first (cheap cells first, so a partial sweep already fits a law)."""
-        return [CellConfig(model=self.model, dtype=self.dtype, benchmark=self.benchmark, length=length,
+        """The grid, smallest lengths first (cheap cells first, so a partial sweep already fits a law),
+        then benchmarks, ranks and seeds; the objectives of one memory, rank and seed run side by side."""
+        return [CellConfig(model=self.model, dtype=self.dtype, benchmark=bench, length=length,
                            adapter=dataclasses.replace(self.adapter, rank=rank),
-                           objective=self.objective, train=dataclasses.replace(self.train, seed=seed),
+                           objective=objective, train=dataclasses.replace(self.train, seed=seed),
                            prompt=self.prompt)
-                for length in sorted(self.lengths) for rank in sorted(self.ranks) for seed in sorted(self.seeds)]
+                for length in sorted(self.lengths) for bench in self.benchmarks for rank in sorted(self.ranks)
+                for seed in sorted(self.seeds) for objective in self.objectives]
 
 
 def probs_interval(token_probs: bool | int) -> int:
@@ -192,8 +195,9 @@ def probs_interval(token_probs: bool | int) -> int:
 def stack_groups(cells: list[CellConfig], size: int) -> list[list[CellConfig]]:
     """Split `cells` (in order) into groups of at most `size` that may train in one pass.
 
-    Only `probe` cells stack, and only with cells equal in everything but rank, length and seed
-    (model, dtype, layer, dropout, objective, training settings, prompt, benchmark); each group
+    Only `probe` cells stack, and only with cells of the same experiment (equal in everything but
+    rank, length and seed: model, dtype, layer, dropout, objective, training settings, prompt,
+    benchmark); each group
     takes the next cells of its kind in order, so cells of similar cost train together.
     """
     if size <= 1:
@@ -204,22 +208,13 @@ def stack_groups(cells: list[CellConfig], size: int) -> list[list[CellConfig]]:
         if cell.adapter.kind != "probe":
             groups.append([cell])
             continue
-        kind = _stack_kind(cell)
+        kind = cell.experiment_key
         group = open_group.get(kind)
         if group is None or len(group) == size:
             group = open_group[kind] = []
             groups.append(group)
         group.append(cell)
     return groups
-
-
-def _stack_kind(cell: CellConfig) -> str:
-    """The cell's JSON without rank, length and seed: cells with the same one can share a pass."""
-    d = cell.to_dict()
-    d.pop("length")
-    d["adapter"].pop("rank")
-    d["train"].pop("seed")
-    return json.dumps(d, sort_keys=True)
 
 
 def sweep_from_dict(data: dict[str, Any], where: str = "sweep") -> SweepConfig:
@@ -233,13 +228,18 @@ def sweep_from_dict(data: dict[str, Any], where: str = "sweep") -> SweepConfig:
         raise ConfigError(f"{where}: adapter.rank is set by `ranks`; remove it")
     if isinstance(train, dict) and "seed" in train:
         raise ConfigError(f"{where}: train.seed is set by `seeds`; remove it")
-    parts = {"benchmark": BenchmarkConfig, "adapter": AdapterConfig, "objective": ObjectiveConfig,
-             "train": TrainConfig, "prompt": PromptConfig}
-    for name, part in parts.items():
+    for one, many, part in (("benchmark", "benchmarks", BenchmarkConfig), ("objective", "objectives", ObjectiveConfig)):
+        if one in data and many in data:
+            raise ConfigError(f"{where}: give `{one}` (one mapping) or `{many}` (a list), not both")
+        if one in data:
+            data[many] = (_part(part, data.pop(one), f"{where}: {one}"),)
+        elif many in data:
+            if not isinstance(data[many], list) or not data[many]:
+                raise ConfigError(f"{where}: {many} must be a non-empty list of mappings, got {data[many]!r}")
+            data[many] = tuple(_part(part, x, f"{where}: {many}[{i}]") for i, x in enumerate(data[many]))
+    for name, part in (("adapter", AdapterConfig), ("train", TrainConfig), ("prompt", PromptConfig)):
         if name in data:
-            if not isinstance(data[name], dict):
-                raise ConfigError(f"{where}: {name} must be a mapping, got {data[name]!r}")
-            data[name] = _floats(from_dict(part, data[name], f"{where}: {name}"))
+            data[name] = _part(part, data[name], f"{where}: {name}")
     if "train" not in data:
         raise ConfigError(f"{where}: missing `train` (a budget: max_steps or epochs)")
     for name in ("name", "model", "ranks", "lengths"):
@@ -248,20 +248,35 @@ def sweep_from_dict(data: dict[str, Any], where: str = "sweep") -> SweepConfig:
     return from_dict(SweepConfig, data, where)
 
 
+def _part(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    return _floats(from_dict(cls, data, where))
+
+
 def load_sweep(path: str | os.PathLike) -> SweepConfig:
     """Read a sweep YAML (safe loader: no code runs). Errors name the file."""
     path = Path(path)
     data = load_yaml(path)
     sweep = sweep_from_dict(data, where=str(path))
-    bench = sweep.benchmark
-    if bench.path is not None:
-        records = Path(bench.path)
-        if not records.is_absolute() and not records.exists():
-            records = path.parent / records           # relative to the grid file
-        if not records.is_file():
-            raise ConfigError(f"{path}: benchmark.path {bench.path}: no such file")
-        sweep = dataclasses.replace(sweep, benchmark=dataclasses.replace(bench, path=str(records)))
-    return sweep
+    return dataclasses.replace(sweep, benchmarks=tuple(_records_content(b, path) for b in sweep.benchmarks))
+
+
+def _records_content(bench: BenchmarkConfig, grid: Path) -> BenchmarkConfig:
+    """A `records` benchmark with its path resolved (relative to the grid file) and its content's sha256."""
+    from memlaw.adapters.directory import sha256_file
+
+    if bench.path is None:
+        return bench
+    records = Path(bench.path)
+    if not records.is_absolute() and not records.exists():
+        records = grid.parent / records                  # relative to the grid file
+    if not records.is_file():
+        raise ConfigError(f"{grid}: benchmark.path {bench.path}: no such file")
+    digest = sha256_file(records)
+    if bench.sha256 is not None and bench.sha256 != digest:
+        raise ConfigError(f"{grid}: benchmark.path {bench.path}: its sha256 is not the one the grid gives")
+    return dataclasses.replace(bench, path=str(records), sha256=digest)
 
 
 def _floats(cfg: Any) -> Any:
@@ -287,4 +302,4 @@ def _is_float_tuple(hint: Any) -> bool:
 
 
 __all__ = ["BenchmarkConfig", "CellConfig", "SweepConfig", "sweep_from_dict", "load_sweep", "stack_groups",
-           "probs_interval", "BENCHMARKS"]
+           "probs_interval"]

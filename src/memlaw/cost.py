@@ -184,18 +184,15 @@ def grid_line(cells: list, base, records_of, *, measure: bool = True) -> str:
 def _time_one_step(base, enc, adapter: AdapterConfig, objective: ObjectiveConfig, train: TrainConfig) -> float:
     from memlaw.adapters import make_adapter
     from memlaw.encode import Encoded
+    from memlaw.engine import attached
     from memlaw.train import write
 
     k = min(train.batch_size, len(enc))
     sub = Encoded(enc.records[:k], enc.prompt, enc.terminator, enc.prompt_ids[:k], enc.value_ids[:k], enc.tokenizer)
     cfg = dataclasses.replace(train, max_steps=3, epochs=None, until="budget", check_every=3)
     elapsed: dict[int, float] = {}
-    ad = make_adapter(adapter, base, seed=train.seed)
-    ad.attach(base)
-    try:
+    with attached(make_adapter(adapter, base, seed=train.seed), base) as ad:
         write(base, ad, sub, objective, cfg, on_step=lambda info: elapsed.setdefault(info.step, info.elapsed))
-    finally:
-        ad.detach()
     return elapsed[2] - elapsed[1]              # step 1 warms up; step 3 carries the certificate check
 
 

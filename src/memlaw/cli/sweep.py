@@ -269,8 +269,9 @@ def runs_compare(
     where: WhereOpt = None,
     metric: Annotated[Optional[str], typer.Option(
         help="What to compare: em_rate, free_acc, certified_rate, delta_loss, held_out_em_rate, ... "
-             "(default: the benchmark's headline, EM or, for long-context, free-run token accuracy).")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+             "(default: the benchmark's headline, EM or, for long-context, free-run token accuracy).",
+        show_default="the benchmark's headline")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """MemFT vs SFT: objectives run on the same memories, mean ± sd over seeds per rank × length.
 
@@ -309,6 +310,6 @@ def runs_compare(
                     text = "-" if s is None else f"{s.mean:.3f}" + (f" ± {s.sd:.3f}" if s.sd is not None else "")
                     cells.append(text + (f" [{s.n}]" if s else "") + (" *" if c.winner(col) == name else ""))
                 t.add_row(name, *cells)
-            _print_table(t)
+            print_table(t)
 
     run(go)

@@ -18,7 +18,7 @@ import time
 
 from machine import machine
 from memlaw.benchmarks import phonebook
-from memlaw.cli.memory import DEMO_RANK, DEMO_TRAIN
+from memlaw.cli.memory import DEMO_TRAIN
 from memlaw.config import AdapterConfig, TrainConfig
 from memlaw.memory import write_memory
 from memlaw.models import load_base
@@ -57,7 +57,7 @@ def main() -> None:
         runs = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            res = write_memory(recs, model=bases[dt], adapter=AdapterConfig(kind="probe", rank=DEMO_RANK), train=cfg,
+            res = write_memory(recs, model=bases[dt], adapter=AdapterConfig(), train=cfg,
                                recall=not rate_only)
             s = res.verification.summary()
             runs.append((res.train.steps_per_s, res.train.time_to_certified, res.train.steps, s.get("em"),
@@ -70,7 +70,7 @@ def main() -> None:
     base_sps, fast_ttc = rows[-1][1], rows[0][2]
     print(f"\nmachine: {machine()}")
     print("* steps/s over a short budget only; not run to certified")
-    print(f"demo write: PhoneBook {args.n} entries, probe r={DEMO_RANK}, batch {DEMO_TRAIN.batch_size}, lr {DEMO_TRAIN.lr}, "
+    print(f"demo write: PhoneBook {args.n} entries, probe r={AdapterConfig().rank}, batch {DEMO_TRAIN.batch_size}, lr {DEMO_TRAIN.lr}, "
           f"median of {args.repeats}\n")
     head = f"{'variant':28} {'steps/s':>8} {'× base':>7} {'steps':>6} {'to certified s':>15} {'× all on':>8} {'EM':>6}"
     print(head)

@@ -35,7 +35,7 @@ from memlaw.encode import encode
 from memlaw.forward import TeacherForcer, joint_logits, training_attention
 from memlaw.models import load_base
 from memlaw.records import Record
-from memlaw.train import _MasterWeights, write, write_many
+from memlaw.train import _Float32Masters, write, write_many
 from memlaw.forward import answer_probs
 from memlaw.verify import base_answer_losses, greedy, verify
 
@@ -243,7 +243,7 @@ def test_lora_bf16_weights_p_t_within_stated_tolerance(bases, trained):
     try:
         tf = TeacherForcer(base, enc)
         full = answer_probs(tf)
-        weights = _MasterWeights(list(ad.parameters()), torch.bfloat16)
+        weights = _Float32Masters(list(ad.parameters()), torch.bfloat16)
         assert all(p.dtype == torch.bfloat16 for p in ad.parameters())
         low = answer_probs(tf)
         weights.restore()
@@ -261,7 +261,7 @@ def test_master_weights_step_is_a_float32_adamw_step():
     g = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(5, 3, generator=g)), torch.nn.Parameter(torch.randn(3, generator=g))]
     ref = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    weights = _MasterWeights(params, torch.bfloat16)
+    weights = _Float32Masters(params, torch.bfloat16)
     opt = torch.optim.AdamW(weights.masters, lr=0.1, weight_decay=0.0)
     ref_opt = torch.optim.AdamW(ref, lr=0.1, weight_decay=0.0)
     for step in range(3):
@@ -281,7 +281,7 @@ def test_master_weights_step_is_a_float32_adamw_step():
 
 def test_master_weights_float32_swaps_the_masters_in_and_back():
     params = [torch.nn.Parameter(torch.randn(4, 3))]
-    weights = _MasterWeights(params, torch.bfloat16)
+    weights = _Float32Masters(params, torch.bfloat16)
     with torch.no_grad():
         weights.masters[0].add_(1e-3)                          # a change bf16 cannot hold
     weights.masters_to_params()
@@ -293,7 +293,7 @@ def test_master_weights_float32_swaps_the_masters_in_and_back():
 
 def test_float32_master_weights_are_the_parameters():
     params = [torch.nn.Parameter(torch.randn(2, 2))]
-    weights = _MasterWeights(params, torch.float32)
+    weights = _Float32Masters(params, torch.float32)
     assert weights.masters is params
     params[0].grad = torch.ones(2, 2)
     weights.grads_to_masters()

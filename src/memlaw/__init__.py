@@ -12,8 +12,8 @@ fast: torch is imported only when a model is needed.
 
 On a small CPU shared by several busy processes, set `OMP_WAIT_POLICY=PASSIVE` before torch loads:
 PyTorch's OpenMP workers spin while they wait, and two spinning processes on 2 cores starve each other
-(a SmolLM2 forward took 15.5 s instead of 0.65 s here). Alone, spinning is faster (1.65 vs 1.30 write
-steps/s on the demo), so memlaw leaves the default; its test suite and Ray actors set PASSIVE.
+(docs/performance.md has the measurement). Alone, spinning is faster, so memlaw leaves the default;
+its test suite and Ray actors set PASSIVE.
 """
 
 from importlib import import_module

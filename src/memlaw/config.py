@@ -260,12 +260,12 @@ class TrainConfig:
     every prompt token in every row."""
     attention: Literal["auto", "math", "model"] = "auto"
     """Attention kernel of the training passes. `auto`: sdpa's math kernel on CPU (its flash kernel's
-    backward made SmolLM2 bf16 steps 1.3-1.4x slower here), the model's own elsewhere; `model`: the
-    model's own. Certificate checks and recall always run the model's own kernel."""
+    backward is slower there; docs/performance.md has the measurement), the model's own elsewhere;
+    `model`: the model's own. Certificate checks and recall always run the model's own kernel."""
     lora_compute: Literal["auto", "float32"] = "auto"
     """What a LoRA's weights compute in while training. `auto`: the base's dtype, with float32 master
-    copies that AdamW updates (in bf16 a SmolLM2 LoRA step took 1.38 s instead of 1.89 s here: PEFT
-    otherwise casts the activations entering each of its linears to float32); `float32`: float32
+    copies that AdamW updates (faster in bf16, docs/performance.md: PEFT otherwise casts the
+    activations entering each of its linears to float32); `float32`: float32
     throughout. Either way the certificate checks during training (so the stop rule) and the final
     certificate run on the float32 weights, which are the ones saved."""
 

@@ -68,8 +68,7 @@ def training_attention(mode: str, device: torch.device | str) -> AbstractContext
     """The attention kernel for a training pass (`TrainConfig.attention`).
 
     `auto` picks sdpa's math kernel on CPU, where the flash kernel's backward dominated a bf16 step
-    (bench: SmolLM2 probe step 0.86 s → 0.62 s, LoRA 2.87 s → 2.26 s, one thread), and leaves the
-    model's kernel elsewhere. Only the weights a write reaches depend on it: certificate checks and
+    (docs/performance.md), and leaves the model's kernel elsewhere. Only the weights a write reaches depend on it: certificate checks and
     greedy recall run outside this context, on the kernel recall uses.
     """
     if mode == "math" or (mode == "auto" and torch.device(device).type == "cpu"):

@@ -51,9 +51,8 @@ class _ChunkedNLL(torch.autograd.Function):
 
     The same float32 arithmetic as `F.cross_entropy(logits.float())` (max-shifted log-sum-exp;
     gradient softmax − one-hot, cast to the logits' dtype), without materialising the (N, V) float32
-    copy, log-softmax, zero-filled one-hot and their backward: the vocabulary-sized work of a SmolLM2
-    step went from ~100 ms to ~35 ms on one core (bench/step_profile.py shows what is left). On
-    other devices the rows go in one chunk.
+    copy, log-softmax, zero-filled one-hot and their backward (docs/performance.md has what it saved;
+    bench/step_profile.py shows what is left). On other devices the rows go in one chunk.
     """
 
     CACHE_BYTES = 1 << 20

@@ -113,8 +113,10 @@ class _Run:
         return self.pace.lr(self.step + ahead)
 
     def after_step(self, adapter, t0: float, lr: float, on_check: CheckCallback | None,
-                   weights: Callable[[], AbstractContextManager] = nullcontext) -> tuple[int | None, int | None]:
-        """Count the step; at check steps run the no-dropout pass (inside `weights()`) and apply the stop rule.
+                   as_saved: Callable[[], AbstractContextManager] = nullcontext) -> tuple[int | None, int | None]:
+        """Count the step; at check steps run the no-dropout pass and apply the stop rule.
+
+        The pass runs inside `as_saved()`, which puts the weights that will be saved in place.
 
         Between check steps, records the pace finds due are checked alone, and once none is left
         uncertified every record is checked (`memlaw.pace`).
@@ -129,12 +131,12 @@ class _Run:
         stubborn = certified = None
         full = self.step % self.cfg.check_every == 0 or self.step == self.total
         if not full and (due := self.pace.due()):
-            with weights():
+            with as_saved():
                 probs, _, _ = check(self.tf, adapter, self.cfg.margin, rows=due)
             self._verdicts(probs)
             full = not self.pace.pending
         if full:
-            with weights():
+            with as_saved():
                 probs, stubborn, certified = check(self.tf, adapter, self.cfg.margin)
             self._verdicts(probs)
             elapsed = time.perf_counter() - t0
@@ -155,9 +157,9 @@ class _Run:
         self.pace.checked({i: is_certified(p.p, m) for i, p in probs.items()},
                           {i: float(p.p.min()) for i, p in probs.items()})
 
-    def result(self, t0: float, weights: Iterable[Tensor]) -> TrainResult:
-        """The run's result, once its final `weights` are checked to be finite (DivergedError if not)."""
-        if not all(bool(torch.isfinite(w).all()) for w in weights):      # one sync per run
+    def result(self, t0: float, params: Iterable[Tensor]) -> TrainResult:
+        """The run's result, once the adapter's final `params` are checked to be finite (DivergedError if not)."""
+        if not all(bool(torch.isfinite(w).all()) for w in params):      # one sync per run
             raise DivergedError(f"training diverged: the adapter weights are not finite after step {self.step} "
                                 f"(lr {self.cfg.lr:g}); nothing was saved: lower the learning rate")
         wall = time.perf_counter() - t0
@@ -181,8 +183,8 @@ def write(base, adapter, enc: Encoded, objective: ObjectiveConfig, cfg: TrainCon
     torch.manual_seed(cfg.seed)                      # dropout masks
     run = _Run(base, enc, objective, cfg, adapter.first_layer)
     low = base.dtype if adapter.kind == "lora" and cfg.lora_compute == "auto" else torch.float32
-    weights = _MasterWeights(list(adapter.parameters()), low)
-    opt = torch.optim.AdamW(weights.masters, lr=run.lr(), weight_decay=0.0)
+    fp32 = _Float32Masters(list(adapter.parameters()), low)
+    opt = torch.optim.AdamW(fp32.masters, lr=run.lr(), weight_decay=0.0)
     adapter.train()
     t0 = time.perf_counter()
     try:
@@ -193,26 +195,26 @@ def write(base, adapter, enc: Encoded, objective: ObjectiveConfig, cfg: TrainCon
                 for group in opt.param_groups:
                     group["lr"] = run.lr()
                 loss.backward()
-                weights.grads_to_masters()
-                torch.nn.utils.clip_grad_norm_(weights.masters, cfg.clip)
+                fp32.grads_to_masters()
+                torch.nn.utils.clip_grad_norm_(fp32.masters, cfg.clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                weights.masters_to_params()
+                fp32.masters_to_params()
             run.loss = float(loss.detach())          # the schedule advances on skipped steps too (paper)
             stubborn, certified = run.after_step(adapter, t0, run.lr(ahead=1), on_check,
-                                                 weights.float32)   # checks see the weights that will be saved
+                                                 fp32.float32)   # checks see the weights that will be saved
             if on_step is not None:
                 on_step(StepInfo(run.step, run.total, run.loss, stubborn, certified, run.n,
                                  time.perf_counter() - t0))
     finally:
-        weights.restore()
+        fp32.restore()
     adapter.eval()
     result = run.result(t0, adapter.parameters())
     logger.info("write: %d steps in %.1f s, certified %s", result.steps, result.wall_s, result.certified)
     return result
 
 
-class _MasterWeights:
+class _Float32Masters:
     """Adapter parameters that compute in `dtype` while AdamW updates float32 master copies.
 
     With `dtype` float32 the masters are the parameters themselves and every call is a no-op.

@@ -173,13 +173,14 @@ class SweepConfig:
             raise ConfigError("sweep: " + "; ".join(problems))
 
     def cells(self) -> list[CellConfig]:
-        """The grid, smallest lengths first (cheap cells first, so a partial sweep already fits a law),
-        then benchmarks, ranks and seeds; the objectives of one memory, rank and seed run side by side."""
+        """The grid: one benchmark after another (each a complete experiment before the next starts),
+        within it the smallest lengths first (cheap cells first, so a partial sweep already fits a
+        law), then ranks and seeds; the objectives of one memory, rank and seed run side by side."""
         return [CellConfig(model=self.model, dtype=self.dtype, benchmark=bench, length=length,
                            adapter=dataclasses.replace(self.adapter, rank=rank),
                            objective=objective, train=dataclasses.replace(self.train, seed=seed),
                            prompt=self.prompt)
-                for length in sorted(self.lengths) for bench in self.benchmarks for rank in sorted(self.ranks)
+                for bench in self.benchmarks for length in sorted(self.lengths) for rank in sorted(self.ranks)
                 for seed in sorted(self.seeds) for objective in self.objectives]
 
 

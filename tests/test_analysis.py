@@ -33,40 +33,8 @@ def cell(key="k1", *, rank=4, length=12, records=None, steps=100, em_rate=None, 
 
 
 def failed(es, ff):
+    """A record whose greedy output failed at `ff`, earliest stubborn `es` (tests/test_phase.py)."""
     return {"earliest_stubborn": es, "first_failure": ff, "em": False}
-
-
-# ---------------------------------------------------------------- earliest stubborn vs first failure
-
-
-def test_spearman_rho_of_known_ranks_over_failed_records_only():
-    pairs = [(0, 0), (1, 2), (2, 1), (3, 3), (4, 5), (5, 4)]   # Σd² = 4 -> ρ = 1 − 6·4/(6·35)
-    rows = [cell("a", records=[failed(*p) for p in pairs[:3]] + [{"em": True, "certified": True}]),
-            cell("b", records=[failed(*p) for p in pairs[3:]] + [{"em": True, "earliest_stubborn": 1}]),
-            cell("c")]                                          # no per-record verdicts (older store)
-    res = analysis.stubborn_vs_failure(rows)
-    assert res.n == 6 and res.n_failed == 6 and res.n_no_stubborn == 0
-    assert res.rho == pytest.approx(1 - 24 / 210)
-    assert 0 < res.p_value < 0.05
-    assert res.exact == 2 and res.cells_without_records == 1
-    d = res.to_dict()
-    assert d["paper"] == {"rho": 0.908, "n": 155}
-    assert {(p["earliest_stubborn"], p["first_failure"]) for p in d["points"]} == set(pairs)
-
-
-def test_spearman_is_reversed_and_undefined_where_it_must_be():
-    rows = [cell(records=[failed(i, 9 - i) for i in range(5)])]
-    assert analysis.stubborn_vs_failure(rows).rho == pytest.approx(-1.0)
-    few = analysis.stubborn_vs_failure([cell(records=[failed(0, 1), failed(1, 2)])])
-    assert few.rho is None and few.n == 2 and "at least 3" in few.note
-    flat = analysis.stubborn_vs_failure([cell(records=[failed(2, i) for i in range(4)])])
-    assert flat.rho is None and "undefined" in flat.note
-
-
-def test_a_failure_without_a_stubborn_token_is_counted_but_left_out_of_rho():
-    rows = [cell(records=[failed(0, 0), failed(1, 1), failed(2, 3), failed(None, 2)])]
-    res = analysis.stubborn_vs_failure(rows)
-    assert (res.n, res.n_failed, res.n_no_stubborn) == (3, 4, 1)
 
 
 # ---------------------------------------------------------------- loss vs recall
@@ -88,32 +56,6 @@ def test_misalignment_flags_low_loss_cells_that_fail_exact_match():
     assert not by["mis2"]["below_recalled"] and by["mis2"]["failed_records"] is None
     assert by["other-model"]["recalled_L_final_max"] is None                    # its group has no 100% cell
     assert analysis.misalignment(rows, threshold=0.5).n_misaligned == 2
-
-
-# ---------------------------------------------------------------- the phase picture
-
-
-def test_phase_points_follow_the_free_run_definition():
-    rows = cell(records=[
-        {"first_failure": 2, "n_value": 3, "n_terminator": 1},               # right, right, wrong, off-path
-        {"first_failure": None, "em": True, "n_value": 2, "n_terminator": 2},  # right ×3, never decoded
-        {"first_failure": 0, "em": None},                                     # no greedy recall: skipped
-    ])
-    probs = [(50, 0, np.array([0.2, 0.2, 0.2, 0.2])), (50, 1, np.array([0.1, 0.1, 0.1, 0.1])),
-             (100, 0, np.array([0.9, 0.4, 0.3, 0.8])), (100, 1, np.array([0.7, 0.6, 0.55, 0.9])),
-             (100, 2, np.array([0.9, 0.9, 0.9, 0.9]))]
-    pts = analysis.phase_points(rows, probs)
-    assert [(p["record"], p["position"], p["status"]) for p in pts] == [
-        (0, 0, "right"), (0, 1, "right"), (0, 2, "wrong"), (0, 3, "off-path"),
-        (1, 0, "right"), (1, 1, "right"), (1, 2, "right"), (1, 3, "not-decoded")]
-    assert [p["terminator"] for p in pts[4:]] == [False, False, True, True]
-    s = analysis.phase_summary(pts)
-    assert s == {"positions": 8, "on_path": 6, "right_above": 4, "right_below": 1, "wrong_below": 1,
-                 "violations": 0, "off_path": 1, "not_decoded": 1}
-    bad = analysis.phase_summary([{"status": "wrong", "p": 0.7}])
-    assert bad["violations"] == 1
-    assert analysis.phase_points({**rows, "steps": 120}, probs) == []   # last stored p_t is not the final one
-    assert analysis.phase_points(cell(), probs) == []                   # no per-record verdicts
 
 
 # ---------------------------------------------------------------- p_t over training

@@ -5,6 +5,7 @@ import random
 import re
 import shutil
 import subprocess
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -12,10 +13,11 @@ import torch
 from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
-from memlaw import analysis, experiments
+from memlaw import analysis, experiments, phase
 from memlaw.cli import app
 from memlaw.records import Record, write_records
 from memlaw.report import build_report, html, plots
+from memlaw.rho import RhoOptions
 from memlaw.store import open_store
 from memlaw.sweep import run_local, sweep_from_dict
 from memlaw.sweep.cell import CellResult
@@ -73,12 +75,27 @@ def page_dir(store_path, tmp_path_factory):
 def test_the_tiny_sweep_obeys_the_theory(rows):
     rows, probs = rows
     assert len(rows) == 16 and all(probs[r["key"]] for r in rows)
-    points = [p for r in rows for p in analysis.phase_points(r, probs[r["key"]])]
-    summary = analysis.phase_summary(points)
-    assert summary["on_path"] > 0 and summary["violations"] == 0          # p_t > 0.5 on the path => right
-    sf = analysis.stubborn_vs_failure(rows)
-    assert sf.n_failed > 0 and sf.n_no_stubborn == 0
-    assert all(p["first_failure"] >= p["earliest_stubborn"] for p in sf.points)   # greedy is right before it
+    pooled = phase.phase_summary([p for r in rows for p in phase.phase_points(r, probs[r["key"]])])
+    assert pooled["on_path"] > 0 and pooled["violations"] == 0          # p_t > 0.5 on the path => right
+    counts = Counter()                                  # the same table counted from p_t and the verdicts alone
+    for r in rows:
+        _, final = analysis.final_probs(probs[r["key"]])
+        for x in analysis.record_rows(r):
+            p, ff = final[x["record"]], x["first_failure"]
+            right, above = np.arange(p.size) < (x["n_value"] + 1 if ff is None else ff), p > 0.5
+            counts.update(right_above=int((right & above).sum()), right_below=int((right & ~above).sum()))
+            if ff is not None:
+                counts["violations" if p[ff] > 0.5 else "wrong_below"] += 1
+    assert {k: pooled[k] for k in ("right_above", "right_below", "wrong_below", "violations")} == {
+        k: counts[k] for k in ("right_above", "right_below", "wrong_below", "violations")}
+    groups = phase.study(rows, probs, by=("model", "objective"), options=RhoOptions(resamples=200, draws=200))
+    assert [g.group["objective"] for g in groups] == ["sft", "memft-ot"]
+    assert {k: sum(g.phase[k] for g in groups) for k in pooled} == pooled   # the groups split the table
+    for g in groups:
+        c = g.correlation
+        assert g.cells == g.cells_with_probs == 8 and g.phase["violations"] == 0
+        assert c.order_violations == 0 and c.counts["no-stubborn"] == 0 and c.sets_measured == c.n
+    assert sum(g.correlation.n for g in groups) > 0
     for r in rows:                                      # final stored p_t (float16) matches the verdicts
         recs = analysis.record_rows(r)
         _, final = analysis.final_probs(probs[r["key"]])
@@ -97,14 +114,15 @@ def test_every_figure_function_returns_a_figure_that_renders(rows):
     params = {"C": 1.0, "alpha": 0.5, "beta": 0.2, "b": 0.1}
     key = rows[0]["key"]
     steps, grid = analysis.probability_grid(probs[key], 0)
-    sf = analysis.stubborn_vs_failure(rows)
-    pts = [p for r in rows for p in analysis.phase_points(r, probs[r["key"]])]
+    failed = [x for x in phase.record_table(rows) if x["inclusion"] == "rho"]
+    pts = [p for r in rows for p in phase.phase_points(r, probs[r["key"]])]
     figs = [plots.law_panels(lrows, params), plots.law_panels(lrows, None), plots.predicted_vs_true(lrows, params),
             plots.heatmap(rows, "em_rate", title="EM"), plots.heatmap(rows, "L_final", title="L"),
             plots.probability_grid(steps, grid, n_value=6, first_failure=2),
-            plots.stubborn_figure(analysis.stubborn_curves(rows), sf.points, rho=sf.rho, n=sf.n),
+            plots.stubborn_figure(analysis.stubborn_curves(rows), failed, rho=0.5, n=len(failed)),
+            plots.stubborn_figure([], failed, rho=None, n=len(failed), note="2 groups"),
             plots.stubborn_figure([], [], rho=None, n=0),
-            plots.phase_figure(pts, analysis.phase_summary(pts)),
+            plots.phase_figure(pts, phase.phase_summary(pts)),
             plots.methods_figure(experiments.compare(rows)[0], metric="EM %")]
     assert all(isinstance(f, Figure) for f in figs)
     png, svg = plots.render(figs[0], "png"), plots.render(figs[0], "svg")
@@ -135,7 +153,9 @@ def test_report_page_has_every_section_table_and_embedded_image(page_dir):
     summary = json.loads((page_dir / "report.json").read_text())
     assert summary["cells"] == 16 and summary["phase"]["violations"] == 0
     assert sorted(law["config"]["objective"]["name"] for law in summary["laws"]) == ["memft-ot", "sft"]
-    assert summary["stubborn_vs_failure"]["paper"] == {"rho": 0.908, "n": 155}
+    assert summary["phase_transition"]["paper"] == {"rho": 0.908, "n": 155}
+    (group,) = summary["phase_transition"]["groups"]                 # one model, one benchmark
+    assert group["correlation"]["n"] > 0 and group["phase"] == summary["phase"]
 
 
 def _text(page: str) -> str:

@@ -5,21 +5,9 @@ Inputs are what the store gives back: `Store.load_cells()` rows (flat columns pl
 record's verdict, see `memlaw.sweep.cell.record_columns`) and `Store.token_probs(key)`, a list of
 (step, record, p_t) with p_t over the record's answer tokens (value, then terminator).
 
-**Stubborn token**: p_t ≤ 0.5. **Earliest stubborn**: its first position. **First failure**: the first
-answer position where greedy decoding differs from the target.
-
-**The phase picture.** Answer position t of a record is *right under free-run* when the greedy
-token at t equals the target and so does every greedy token before it: t < first failure (every
-decoded position when there is none). The first failure is *wrong*. Positions after it are
-*off-path*: greedy decoding saw another prefix there than the teacher-forced pass that measured p_t,
-so p_t says nothing about them; they are left out (so are terminator positions after the first
-terminator token, which greedy decoding never produces). On the path the greedy context equals the
-teacher-forced one, so greedy picks the argmax of the distribution p_t comes from: p_t > 0.5 forces
-the target (right), and a wrong position has another token at least as likely, so p_t ≤ 0.5. The
-boundary at 0.5 is deterministic one way: `violations` (p_t > 0.5 but wrong) must be 0 up to
-numerics between the teacher-forced pass and the KV-cached decode. The other way it is not: a
-token with p_t ≤ 0.5 can still be the argmax (`right_below`). p_t is read back from float16, which
-rounds to the nearest value, and 0.5 is exact in float16: a stored p_t > 0.5 was > 0.5 before.
+**Stubborn token**: p_t ≤ 0.5. **Earliest stubborn**: its first position. The stubborn-token phase
+transition (ρ of earliest stubborn and first failure, its null, the phase table) is `memlaw.phase`
+and `memlaw.rho`.
 """
 
 from __future__ import annotations
@@ -28,7 +16,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -37,8 +25,6 @@ from memlaw.certificate import certified, stubborn
 from memlaw.experiments import experiment_of
 
 LN2 = math.log(2.0)
-PAPER_RHO, PAPER_N = 0.908, 155
-"""The paper's Spearman ρ(earliest stubborn, first failure) and its number of failed records."""
 
 TokenProbRows = Sequence[tuple[int, int, np.ndarray]]
 
@@ -111,75 +97,6 @@ def stubborn_curves(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-# ---------------------------------------------------------------- earliest stubborn vs first failure
-
-
-@dataclass
-class StubbornFailure:
-    """Spearman ρ between earliest stubborn position and first free-run failure, over failed records."""
-
-    points: list[dict[str, Any]] = field(default_factory=list)
-    """One per failed record with a stubborn token: key, rank, length, record, earliest_stubborn, first_failure."""
-    rho: float | None = None
-    p_value: float | None = None
-    n: int = 0
-    """Records in ρ: those whose greedy output failed and that have a stubborn token."""
-    n_failed: int = 0
-    """Failed records (EM false or a first failure), with or without a stubborn token."""
-    n_no_stubborn: int = 0
-    """Failed records without a stubborn token: certificate violations (numerics), left out of ρ."""
-    exact: int = 0
-    """Points where the first failure is the earliest stubborn position."""
-    cells_without_records: int = 0
-    """Cells stored without per-record verdicts (older memlaw or no greedy recall): not counted."""
-    note: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["paper"] = {"rho": PAPER_RHO, "n": PAPER_N}
-        return d
-
-
-def stubborn_vs_failure(rows: Iterable[Mapping[str, Any]]) -> StubbornFailure:
-    """Earliest stubborn vs first failure over every failed record of `rows` (store rows), with Spearman ρ.
-
-    Only records whose greedy output failed count (a recalled record has no first failure).
-    """
-    from scipy.stats import spearmanr
-
-    res = StubbornFailure()
-    rows = list(rows)
-    for row in rows:
-        recs = record_rows(row)
-        if not recs or all(r.get("em") is None for r in recs):
-            res.cells_without_records += 1
-            continue
-        for r in recs:
-            if r.get("first_failure") is None and r.get("em") is not False:
-                continue
-            res.n_failed += 1
-            if r.get("earliest_stubborn") is None or r.get("first_failure") is None:
-                res.n_no_stubborn += 1
-                continue
-            res.points.append({"key": row["key"], "rank": row.get("rank"), "length": row.get("length"),
-                               "record": r["record"], "earliest_stubborn": int(r["earliest_stubborn"]),
-                               "first_failure": int(r["first_failure"])})
-    res.n = len(res.points)
-    res.exact = sum(p["earliest_stubborn"] == p["first_failure"] for p in res.points)
-    x = np.array([p["earliest_stubborn"] for p in res.points], dtype=float)
-    y = np.array([p["first_failure"] for p in res.points], dtype=float)
-    if res.n == 0 and res.n_failed == 0 and res.cells_without_records and not any(record_rows(r) for r in rows):
-        res.note = "no cell carries per-record verdicts (metrics.records): nothing to correlate"
-    elif res.n < 3:
-        res.note = f"ρ needs at least 3 failed records, got {res.n}"
-    elif np.ptp(x) == 0 or np.ptp(y) == 0:
-        res.note = "ρ is undefined: one of the two positions is the same for every failed record"
-    else:
-        stat = spearmanr(x, y)
-        res.rho, res.p_value = float(stat.statistic), float(stat.pvalue)
-    return res
-
-
 # ---------------------------------------------------------------- loss vs recall
 
 
@@ -239,62 +156,6 @@ def _experiment(row: Mapping[str, Any]) -> str:
     return json.dumps(experiment_of(row), sort_keys=True)
 
 
-# ---------------------------------------------------------------- the phase picture
-
-
-def phase_points(row: Mapping[str, Any], token_probs: TokenProbRows) -> list[dict[str, Any]]:
-    """Every answer position of a cell's records: final p_t and its free-run status (module doc).
-
-    Returns:
-        One dict per position: key, record, position, p, terminator (a terminator position),
-        status ("right", "wrong", "off-path" or "not-decoded"). [] when the cell lacks per-record
-        verdicts with greedy recall, or its last stored p_t is not from the final step.
-    """
-    recs = record_rows(row)
-    step, final = final_probs(token_probs)
-    steps = row.get("steps") if row.get("steps") is not None else (row.get("metrics") or {}).get("steps")
-    if not recs or not final or (steps is not None and step != steps):
-        return []
-    out = []
-    for r in recs:
-        p = final.get(r["record"])
-        if p is None or r.get("em") is None or len(p) != r["n_value"] + r["n_terminator"]:
-            continue
-        ff = r.get("first_failure")
-        for t, pt in enumerate(p.tolist()):
-            if ff is None:
-                status = "right" if t <= r["n_value"] else "not-decoded"
-            else:
-                status = "right" if t < ff else "wrong" if t == ff else "off-path"
-            out.append({"key": row["key"], "record": r["record"], "position": t, "p": pt,
-                        "terminator": t >= r["n_value"], "status": status})
-    return out
-
-
-def phase_summary(points: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Counts of on-path positions on each side of p_t = 0.5 (right/wrong), and those left out.
-
-    `violations` = wrong positions with p_t > 0.5: 0 unless numerics differ between the passes.
-    """
-    c = {"positions": 0, "on_path": 0, "right_above": 0, "right_below": 0, "wrong_below": 0, "violations": 0,
-         "off_path": 0, "not_decoded": 0}
-    for x in points:
-        c["positions"] += 1
-        if x["status"] == "off-path":
-            c["off_path"] += 1
-            continue
-        if x["status"] == "not-decoded":
-            c["not_decoded"] += 1
-            continue
-        c["on_path"] += 1
-        above = not stubborn(x["p"])
-        if x["status"] == "right":
-            c["right_above" if above else "right_below"] += 1
-        else:
-            c["violations" if above else "wrong_below"] += 1
-    return c
-
-
 # ---------------------------------------------------------------- tables
 
 
@@ -314,6 +175,4 @@ def cell_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 __all__ = ["record_rows", "final_probs", "probability_grid", "stubborn_over_training", "certified_since",
-           "stubborn_curves", "StubbornFailure", "stubborn_vs_failure", "Misalignment", "misalignment",
-           "phase_points", "phase_summary", "cell_rows", "CELL_COLUMNS", "LN2", "PAPER_RHO",
-           "PAPER_N"]
+           "stubborn_curves", "Misalignment", "misalignment", "cell_rows", "CELL_COLUMNS", "LN2"]

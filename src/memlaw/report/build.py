@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from memlaw import analysis, experiments
+from memlaw import experiments, phase
 from memlaw.report.document import Report, Section
 from memlaw.report.summary import summary_section, symbols_section
 from memlaw.report.sections import (cells_section, grids_section, law_section, methods_section, misalignment_section,
@@ -37,12 +37,13 @@ def build_report(rows: Sequence[Mapping[str, Any]], token_probs: Mapping[str, Se
         sections.append(sec)
         summary["laws"].append(fit)
     if rows:
-        sec, summary["stubborn_vs_failure"] = stubborn_section(rows, token_probs)
+        groups = phase.study(rows, token_probs)    # per model and benchmark: ρ, its interval and null, phase table
+        sec, summary["phase_transition"] = stubborn_section(rows, token_probs, groups)
         sections.append(sec)
         grids = grids_section(rows, token_probs)
         if grids is not None:
             sections.append(grids)
-        sec, summary["phase"] = phase_section(rows, token_probs)
+        sec, summary["phase"] = phase_section(rows, token_probs, groups)
         sections.append(sec)
         sec, summary["misalignment"] = misalignment_section(rows)
         sections.append(sec)

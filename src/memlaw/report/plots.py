@@ -163,8 +163,10 @@ def probability_grid(steps: np.ndarray, grid: np.ndarray, *, n_value: int | None
 
 
 def stubborn_figure(curves: Sequence[Mapping[str, Any]], points: Sequence[Mapping[str, Any]], *,
-                    rho: float | None, n: int, paper: tuple[float, int] | None = (0.908, 155)) -> Figure:
-    """Left: stubborn tokens vs step, one line per cell. Right: earliest stubborn vs first failure with ρ."""
+                    rho: float | None, n: int, paper: tuple[float, int] | None = (0.908, 155),
+                    note: str | None = None) -> Figure:
+    """Left: stubborn tokens vs step, one line per cell. Right: earliest stubborn vs first failure with ρ
+    (`note` instead of ρ where the points pool several groups, each with its own ρ)."""
     fig, (ax_c, ax_s) = _figure(11, 4.2, ncols=2)
     by_cell: dict[str, list] = defaultdict(list)
     label: dict[str, str] = {}
@@ -193,7 +195,8 @@ def stubborn_figure(curves: Sequence[Mapping[str, Any]], points: Sequence[Mappin
         ax_s.legend(fontsize=8, loc="upper left")
     else:
         ax_s.text(0.5, 0.5, "no failed records", ha="center", va="center", transform=ax_s.transAxes)
-    text = f"Spearman ρ = {rho:.3f}, n = {n}" if rho is not None else f"ρ undefined (n = {n})"
+    text = (f"{note}, n = {n}" if note is not None else f"Spearman ρ = {rho:.3f}, n = {n}" if rho is not None
+            else f"ρ undefined (n = {n})")
     if paper is not None:
         text += f"\npaper: ρ = {paper[0]}, n = {paper[1]}"
     ax_s.text(0.98, 0.03, text, ha="right", va="bottom", transform=ax_s.transAxes, fontsize=9,

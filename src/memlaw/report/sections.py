@@ -7,11 +7,12 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from memlaw import analysis
+from memlaw import analysis, phase
 from memlaw.errors import MemlawError
 from memlaw.report import plots
 from memlaw.report.document import Cell, FigureSpec, Section, Table, fmt
 from memlaw.report.summary import HELD_OUT_LIMIT
+from memlaw.rho import PAPER_N, PAPER_RHO
 
 MAX_GRIDS = 4
 POOR_R2 = 0.9
@@ -126,29 +127,53 @@ def cells_section(rows: list[Mapping[str, Any]], failed: list[Mapping[str, Any]]
     return sec
 
 
-def stubborn_section(rows, token_probs) -> tuple[Section, dict[str, Any]]:
+def stubborn_section(rows, token_probs, groups: Sequence[phase.PhaseGroup]) -> tuple[Section, dict[str, Any]]:
+    """Earliest stubborn vs first failure per group (`phase.study`), stubborn counts and timelines."""
     sec = Section(id="stubborn", title="Stubborn tokens and first failures")
-    sf = analysis.stubborn_vs_failure(rows)
     curves = analysis.stubborn_curves(rows)
     sec.paragraphs.append(
-        "A token is stubborn when its teacher-forced probability p_t ≤ 0.5. For every record whose greedy "
-        "output failed, the earliest stubborn position is compared with the first position where greedy "
-        "decoding went wrong (Spearman rank correlation over those records only).")
-    t = Table(id="rho-table", caption="Earliest stubborn position vs first free-run failure",
-              columns=["", "Spearman ρ", "n (failed records)", "p-value", "failure at the earliest stubborn",
-                       "failures without a stubborn token"], rows=[])
-    t.rows.append(["this report", fmt(sf.rho), str(sf.n), "-" if sf.p_value is None else f"{sf.p_value:.2g}",
-                   f"{sf.exact}/{sf.n}" if sf.n else "-", str(sf.n_no_stubborn)])
-    t.rows.append(["paper", f"{analysis.PAPER_RHO}", str(analysis.PAPER_N), "-", "-", "-"])
+        "A token is stubborn when its teacher-forced probability p_t ≤ 0.5. ρ is Spearman's rank correlation "
+        "(tied positions get their average rank) between the earliest stubborn position and the first position "
+        "where greedy decoding went wrong, over the records whose greedy output failed and that have a stubborn "
+        "token (n); recalled records, failures without a stubborn token (numerics) and cells without per-record "
+        "verdicts are counted apart. Each group is the cells of one model and benchmark; the interval resamples "
+        "whole cells (their records share an adapter).")
+    sec.paragraphs.append(
+        "Part of ρ is structure: greedy decoding is right wherever p_t > 0.5 on its path, so the first failure is "
+        "always a stubborn position, at or after the earliest one. ρ_null is the ρ the same records give when the "
+        "failure is put at a random one of their stubborn positions that decoding reaches (measured ones where "
+        "p_t was stored, otherwise the stubborn tokens after the earliest placed at random): what the certificate "
+        "alone explains. ρ − ρ_null is what the earliest stubborn token adds; p (null) is the share of null draws "
+        "with a ρ at least as large. ρ_bound uses only first failure ≥ earliest stubborn and the records' lengths.")
+    t = Table(id="rho-table", caption="Earliest stubborn position vs first free-run failure, per group, with the "
+              "null baseline", columns=["group", "n (failed records in ρ)", "cells", "Spearman ρ", "interval",
+                                        "ρ_null (range of draws)", "ρ − ρ_null", "p (null)", "ρ_bound",
+                                        "failure at the earliest stubborn (null: expected)",
+                                        "failure before the earliest stubborn (must be 0)", "left out"], rows=[])
+    for g in groups:
+        c = g.correlation
+        pct = f"{100 * c.options['level']:.0f}%"
+        left = {k: v for k, v in c.counts.items() if k not in ("rho", "recalled") and v}
+        t.rows.append([
+            g.label, str(c.n), str(c.cells_in_rho),
+            Cell(fmt(c.rho), warning=(f"only {c.n} failed records (the paper has {PAPER_N})"
+                                      if c.rho is not None and c.n < 150 else c.note)),
+            f"{_range(c.ci)} ({pct}, {c.options['unit']} bootstrap)" if c.ci else "-",
+            f"{fmt(c.rho_null)} {_range(c.null_interval)}" if c.rho_null is not None else "-", fmt(c.excess),
+            "-" if c.p_null is None else f"{c.p_null:.2g}", fmt(c.rho_bound),
+            f"{c.exact}/{c.n} ({fmt(c.exact_null, 1)})" if c.n else "-",
+            Cell(str(c.order_violations), strong=c.order_violations > 0),
+            ", ".join(f"{v} {k}" for k, v in left.items()) + (f"; {g.cells_without_records} cells without "
+                                                              "verdicts" if g.cells_without_records else "") or "-"])
+    t.rows.append(["paper", str(PAPER_N), "-", f"{PAPER_RHO}", "-", "-", "-", "-", "-", "-", "-", "-"])
     sec.tables.append(t)
-    if sf.note:
-        sec.paragraphs.append(f"Note: {sf.note}.")
-    if sf.cells_without_records:
-        sec.paragraphs.append(f"{sf.cells_without_records} cell(s) carry no per-record verdicts (stored by an "
-                              "older memlaw or without greedy recall) and are not counted.")
+    points = [r for r in phase.record_table(rows) if r["inclusion"] == "rho"]
     sec.figures.append(FigureSpec("stubborn", "Left: stubborn tokens at each certificate check, one line per cell. "
-                                  "Right: earliest stubborn vs first failure per failed record (jittered).",
-                                  plots.stubborn_figure(curves, sf.points, rho=sf.rho, n=sf.n)))
+                                  "Right: earliest stubborn vs first failure per failed record (jittered), every "
+                                  "group; ρ per group in the table above.",
+                                  plots.stubborn_figure(curves, points, rho=groups[0].correlation.rho if len(groups)
+                                                        == 1 else None, n=len(points),
+                                                        note=None if len(groups) == 1 else f"{len(groups)} groups")))
     timeline = Table(id="timeline-table", caption="Stubborn tokens per record over training (cells with stored "
                      "p_t): certified since = first checked step from which a record stays certified",
                      columns=["key", "r", "ℓ", "records", "checks stored", "stubborn at first check",
@@ -172,7 +197,12 @@ def stubborn_section(rows, token_probs) -> tuple[Section, dict[str, Any]]:
     else:
         sec.paragraphs.append("No cell stored per-token p_t (sweep option `token_probs`): no per-record timelines "
                               "or probability grids.")
-    return sec, sf.to_dict()
+    return sec, {"by": list(phase.DEFAULT_BY), "paper": {"rho": PAPER_RHO, "n": PAPER_N},
+                 "groups": [g.to_dict() for g in groups]}
+
+
+def _range(pair: Sequence[float] | None) -> str:
+    return "-" if pair is None else f"[{pair[0]:.3f}, {pair[1]:.3f}]"
 
 
 def _margin(row: Mapping[str, Any]) -> float:
@@ -224,10 +254,10 @@ def grids_section(rows, token_probs) -> Section | None:
     return sec
 
 
-def phase_section(rows, token_probs) -> tuple[Section, dict[str, Any]]:
+def phase_section(rows, token_probs, groups: Sequence[phase.PhaseGroup]) -> tuple[Section, dict[str, Any]]:
     sec = Section(id="phase", title="Phase picture: token probability and free-run correctness")
-    points = [p for r in rows for p in analysis.phase_points(r, token_probs.get(r["key"]) or [])]
-    summary = analysis.phase_summary(points)
+    points = [p for r in rows for p in phase.phase_points(r, token_probs.get(r["key"]) or [])]
+    summary = phase.phase_summary(points)
     sec.paragraphs.append(
         "Position t is right under free-run when greedy decoding produced the target there and at every earlier "
         "position (t before the first failure); the first failure is wrong; later positions are off-path (greedy "
@@ -240,6 +270,17 @@ def phase_section(rows, token_probs) -> tuple[Section, dict[str, Any]]:
                   ["wrong (first failure)", Cell(str(summary["violations"]), strong=summary["violations"] > 0),
                    str(summary["wrong_below"])]])
     sec.tables.append(t)
+    with_probs = [g for g in groups if g.phase is not None]
+    if len(groups) > 1 and with_probs:
+        gt = Table(id="phase-groups-table", caption="The same counts per group (cells with final p_t)",
+                   columns=["group", "cells with p_t", "right, p_t > 0.5", "right, p_t ≤ 0.5", "wrong, p_t ≤ 0.5",
+                            "wrong, p_t > 0.5 (must be 0)", "off-path", "never decoded"], rows=[])
+        for g in with_probs:
+            c = g.phase
+            gt.rows.append([g.label, f"{g.cells_with_probs}/{g.cells}", str(c["right_above"]), str(c["right_below"]),
+                            str(c["wrong_below"]), Cell(str(c["violations"]), strong=c["violations"] > 0),
+                            str(c["off_path"]), str(c["not_decoded"])])
+        sec.tables.append(gt)
     sec.paragraphs.append(f"{summary['on_path']} on-path positions; {summary['off_path']} off-path and "
                           f"{summary['not_decoded']} never decoded (after the first terminator token) left out.")
     if points:
@@ -248,7 +289,8 @@ def phase_section(rows, token_probs) -> tuple[Section, dict[str, Any]]:
                                       plots.phase_figure([p for p in points if p["status"] in ("right", "wrong")],
                                                          summary)))
     else:
-        sec.paragraphs.append("Needs cells with stored p_t (`token_probs`) and per-record verdicts.")
+        sec.paragraphs.append("Needs cells whose final p_t is stored: set `token_probs: true` (or an interval N; "
+                              "the final check is always kept) in the sweep YAML.")
     return sec, summary
 
 

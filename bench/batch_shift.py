@@ -6,7 +6,10 @@ batch shape; a token whose p_t is closer to 0.5 than that shift could decode dif
 another batch shape. This prints, for the adapter's own records:
 
 - the max |Δp_t| between the certificate's pass (cached prefix, chunks of 64) and the same pass
-  one record at a time, and a plain full-model pass one record at a time;
+  one record at a time, a plain full-model pass one record at a time, and the shared-prompt pass
+  training uses (`TrainConfig.shared_prompt`);
+- how far each of those passes is from recall's own numerics: p_t read off a KV-cache decode that
+  is fed the true answer tokens (greedy decoding's model calls, batched as `verify.greedy` batches);
 - the smallest p_t (the certificate's tightest margin is that minus 0.5);
 - exact recall with greedy decoding batched, one at a time, and with HF `generate` one at a time.
 
@@ -16,13 +19,48 @@ another batch shape. This prints, for the adapter's own records:
 from __future__ import annotations
 
 import argparse
+import inspect
+from collections import defaultdict
+
+import torch
+from transformers import DynamicCache
 
 from machine import machine
 from memlaw.encode import encode
-from memlaw.forward import TeacherForcer
+from memlaw.forward import TeacherForcer, answer_probs
 from memlaw.memory import Memory
-from memlaw.forward import answer_probs
 from memlaw.verify import greedy, score_recall
+
+
+@torch.no_grad()
+def decode_probs(base, enc, batch_size: int = 64) -> dict[int, torch.Tensor]:
+    """p_t of every answer token as a cached decode computes it: prompts of equal length prefilled
+    together, then the true answer tokens fed one at a time (rows past their answer feed padding)."""
+    model = base.model
+    params = inspect.signature(model.forward).parameters
+    buckets: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(enc.prompt_ids):
+        buckets[len(p)].append(i)
+    out = {}
+    for _, idx in sorted(buckets.items()):
+        for lo in range(0, len(idx), batch_size):
+            part = idx[lo: lo + batch_size]
+            answers = [enc.answer_ids(i) for i in part]
+            T = max(map(len, answers))
+            tokens = torch.tensor([a + [a[-1]] * (T - len(a)) for a in answers], device=base.device)
+            kw = {"cache" if "cache" in params else "past_key_values": DynamicCache(config=model.config),
+                  "use_cache": True}
+            logits = model(input_ids=torch.tensor([enc.prompt_ids[i] for i in part], device=base.device),
+                           **kw).logits[:, -1]
+            probs = []
+            for t in range(T):
+                probs.append(torch.softmax(logits.float(), -1).gather(-1, tokens[:, t: t + 1])[:, 0])
+                if t < T - 1:
+                    logits = model(input_ids=tokens[:, t: t + 1], **kw).logits[:, -1]
+            p = torch.stack(probs, 1).cpu()
+            for b, i in enumerate(part):
+                out[i] = p[b, : len(answers[b])]
+    return out
 
 
 def main() -> None:
@@ -38,7 +76,10 @@ def main() -> None:
     shifts = {
         "cached prefix, one at a time": answer_probs(cached, chunk=1),
         "plain full pass, one at a time": answer_probs(TeacherForcer(base, enc, plain=True), chunk=1),
+        "shared-prompt pass, chunks of 64": answer_probs(
+            TeacherForcer(base, enc, start_layer=adapter.first_layer, shared_prompt=True), chunk=64),
     }
+    recall = decode_probs(base, enc)
     stop = enc.terminator[0]
     limits = [len(enc.answer_ids(i)) for i in range(len(enc))]
 
@@ -58,6 +99,10 @@ def main() -> None:
     for what, probs in shifts.items():
         d = max(float((batched[i].p - probs[i].p).abs().max()) for i in batched)
         print(f"max |Δp_t|, certificate pass vs {what:32} {d:.4f}")
+    print()
+    for what, probs in {"certificate pass (chunks of 64)": batched, **shifts}.items():
+        d = max(float((recall[i] - probs[i].p).abs().max()) for i in batched)
+        print(f"max |Δp_t| against the cached decode, {what:32} {d:.4f}")
     for what, outs in decoded.items():
         print(f"exact greedy recall, {what:38} {exact(outs)}/{len(enc)}")
 

@@ -140,3 +140,17 @@ def test_warmup_then_linear_decay():
     assert [round(pace.lr(s), 6) for s in range(12)] == [0.025, 0.05, 0.075, 0.1, 0.1, 0.0875, 0.075, 0.0625, 0.05,
                                                          0.0375, 0.025, 0.0125]
     assert Pace(TrainConfig(lr=0.1, max_steps=10), 3, total=10).lr(0) == 0.1
+
+
+def test_progress_schedule_decays_with_the_share_of_tokens_certified():
+    from memlaw.pace import PROGRESS_FLOOR, Pace
+
+    pace = Pace(TrainConfig(lr=1.0, max_steps=10, schedule="progress"), 2, total=10)
+    assert pace.lr(0) == 1.0                                   # nothing seen yet
+    # record 0: p = e^-1 (stubborn), e^-0.1; record 1: e^-1, and a padded token that must not count
+    pace.observe(torch.tensor([0, 1]), torch.tensor([[1.0, 0.1], [1.0, 1.0]]), torch.tensor([[True, True], [True, False]]))
+    assert pace.lr(1) == 1.0                                   # 2 stubborn of the 2 it has had: no progress
+    pace.observe(torch.tensor([0]), torch.tensor([[0.1, 0.1]]), torch.tensor([[True, True]]))
+    assert pace.lr(2) == pytest.approx(1.0 - (1.0 - PROGRESS_FLOOR) * 0.5)   # half the stubborn tokens gone
+    pace.observe(torch.tensor([1]), torch.tensor([[0.5, 9.0]]), torch.tensor([[True, False]]))
+    assert pace.lr(3) == pytest.approx(PROGRESS_FLOOR)

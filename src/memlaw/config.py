@@ -230,6 +230,9 @@ class TrainConfig:
     """AdamW learning rate (paper: 1e-2), linear decay to 0 over the budget after `warmup` steps."""
     warmup: int = 0
     """Steps of linear warm-up to `lr` (paper: none)."""
+    schedule: Literal["linear", "progress"] = "linear"
+    """LR after warm-up: `linear` decay to 0 over the budget (paper) or `progress`: decay with the share
+    of answer tokens certified in training passes, to a quarter of `lr` (`memlaw.pace`)."""
     batch_size: int = 16
     max_steps: int | None = None
     """Optimizer-step budget. With `until='certified'` it is the cap."""
@@ -291,6 +294,8 @@ class TrainConfig:
                                             optional=True))
         if self.attention not in ("auto", "math", "model"):
             problems.append(f"attention must be 'auto', 'math' or 'model', got {shown(self.attention)}")
+        if self.schedule not in ("linear", "progress"):
+            problems.append(f"schedule must be 'linear' or 'progress', got {shown(self.schedule)}")
         if self.lora_compute not in ("auto", "float32"):
             problems.append(f"lora_compute must be 'auto' or 'float32', got {shown(self.lora_compute)}")
         _raise(problems, "train")

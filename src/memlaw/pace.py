@@ -13,8 +13,10 @@ pass over every record, on the weights that are saved:
 - retiring: a record certified with margin (every p_t > 0.5 + `retire_margin` at its latest check)
   leaves the training batches, so steps get cheaper as the memory fills; it is still checked, and
   a check that finds it below that margin puts it back;
-- the learning-rate schedule: `linear` (the paper: decay to 0 over the budget) after `warmup` steps
-  of linear warm-up.
+- the learning-rate schedule, after `warmup` steps of linear warm-up: `linear` (the paper: decay to
+  0 over the budget) or `progress` (decay with the share of answer tokens certified, not with time:
+  lr · (1 − (1 − `PROGRESS_FLOOR`) · done), where done is 1 − stubborn/most stubborn, counted in
+  the latest training pass of every record).
 
 With `until="budget"` (sweeps, the law) only the schedule applies: every record trains every epoch
 and checks run every `check_every` steps, as in the paper.
@@ -25,11 +27,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from memlaw.certificate import THRESHOLD
+from memlaw.certificate import THRESHOLD, stubborn as stubborn_p
 from memlaw.config import TrainConfig
 
 SLACK = 0.1
 """Early checks start once a record's training pass has every p_t > 0.5 − SLACK (dropout lowers it)."""
+PROGRESS_FLOOR = 0.25
+"""`progress` schedule: the LR left when every answer token is certified."""
+
+
+def stubborn_nll(nll: Tensor) -> Tensor:
+    """Stubborn tokens from their losses: p_t = exp(−ℓ_t) ≤ 0.5."""
+    return stubborn_p(torch.exp(-nll))
 
 
 class Pace:
@@ -40,6 +49,8 @@ class Pace:
         self.early = cfg.until == "certified" and cfg.early_checks
         self.retiring = cfg.until == "certified" and cfg.retire_margin is not None
         self.seen = torch.zeros(n_records)             # min p_t of each record in its latest training pass
+        self.stubborn = torch.zeros(n_records)         # its stubborn tokens there
+        self.most = 0.0                                # the most stubborn tokens the memory has had
         self.pending: set[int] = set(range(n_records))  # not certified at its latest check
         self.retired: set[int] = set()                 # certified with margin at its latest check
 
@@ -48,6 +59,9 @@ class Pace:
         cfg = self.cfg
         if step < cfg.warmup:
             return cfg.lr * (step + 1) / cfg.warmup
+        if cfg.schedule == "progress" and self.most > 0:
+            done = 1.0 - float(self.stubborn.sum()) / self.most
+            return cfg.lr * (1.0 - (1.0 - PROGRESS_FLOOR) * done)
         return cfg.lr * max(0.0, 1.0 - (step - cfg.warmup) / max(1, self.total - cfg.warmup))
 
     def trains(self, rows: list[int]) -> list[int]:
@@ -57,9 +71,12 @@ class Pace:
     @torch.no_grad()
     def observe(self, rows: Tensor, nll: Tensor, mask: Tensor) -> None:
         """Note each row's lowest p_t in this training pass (`nll` (B, T) per token, `mask` answer tokens)."""
-        if self.early:
-            worst = torch.where(mask, nll.detach().float(), torch.zeros_like(nll, dtype=torch.float32)).amax(1)
-            self.seen[rows.cpu()] = torch.exp(-worst).cpu()
+        if self.early or self.cfg.schedule == "progress":
+            nll = torch.where(mask, nll.detach().float(), torch.zeros_like(nll, dtype=torch.float32))
+            rows = rows.cpu()
+            self.seen[rows] = torch.exp(-nll.amax(1)).cpu()
+            self.stubborn[rows] = (stubborn_nll(nll) & mask).sum(1).float().cpu()
+            self.most = max(self.most, float(self.stubborn.sum()))
 
     def due(self) -> list[int]:
         """Records to check now, alone: uncertified ones whose training pass looks certified."""

@@ -29,7 +29,6 @@ from memlaw.models import load_base
 from memlaw.train import write
 
 RANK = {"probe": 16, "lora": 8}
-LR = {"probe": 1e-2, "lora": 2e-3}
 MATMUL = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
 
 
@@ -48,8 +47,7 @@ def main() -> None:
     answers = sum(len(enc.answer_ids(i)) for i in range(args.n)) * args.batch // args.n
     print(f"machine: {machine()}; model dtype {base.dtype}; ~{tokens} tokens and {answers} answer tokens a step\n")
     for kind in args.kinds:
-        train = TrainConfig(until="budget", max_steps=args.steps, batch_size=args.batch, lr=LR[kind],
-                            check_every=10**6)
+        train = TrainConfig(until="budget", max_steps=args.steps, batch_size=args.batch, check_every=10**6)
         with attached(make_adapter(AdapterConfig(kind=kind, rank=RANK[kind]), base, seed=0), base) as ad:
             write(base, ad, enc, ObjectiveConfig(), dataclasses.replace(train, max_steps=2))   # warm-up
             with profile(activities=[ProfilerActivity.CPU]) as prof:

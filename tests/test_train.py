@@ -154,3 +154,34 @@ def test_progress_schedule_decays_with_the_share_of_tokens_certified():
     assert pace.lr(2) == pytest.approx(1.0 - (1.0 - PROGRESS_FLOOR) * 0.5)   # half the stubborn tokens gone
     pace.observe(torch.tensor([1]), torch.tensor([[0.5, 9.0]]), torch.tensor([[True, False]]))
     assert pace.lr(3) == pytest.approx(PROGRESS_FLOOR)
+
+
+@pytest.mark.parametrize("kind", ["probe", "lora"])
+def test_learning_rate_defaults_per_adapter_kind(tiny_base, tiny_records, plain, kind):
+    from memlaw.config import DEFAULT_LR
+
+    default = TrainConfig(until="certified")
+    assert default.lr is None and default.for_kind(kind).lr == DEFAULT_LR[kind]
+    assert TrainConfig(until="certified", lr=0.3).for_kind(kind).lr == 0.3
+    enc = encode(tiny_records, tiny_base.tokenizer, plain)
+    ad = make_adapter(AdapterConfig(kind=kind, rank=4, layer=1), tiny_base, seed=0)
+    ad.attach(tiny_base)
+    try:
+        res = write(tiny_base, ad, enc, ObjectiveConfig(), TrainConfig(until="budget", max_steps=4, check_every=1))
+    finally:
+        ad.detach()
+    assert [h["lr"] for h in res.history] == pytest.approx([DEFAULT_LR[kind] * (1 - s / 4) for s in (1, 2, 3, 4)])
+
+
+def test_sweep_cells_and_saved_memories_hold_the_learning_rate_that_ran(tiny_base, tiny_records, plain, tmp_path):
+    from memlaw.adapters import read_meta
+    from memlaw.config import DEFAULT_LR
+    from memlaw.memory import write_memory
+    from memlaw.sweep import sweep_from_dict
+
+    grid = {"name": "g", "model": "tiny", "ranks": [1], "lengths": [10], "adapter": {"kind": "lora"},
+            "train": {"max_steps": 2}}
+    assert [c.train.lr for c in sweep_from_dict(grid).cells()] == [DEFAULT_LR["lora"]]
+    write_memory(tiny_records, model=tiny_base, out=tmp_path / "m", prompt=plain, recall=False,
+                 adapter=AdapterConfig(kind="lora", rank=2), train=TrainConfig(until="budget", max_steps=2))
+    assert read_meta(tmp_path / "m")["training"]["train"]["lr"] == DEFAULT_LR["lora"]

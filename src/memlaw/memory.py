@@ -100,6 +100,7 @@ def write_memory(records: str | os.PathLike | Sequence[Record | Mapping[str, Any
     """
     t0 = time.perf_counter()
     recs = _records(records)
+    train = train.for_kind(adapter.kind)             # the saved settings say which learning rate ran
     if out is not None:
         check_out_dir(out, force=force)
     base = model if isinstance(model, BaseModel) else load_base(model, dtype=dtype, device=device)

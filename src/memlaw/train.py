@@ -180,6 +180,7 @@ def write(base, adapter, enc: Encoded, objective: ObjectiveConfig, cfg: TrainCon
         on_step: called after every optimizer step (progress bars, Ray, notebooks).
         on_check: called at every check with the step and every record's p_t (probability grids).
     """
+    cfg = cfg.for_kind(adapter.kind)
     torch.manual_seed(cfg.seed)                      # dropout masks
     run = _Run(base, enc, objective, cfg, adapter.first_layer)
     low = base.dtype if adapter.kind == "lora" and cfg.lora_compute == "auto" else torch.float32
@@ -283,6 +284,7 @@ def write_many(base, stack, encs: list[Encoded], objectives: list[ObjectiveConfi
         One `TrainResult` per adapter; its wall time runs until that adapter stopped.
     """
     K = len(encs)
+    cfgs = [c.for_kind("probe") for c in cfgs]
     if len({c.attention for c in cfgs}) > 1:
         raise ValueError("write_many: every adapter's TrainConfig needs the same attention (one pass)")
     runs = [_Run(base, e, o, c, stack.first_layer) for e, o, c in zip(encs, objectives, cfgs)]

@@ -19,7 +19,7 @@ from memlaw.cli.progress import step_lines, verify_lines
 from memlaw.cli.living import (LEAKAGE_HELP, RANDOM_KEYS_HELP, SHOW_LEAKS_HELP, WATCH_HELP, leakage_exit,
                                leakage_json, print_leakage)
 from memlaw.cli.progress import step_lines, verify_lines
-from memlaw.config import (DEFAULT_MAX_STEPS, AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig,
+from memlaw.config import (DEFAULT_LR, DEFAULT_MAX_STEPS, AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig,
                            margin_problem)
 from memlaw.errors import AdapterError, ConfigError
 from memlaw.records import redact as redact_value
@@ -84,6 +84,7 @@ def record_table(v, redact: bool) -> Table:
     return t
 
 
+LR_DEFAULT = ", ".join(f"{kind} {lr:g}" for kind, lr in DEFAULT_LR.items())   # the adapter kind's
 _TRAIN = TrainConfig(until="certified")      # write_memory's default: the CLI's defaults are its (a test checks)
 MARGIN_HELP = ("Certified means p_t > 0.5 + MARGIN for every answer token. In bf16, p_t moved by up to "
                "0.063 between batch shapes on the demo (bench/batch_shift.py): 0.07 guards a certificate "
@@ -105,7 +106,8 @@ def write(
         show_default=f"{DEFAULT_MAX_STEPS}, unless --epochs")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epoch budget, used when --max-steps is not given.",
                                                   show_default="none")] = None,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate (linear decay to 0).")] = _TRAIN.lr,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate (linear decay to 0).",
+                                                show_default=LR_DEFAULT)] = _TRAIN.lr,
     batch_size: Annotated[int, typer.Option(help="Records per optimizer step.")] = _TRAIN.batch_size,
     seed: Annotated[int, typer.Option(help="Seed (adapter init, order, dropout).")] = _TRAIN.seed,
     margin: Annotated[float, typer.Option(help=MARGIN_HELP)] = _TRAIN.margin,

@@ -178,7 +178,8 @@ class SweepConfig:
         law), then ranks and seeds; the objectives of one memory, rank and seed run side by side."""
         return [CellConfig(model=self.model, dtype=self.dtype, benchmark=bench, length=length,
                            adapter=dataclasses.replace(self.adapter, rank=rank),
-                           objective=objective, train=dataclasses.replace(self.train, seed=seed),
+                           objective=objective,
+                           train=dataclasses.replace(self.train, seed=seed).for_kind(self.adapter.kind),
                            prompt=self.prompt)
                 for bench in self.benchmarks for length in sorted(self.lengths) for rank in sorted(self.ranks)
                 for seed in sorted(self.seeds) for objective in self.objectives]

@@ -9,7 +9,7 @@ from memlaw.forward import TeacherForcer
 from memlaw.records import Record
 from memlaw.train import write
 from memlaw.forward import answer_probs, TokenProbs
-from memlaw.verify import base_answer_losses, greedy, record_verdict, score_recall, value_bits, verify
+from memlaw.verify import base_answer_losses, greedy, record_verdict, score_recall, verify
 
 
 def test_answer_probs_match_softmax_of_full_model(tiny_base, tiny_records):
@@ -46,12 +46,6 @@ def test_score_recall_first_failure_and_em(tiny_base):
     assert score_recall(enc, 0, [v[0], v[2], v[1], eos])[:3] == (False, 1, 1)
     assert score_recall(enc, 0, v + [v[0]])[:3] == (False, 3, 3)  # no terminator: the value does not end
     assert score_recall(enc, 0, [eos])[:3] == (False, 0, 0)
-
-
-def test_value_bits():
-    assert math.isclose(value_bits("0123456789"), 10 * math.log2(10))
-    assert value_bits("deadbeef") == 32.0
-    assert value_bits("hello world") is None
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny_base, tiny_records):

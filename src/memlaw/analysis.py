@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from memlaw.bits import per_param_text
 from memlaw.certificate import certified, stubborn
 from memlaw.experiments import experiment_of
 
@@ -165,11 +166,13 @@ CELL_COLUMNS = ("key", "model", "kind", "objective", "rank", "length", "seed", "
 
 
 def cell_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The per-cell table: flat columns plus a few metrics, sorted by group, length, rank, seed."""
+    """The per-cell table: flat columns plus a few metrics, sorted by group, length, rank, seed.
+
+    `bits_per_param` is text: exact ("0.0123") or an upper bound ("≤ 0.0456"), never one read as the other."""
     out = []
     for r in rows:
         m = r.get("metrics") or {}
-        out.append({c: r.get(c, m.get(c)) for c in CELL_COLUMNS})
+        out.append({**{c: r.get(c, m.get(c)) for c in CELL_COLUMNS}, "bits_per_param": per_param_text(r)})
     return sorted(out, key=lambda r: (tuple(str(r.get(k)) for k in ("model", "kind", "objective")), r["length"] or 0,
                                       r["rank"] or 0, r["seed"] or 0))
 

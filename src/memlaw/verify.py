@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache, GenerationConfig
 
+from memlaw.bits import ValueBits, upper
 from memlaw.encode import Encoded
 from memlaw.certificate import certified, stubborn
 from memlaw.errors import NotCertifiedError
@@ -146,7 +147,8 @@ class Verification:
     n_params: int
     length: int                 # ℓ: value tokens summed over the records
     terminator_tokens: int
-    bits_stored: float | None   # of the values recalled exactly (None if their entropy is unknown)
+    bits: ValueBits | None
+    """Information in each value: exact under a known generator (a benchmark's), else an upper bound."""
     recalled: bool
 
     def _mean(self, attr: str, weight: str) -> float | None:
@@ -183,8 +185,8 @@ class Verification:
             s["em_rate"] = s["em"] / max(1, n)
             s["free_acc"] = sum(v.free_correct or 0 for v in self.records) / max(1, self.length)
             s["certificate_violations"] = sum(v.certified and not v.em for v in self.records)
-            s["bits_stored"] = self.bits_stored
-            s["bits_per_param"] = None if self.bits_stored is None else self.bits_stored / self.n_params
+            if self.bits is not None:     # bits_stored / bits_per_param, or their _upper bounds
+                s.update(self.bits.metrics([bool(v.em) for v in self.records], self.n_params))
         s["certified_rate"] = s["certified"] / max(1, n)
         return s
 
@@ -228,15 +230,6 @@ class Verification:
         return {"summary": self.summary(), "records": rows}
 
 
-def value_bits(value: str) -> float | None:
-    """Entropy of a random value: digits log2(10) each, hex digits 4 bits; None when unknown."""
-    if value.isdigit() and value.isascii():
-        return len(value) * math.log2(10)
-    if all(c in "0123456789abcdef" for c in value.lower()) and value.isascii():
-        return len(value) * 4.0
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class VerifyProgress:
     """Where a verify is: `stage` ("L_base", "certificate" or "recall"), records done of `total`, and
@@ -269,7 +262,8 @@ def _certificate_progress(on_progress: VerifyCallback | None, margin: float):
 
 def verify(base, adapter, enc: Encoded, *, recall: bool = True, margin: float = 0.0,
            base_losses: list[tuple[float, float]] | None = None, batch_size: int = 64,
-           fast: bool = True, on_progress: VerifyCallback | None = None) -> Verification:
+           fast: bool = True, on_progress: VerifyCallback | None = None,
+           value_bits: ValueBits | None = None) -> Verification:
     """Certify every record in one teacher-forced pass and (optionally) confirm by greedy recall.
 
     Args:
@@ -282,6 +276,8 @@ def verify(base, adapter, enc: Encoded, *, recall: bool = True, margin: float = 
             `base_answer_losses`; computed once per memory, not here.
         fast: use the cached-prefix/answer-logits pass (same numbers as the plain pass for the layers run).
         on_progress: called after each chunk of the certificate pass and each batch of greedy recall.
+        value_bits: the values' information under their generator (`benchmarks.value_bits`); None:
+            an upper bound from the values alone (`memlaw.bits.upper`), reported as one.
     """
     adapter.eval()
     tf = TeacherForcer(base, enc, start_layer=adapter.first_layer, cache_prefix=fast, answer_logits=fast)
@@ -289,7 +285,6 @@ def verify(base, adapter, enc: Encoded, *, recall: bool = True, margin: float = 
     verdicts = [record_verdict(r.key, probs[i], len(enc.value_ids[i]), margin) for i, r in enumerate(enc.records)]
     if base_losses is not None:
         verdicts = [replace(v, loss_base=b[0], loss_base_all=b[1]) for v, b in zip(verdicts, base_losses)]
-    bits = None
     if recall:
         limits = [len(enc.answer_ids(i)) for i in range(len(enc))]
         on_batch = None if on_progress is None else lambda done, n: on_progress(VerifyProgress("recall", done, n))
@@ -297,9 +292,8 @@ def verify(base, adapter, enc: Encoded, *, recall: bool = True, margin: float = 
         scored = [score_recall(enc, i, o) for i, o in enumerate(outs)]
         verdicts = [replace(v, em=em, free_correct=free, first_failure=first, output=text)
                     for v, (em, free, first, text) in zip(verdicts, scored)]
-        per = [value_bits(r.value) for r in enc.records]
-        bits = None if any(b is None for b in per) else sum(b for b, v in zip(per, verdicts) if v.em)
     n_params = adapter.n_params()
+    bits = value_bits if value_bits is not None else upper(enc.records)
     return Verification(verdicts, n_params, enc.length, enc.terminator_tokens, bits, recall)
 
 

@@ -28,9 +28,12 @@ token whose decoding contains one.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
+import math
 import weakref
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.resources import files
@@ -38,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from memlaw import bits
+from memlaw.bits import ValueBits
 from memlaw.errors import ConfigError, RecordError
 from memlaw.records import Record
 
@@ -67,6 +72,8 @@ class Document:
     """Replaced positions in the builder's token space (`own`), or the file's (Qwen3) positions."""
     n_tokens: int | None = None
     """N: tokens of the source text under the builder's tokenizer (`own`), else None."""
+    ids: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    """The builder's token ids, noise in place (`own`), else (); the text is their decoding."""
 
 
 def parse_ratio(ratio: str | float) -> tuple[str, float]:
@@ -156,7 +163,7 @@ def build_document(text: str, tokenizer, ratio: str | float, *, seed: int = 0, q
     positions = noise_positions(len(ids), value)
     ids = replace_tokens(ids, positions, _pool(tokenizer) if positions else [], seed)
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-    return Document(question, _decode(tokenizer, ids), value, f"own:{name}", tuple(positions), len(ids))
+    return Document(question, _decode(tokenizer, ids), value, f"own:{name}", tuple(positions), len(ids), tuple(ids))
 
 
 _POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -167,6 +174,21 @@ def _pool(tokenizer) -> list[int]:
     if tokenizer not in _POOLS:
         _POOLS[tokenizer] = regular_token_ids(tokenizer)
     return _POOLS[tokenizer]
+
+
+_DRAW_BITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def draw_bits(tokenizer) -> float:
+    """Entropy in bits of the text one noise draw writes: t uniform over the pool (`regular_token_ids`),
+    decode(t) counted by its characters, so ids that decode alike (byte pieces of a character that
+    decode alone to U+FFFD) count once. At most log2 |pool|, the entropy of the draw itself."""
+    if tokenizer not in _DRAW_BITS:
+        pieces = tokenizer.batch_decode([[i] for i in _pool(tokenizer)], skip_special_tokens=False,
+                                        clean_up_tokenization_spaces=False)
+        n = len(pieces)
+        _DRAW_BITS[tokenizer] = -math.fsum(c / n * math.log2(c / n) for c in Counter(pieces).values())
+    return _DRAW_BITS[tokenizer]
 
 
 def prefix_value(tokenizer, text: str, length: int, *, search: int = SEARCH) -> str:
@@ -256,6 +278,53 @@ def build(tokenizer, length: int, *, ratio: str | float = "r100", source: str = 
     return long_context(tokenizer, length, ratio, source=source, seed=data_seed), []
 
 
+def value_bits(tokenizer, records: list[Record], *, ratio: str | float = "r100", source: str = "own",
+               data_seed: int = 0) -> ValueBits:
+    """Bits of values built in this tokenizer's space (`source='own'`): for each random token of the
+    document a value holds whole, the entropy of the text one uniform draw from the pool writes
+    (`draw_bits`); 0 for the unreplaced text, which is the generator's own source (shipped in the
+    package): its cost to the adapter shows in ΔL, not in bits.
+
+    Exact where random tokens sit between text tokens (ratios up to r50). Where they neighbour each
+    other (above r50) their bytes can also join across the boundary; the count stays at most the
+    entropy of the draws themselves (log2 |pool| each), which bounds the text's from above.
+    A token cut by the end of the value is not counted. `source='paper'` (noise drawn in Qwen3's
+    token space, not countable under another tokenizer) gives an upper bound (`memlaw.bits.upper`).
+    """
+    name = parse_ratio(ratio)[0]
+    if source == "paper":
+        return bits.upper(records, f"upper bound: the paper's {name} file holds noise drawn in Qwen3's token space")
+    doc = document(tokenizer, ratio, source=source, seed=data_seed)
+    if not doc.noise_positions:
+        return bits.exact([0.0] * len(records), f"long-context {name}: no random token; the source text 0 bits")
+    covered = [covered_tokens(tokenizer, doc.ids, r.value) for r in records]
+    if any(k is None for k in covered):
+        return bits.upper(records, f"upper bound: a {name} value does not align with the document's tokens")
+    noise = [bisect.bisect_left(doc.noise_positions, k) for k in covered]
+    per = draw_bits(tokenizer)
+    return bits.exact([n * per for n in noise], f"long-context {name}: {sum(noise)} random tokens × {per:.3f} bits "
+                      f"(a uniform draw from {len(_pool(tokenizer)):,} regular tokens, as text); the source text 0 bits")
+
+
+def covered_tokens(tokenizer, ids: tuple[int, ...] | list[int], value: str, *, back: int = 4 * SEARCH) -> int | None:
+    """How many leading `ids` `value` holds whole: the largest k with decode(ids[:k]) a prefix of `value`.
+
+    Binary search on the decoded length, then back token by token (at most `back`) past a cut inside a
+    character; None when no prefix within `back` tokens matches.
+    """
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(_decode(tokenizer, list(ids[:mid]))) <= len(value):
+            lo = mid
+        else:
+            hi = mid - 1
+    for k in range(lo, max(-1, lo - back - 1), -1):
+        if value.startswith(_decode(tokenizer, list(ids[:k]))):
+            return k
+    return None
+
+
 def document(tokenizer, ratio: str | float = "r100", *, source: str = "own", text: str | None = None,
              seed: int = 0) -> Document:
     """The document `long_context` cuts its value from (cached for the paper's r0 text)."""
@@ -283,4 +352,4 @@ def _own_from_paper(tokenizer, ratio: float, seed: int) -> Document:
 
 __all__ = ["QUESTION", "RATIOS", "Document", "parse_ratio", "paper_document", "noise_positions",
            "regular_token_ids", "replace_tokens", "build_document", "prefix_value", "long_context", "document",
-           "build"]
+           "build", "value_bits", "covered_tokens", "draw_bits"]

@@ -4,6 +4,11 @@ Every benchmark is a data builder (records out, no special code path) that retur
 exactly ℓ = `length` value tokens under `tokenizer` (terminators excluded), plus held-out records
 where the benchmark measures generalization (the linear rule), else []. The names and their options
 are `BenchmarkConfig`'s; a new benchmark is a `build` function in its module and one entry here.
+
+A benchmark knows the generator of its values, so it also counts their information:
+`value_bits(name, tokenizer, records, **options) -> memlaw.bits.ValueBits`, exact where the
+generator is known (PhoneBook, long-context noise, the linear rule) and an upper bound, labelled
+as one, for a records file.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import importlib
 from functools import lru_cache
 from pathlib import Path
 
+from memlaw import bits
+from memlaw.bits import ValueBits
 from memlaw.config import BenchmarkConfig
 from memlaw.errors import ConfigError
 from memlaw.records import Record, load_records
@@ -24,6 +31,13 @@ BUILDERS = {
 }
 """Benchmark name (`BenchmarkConfig.name`'s values) -> "module:function" building its records, imported
 when first used; the function takes (tokenizer, length, **options) and returns (records, held_out)."""
+BITS = {
+    "phonebook": "memlaw.benchmarks.phonebook:value_bits",
+    "long-context": "memlaw.benchmarks.long_context:value_bits",
+    "linear-rule": "memlaw.benchmarks.linear_rule:value_bits",
+    "records": "memlaw.benchmarks.registry:records_bits",
+}
+"""Benchmark name -> "module:function" counting the bits of its records: (tokenizer, records, **options) -> ValueBits."""
 
 
 def build(name: str, tokenizer, length: int, **options) -> tuple[list[Record], list[Record]]:
@@ -42,6 +56,23 @@ def build(name: str, tokenizer, length: int, **options) -> tuple[list[Record], l
 def build_cell(benchmark: BenchmarkConfig, tokenizer, length: int) -> tuple[list[Record], list[Record]]:
     """`build` for a cell's `BenchmarkConfig`."""
     return build(benchmark.name, tokenizer, length, **benchmark.options())
+
+
+def value_bits(name: str, tokenizer, records: list[Record], **options) -> ValueBits:
+    """The information in each of `records` (as `build(name, ...)` made them) under the benchmark's generator."""
+    cfg = BenchmarkConfig(name=name, **options)
+    module, function = BITS[name].split(":")
+    return getattr(importlib.import_module(module), function)(tokenizer, records, **cfg.options())
+
+
+def value_bits_cell(benchmark: BenchmarkConfig, tokenizer, records: list[Record]) -> ValueBits:
+    """`value_bits` for a cell's `BenchmarkConfig`."""
+    return value_bits(benchmark.name, tokenizer, records, **benchmark.options())
+
+
+def records_bits(tokenizer, records: list[Record], *, path: str, sha256: str | None) -> ValueBits:
+    """A records file has no known generator: an upper bound per value (`memlaw.bits.upper`)."""
+    return bits.upper(records)
 
 
 def prefix_by_length(records: list[Record], length: int, tokenizer, *, source: str) -> list[Record]:
@@ -81,4 +112,5 @@ def _records_file(path: str, sha256: str | None) -> tuple[Record, ...]:
     return tuple(load_records(path))
 
 
-__all__ = ["BUILDERS", "build", "build_cell", "build_records", "prefix_by_length"]
+__all__ = ["BUILDERS", "BITS", "build", "build_cell", "build_records", "prefix_by_length", "value_bits",
+           "value_bits_cell", "records_bits"]

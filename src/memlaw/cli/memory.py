@@ -185,10 +185,12 @@ def _report(result, name: str, as_json: bool, redact: bool, extra: dict | None =
         out.print_json(json.dumps({**payload, "records": result.verification.to_dict(redact=True)["records"]}))
         return
     out.print(summary_table(name, s))
-    bpp = s.get("bits_per_param")
+    from memlaw.bits import per_param_text
+
+    bound = " (upper bound: no known generator)" if s.get("bits_kind") == "upper" else ""
     out.print(f"steps {result.train.steps}  write {result.train.wall_s:.1f} s ({result.train.steps_per_s:.2f} steps/s)  "
               f"time to certified {_secs(result.train.time_to_certified)}  total {result.wall_s:.1f} s  "
-              f"params {s['n_params']:,}  bits/param {'-' if bpp is None else f'{bpp:.4f}'}")
+              f"params {s['n_params']:,}  bits/param {per_param_text(s)}{bound}")
 
 
 def _secs(x) -> str:

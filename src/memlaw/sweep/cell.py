@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from memlaw.adapters import make_adapter
-from memlaw.benchmarks.registry import build_cell
+from memlaw.benchmarks.registry import build_cell, value_bits_cell
+from memlaw.bits import ValueBits
 from memlaw.config import BenchmarkConfig
 from memlaw.encode import Encoded, encode
 from memlaw.engine import attached, measure, write_and_verify
@@ -167,6 +168,7 @@ class _Prepared:
     adapter: Any
     t0: float                    # when preparing began
     prep_s: float                # how long it took
+    bits: ValueBits | None = None  # the values' information under the benchmark's generator
 
 
 def prepare_cell(cell: CellConfig, base) -> _Prepared | CellResult:
@@ -180,10 +182,11 @@ def prepare_cell(cell: CellConfig, base) -> _Prepared | CellResult:
         held = encode(held_out, base.tokenizer, cell.prompt, max_length=base.context_length) if held_out else None
         losses = base_answer_losses(base, enc)            # L_base: once per memory, no adapter attached
         adapter = make_adapter(cell.adapter, base, seed=cell.seed)
+        bits = value_bits_cell(cell.benchmark, base.tokenizer, records)
     except MemlawError as e:
         logger.warning("cell %s failed: %s", cell.key[:12], e)
         return CellResult(cell.key, cell, "failed", versions=versions(), error=str(e))
-    return _Prepared(cell, enc, held, losses, adapter, t0, time.perf_counter() - t0)
+    return _Prepared(cell, enc, held, losses, adapter, t0, time.perf_counter() - t0, bits)
 
 
 class ProbsKeeper:
@@ -207,7 +210,11 @@ class ProbsKeeper:
 
 def cell_result(prep: _Prepared, base, trained, checked, held, keeper: ProbsKeeper, *, wall_s: float,
                 stacked: int | None = None) -> CellResult:
-    """The stored row of a trained and verified cell (`held`: the verification of its held-out records, if any)."""
+    """The stored row of a trained and verified cell (`held`: the verification of its held-out records, if any).
+
+    Bits are counted under the benchmark's generator (`prep.bits`): exact where it is known."""
+    if prep.bits is not None:
+        checked = dataclasses.replace(checked, bits=prep.bits)
     metrics = {
         **checked.summary(),
         "steps": trained.steps, "certified_all": trained.certified, "write_s": trained.wall_s,

@@ -203,3 +203,44 @@ def test_per_param_text_marks_upper_bounds():
     assert bits.per_param_text({"bits_kind": "exact", "bits_stored": 8.0, "n_params": 16}) == "0.5000"
     assert bits.per_param_text({"bits_kind": "upper", "bits_stored_upper": 8.0, "n_params": 16}) == "≤ 0.5000"
     assert bits.per_param_text({"n_params": 16}) == "-"
+
+
+# ---------------------------------------------------------------- memlaw fit shows them
+
+
+def test_memlaw_fit_sets_frontier_bits_per_param_beside_published_figures(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from memlaw.cli import app
+    from memlaw.law import law
+    from memlaw.store import open_store
+    from memlaw.sweep.cell import CellResult
+    from memlaw.sweep.grid import sweep_from_dict
+
+    grid = sweep_from_dict({"name": "g", "model": "tiny", "dtype": "float32", "ranks": [1, 2, 4],
+                            "lengths": [20, 40, 80], "seeds": [0, 1], "train": {"max_steps": 5}})
+    per = 2 + 9 * math.log2(10)
+    with open_store(tmp_path / "runs.db") as db:
+        for c in grid.cells():
+            n, params = c.length // 10, 2 * 64 * c.rank
+            em = 1.0 if c.length <= 20 * c.rank and not (c.rank == 4 and c.seed == 1) else 0.5
+            metrics = {"length": c.length, "delta_loss": float(law(c.rank, c.length, 3.0, 0.5, 0.2, 0.0)),
+                       "em_rate": em, "n_params": params, "n_records": n,
+                       **bits.exact([per] * n, "t").metrics([True] * round(em * n) + [False] * (n - round(em * n)),
+                                                           params)}
+            db.add_cell(CellResult(c.key, c, "done", metrics), sweep="planted")
+    run = lambda *a: CliRunner().invoke(app, [str(x) for x in a])  # noqa: E731
+    [fit] = json.loads(run("fit", "--store", tmp_path / "runs.db", "--json").stdout)["fits"]
+    got = {p["rank"]: p for p in fit["capacity"]["frontier"]}
+    assert sorted(got) == [1, 2, 4] and got[1]["length"] == 20 and got[2]["length"] == 40 and got[4]["length"] == 80
+    assert got[4]["cells"] == 1 and got[4]["of"] == 2                  # seed 1 of rank 4 fell short at ℓ 80
+    for r, p in got.items():                                         # ℓ/10 numbers of 31.9 bits over 128·r params
+        assert p["bits_kind"] == "exact" and p["bits_per_param"] == pytest.approx(p["length"] / 10 * per / (128 * r))
+        assert p["tokens_per_param"] == pytest.approx(p["length"] / (128 * r))
+    text = run("fit", "--store", tmp_path / "runs.db").stdout
+    assert "capacity frontier" in text and "published: Morris et al. 2025" in text and "3.6 bits/param" in text
+    assert run("runs", "export", "--store", tmp_path / "runs.db", "--out", tmp_path / "cells.csv").exit_code == 0
+    [from_csv] = json.loads(run("fit", "--csv", tmp_path / "cells.csv", "--json").stdout)["fits"]
+    assert from_csv["capacity"] == fit["capacity"]

@@ -50,6 +50,10 @@ class ValueBits:
     def total(self) -> float:
         return math.fsum(self.per_record)
 
+    def first(self, n: int) -> ValueBits:
+        """The bits of the first `n` records only."""
+        return ValueBits(self.per_record[:n], self.kind, self.basis)
+
     def stored(self, recalled: Sequence[bool]) -> float:
         """Bits of the values recalled exactly (`recalled[i]`: record i came back by greedy decoding)."""
         if len(recalled) != len(self.per_record):
@@ -248,6 +252,26 @@ PUBLISHED = (
 """Figures to compare the frontier with (ranges where the source gives one)."""
 
 
+def csv_columns(path, names: Sequence[str] = ("n_params", "benchmark", "metrics")) -> list[dict[str, Any]]:
+    """The columns `frontier_bits` reads beyond a law table's, one dict a data row (in file order, as
+    `law.read_law_csv` reads them): `memlaw runs export` writes them; a bare law table has none."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        reader.fieldnames = [h.strip() for h in reader.fieldnames or []]
+        out = []
+        for raw in reader:
+            row: dict[str, Any] = {k: raw[k] for k in names if raw.get(k)}
+            if "n_params" in row:
+                try:
+                    row["n_params"] = int(float(row["n_params"]))
+                except ValueError:
+                    del row["n_params"]
+            out.append(row)
+    return out
+
+
 def capacity_summary(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """JSON-ready: the frontier's bits per parameter per rank and the published figures beside them."""
     points = frontier_bits(rows)
@@ -257,4 +281,4 @@ def capacity_summary(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 __all__ = ["ValueBits", "Kind", "CLASSES", "suffix", "exact", "upper", "upper_bound", "character_class", "per_param_text", "row_bits", "stored_bits", "FrontierPoint", "frontier_bits", "Published", "PUBLISHED",
-           "capacity_summary"]
+           "capacity_summary", "csv_columns"]

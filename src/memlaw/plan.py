@@ -69,11 +69,13 @@ def fit_cells(*, store: str | os.PathLike | None = None, csv: str | os.PathLike 
 
     Returns:
         {"fits": [...]}: per experiment, `fit_rows`' dict plus `experiment` (what sets it apart from
-        the others), `config` (its shared settings), `source` and `n` (rows).
+        the others), `config` (its shared settings), `source`, `n` (rows) and `capacity` (bits per
+        parameter at the frontier, per rank, beside published figures: `bits.capacity_summary`).
 
     Raises:
         ConfigError: not exactly one of `store` and `csv`, `where` with a CSV, or no usable rows.
     """
+    from memlaw.bits import capacity_summary, csv_columns
     from memlaw.experiments import group
     from memlaw.law import read_law_csv
 
@@ -83,6 +85,9 @@ def fit_cells(*, store: str | os.PathLike | None = None, csv: str | os.PathLike 
         if where:
             raise ConfigError("--where filters a store; it does not apply to --csv")
         rows, source = read_law_csv(csv), {"csv": str(csv)}
+        extra = csv_columns(csv)                 # n_params and the metrics' bits, where the file has them
+        if len(extra) == len(rows):
+            rows = [{**e, **r} for r, e in zip(rows, extra)]
     else:
         from memlaw.store import open_store
 
@@ -96,7 +101,7 @@ def fit_cells(*, store: str | os.PathLike | None = None, csv: str | os.PathLike 
         lrows = law_rows(experiment.rows) if store is not None else experiment.rows
         fit = fit_rows(lrows, relative=relative, saturated_below=saturated_below, fix_b=fix_b)
         fits.append({**fit, "experiment": experiment.label, "config": experiment.config, "source": source,
-                     "n": len(lrows)})
+                     "n": len(lrows), "capacity": capacity_summary(experiment.rows)})
     return json_safe({"fits": fits})
 
 

@@ -229,7 +229,8 @@ def _first(v, n: int, n_terminator: int):
     """The verification of the first `n` records (the memory), without the deleted keys' rows after them."""
     if len(v.records) == n:
         return v
-    return dataclasses.replace(v, records=v.records[:n], terminator_tokens=n * n_terminator)
+    return dataclasses.replace(v, records=v.records[:n], terminator_tokens=n * n_terminator,
+                               bits=None if v.bits is None else v.bits.first(n))
 
 
 def _value_loss(losses: list[tuple[float, float]], enc) -> float:

@@ -85,8 +85,32 @@ def _print_fit(res: dict) -> None:
         out.print(f"frontier ℓ_max = K·r^γ: K = {_pm(fr['K'], fr['K_stderr'])}, γ = {_pm(fr['gamma'], fr['gamma_stderr'])}"
                   f"  [{pts}]" + (f"  ranks without full EM: {fr['missing_ranks']}" if fr["missing_ranks"] else ""),
                   markup=False)
+    _print_capacity(res.get("capacity"))
     for note in res.get("notes", []) + res.get("warnings", []):
         out.print(f"note: {note}", markup=False, soft_wrap=True)
+
+
+def _print_capacity(cap: dict | None) -> None:
+    """Bits per parameter at the capacity frontier, per rank, then the published figures to set beside them."""
+    if not cap or not cap["frontier"]:
+        return
+    t = Table(title="capacity frontier: the largest ℓ recalled in full, per rank")
+    for col in ("rank", "ℓ_max", "cells at 100% EM", "params", "bits", "bits/param", "tokens/param"):
+        t.add_column(col, justify="right")
+    for p in cap["frontier"]:
+        upper = p["bits_kind"] == "upper"
+        bits, bpp = (p.get("bits_upper"), p.get("bits_per_param_upper")) if upper else (p.get("bits"), p.get("bits_per_param"))
+        mark = "≤ " if upper else ""
+        t.add_row(str(p["rank"]), f"{p['length']:,}", f"{p['cells']}/{p['of']}",
+                  "-" if p["n_params"] is None else f"{p['n_params']:,}",
+                  "-" if bits is None else f"{mark}{bits:.1f}", "-" if bpp is None else f"{mark}{bpp:.4g}",
+                  "-" if p["tokens_per_param"] is None else f"{p['tokens_per_param']:.3g}")
+    out.print(t)
+    if any(p["bits_kind"] == "upper" for p in cap["frontier"]):
+        out.print("note: ≤ marks an upper bound (records with no known generator), not bits", markup=False)
+    for p in cap["published"]:
+        span = f"{p['low']:g}" if p["low"] == p["high"] else f"{p['low']:g}–{p['high']:g}"
+        out.print(f"published: {p['name']}: {span} {p['unit']} ({p['scope']})", markup=False, soft_wrap=True)
 
 
 class LawForm(str, Enum):

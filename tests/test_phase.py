@@ -51,6 +51,7 @@ def test_the_inclusion_rule_counts_what_it_says():
                                             "no-recall": 1}
     assert (c.n, c.cells_in_rho, c.recalled_with_stubborn, c.exact, c.order_violations) == (6, 2, 1, 2, 0)
     assert c.rho == pytest.approx(1 - 6 * 2 / (6 * 35))            # ranks of first failure 1 3 2 4 5 6: Σd² = 2
+    assert c.ci is not None and "only 2 cells" in c.note            # a cell bootstrap over two cells is rough
     bad = phase.study([cell(records=[failed(3, 1), failed(0, 0), failed(1, 2)])], by=(), options=OPTS)
     assert bad[0].correlation.order_violations == 1                 # a failure before the earliest stubborn
 

@@ -62,6 +62,8 @@ from memlaw.errors import ConfigError
 PAPER_RHO, PAPER_N = 0.908, 155
 """The paper's Spearman ρ(earliest stubborn, first failure) and its number of failed records."""
 INCLUSIONS = ("rho", "recalled", "no-stubborn", "no-position", "no-recall")
+FEW_CELLS = 10
+"""Below this many cells a cell-bootstrap interval gets a note: the percentile interval of a few clusters is rough."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,6 +230,7 @@ class Correlation:
     """Points whose null used their measured stubborn positions (the rest: the permuted mask)."""
     options: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
+    """Why ρ is undefined, or (ρ defined) what qualifies its interval."""
 
 
 def correlate(records: Sequence[Mapping[str, Any]], options: RhoOptions = RhoOptions(), *,
@@ -258,6 +261,9 @@ def correlate(records: Sequence[Mapping[str, Any]], options: RhoOptions = RhoOpt
         res.note = f"no bootstrap interval: ρ needs more than one {options.unit} that varies"
     else:
         res.ci, res.ci_resamples = [ci[0], ci[1]], ci[2]
+        if options.unit == "cell" and res.cells_in_rho < FEW_CELLS:
+            res.note = (f"the interval resamples only {res.cells_in_rho} cells: too few for a reliable cell "
+                        "bootstrap (a record bootstrap is narrower but treats records of one adapter as independent)")
     draws = null_failures(points, options.draws, rng)
     rhos = null_rho(x, draws)
     if np.isfinite(rhos).any():
@@ -272,5 +278,5 @@ def correlate(records: Sequence[Mapping[str, Any]], options: RhoOptions = RhoOpt
     return res
 
 
-__all__ = ["PAPER_RHO", "PAPER_N", "INCLUSIONS", "RhoOptions", "inclusion", "spearman", "bootstrap_interval",
-           "null_failures", "bound_failures", "null_rho", "Correlation", "correlate"]
+__all__ = ["PAPER_RHO", "PAPER_N", "INCLUSIONS", "FEW_CELLS", "RhoOptions", "inclusion", "spearman",
+           "bootstrap_interval", "null_failures", "bound_failures", "null_rho", "Correlation", "correlate"]

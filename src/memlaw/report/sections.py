@@ -156,9 +156,10 @@ def stubborn_section(rows, token_probs, groups: Sequence[phase.PhaseGroup]) -> t
         left = {k: v for k, v in c.counts.items() if k not in ("rho", "recalled") and v}
         t.rows.append([
             g.label, str(c.n), str(c.cells_in_rho),
-            Cell(fmt(c.rho), warning=(f"only {c.n} failed records (the paper has {PAPER_N})"
-                                      if c.rho is not None and c.n < 150 else c.note)),
-            f"{_range(c.ci)} ({pct}, {c.options['unit']} bootstrap)" if c.ci else "-",
+            Cell(fmt(c.rho), warning=c.note if c.rho is None else (
+                f"only {c.n} failed records (the paper has {PAPER_N})" if c.n < 150 else None)),
+            Cell(f"{_range(c.ci)} ({pct}, {c.options['unit']} bootstrap)" if c.ci else "-",
+                 warning=c.note if c.rho is not None else None),
             f"{fmt(c.rho_null)} {_range(c.null_interval)}" if c.rho_null is not None else "-", fmt(c.excess),
             "-" if c.p_null is None else f"{c.p_null:.2g}", fmt(c.rho_bound),
             f"{c.exact}/{c.n} ({fmt(c.exact_null, 1)})" if c.n else "-",

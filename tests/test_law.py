@@ -204,7 +204,7 @@ def test_rank_for_unreachable():
 
 def test_summary_is_json_ready():
     s = quiet_fit(*planted("mult"), relative=True).summary()
-    assert set(s) == {"params", "stderr", "r2", "mape", "n", "converged", "relative", "fix_b"}
+    assert set(s) == {"form", "params", "stderr", "r2", "mape", "aic", "bic", "n", "k", "converged", "relative", "fix_b"}
     assert set(s["params"]) == set(s["stderr"]) == {"C", "alpha", "beta", "b"}
     assert json.loads(json.dumps(s, allow_nan=False)) == s
 
@@ -350,6 +350,9 @@ def test_read_law_csv_good(tmp_path):
         ("rank,length,delta_loss\n1,100,nan\n", 2, "delta_loss must be finite"),
         ("rank,length,delta_loss\n1,100\n", 2, "missing value for delta_loss"),
         ("rank,length,delta_loss,em\n1,100,0.1,1\n\n2,100,0.1,95\n", 4, "em must be a fraction"),
+        ("rank,length,delta_loss,l_base\n1,50,2.5,0\n", 2, "l_base must be > 0"),
+        ("rank,length,delta_loss,l_base\n1,50,2.5,x\n", 2, "l_base is not a number"),
+        ("rank,length,delta_loss,l_base,L_base\n1,50,2.5,4,4\n", 1, "both l_base and L_base"),
     ],
 )
 def test_read_law_csv_bad(tmp_path, text, line, match):

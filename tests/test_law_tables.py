@@ -105,6 +105,9 @@ def test_seed_spread_matches_numpy():
     assert s["rel_sd_median"] == pytest.approx(np.median([sd[k] / np.mean(v) * 100 for k, v in cells.items()]))
     errors = [abs(y - np.mean(v)) / y * 100 for v in cells.values() for y in v]
     assert s["replicate_mape"] == pytest.approx(np.mean(errors))
+    y = np.array([r["delta_loss"] for r in rows])
+    means = np.array([np.mean(cells[(r["rank"], r["length"])]) for r in rows])
+    assert s["r2_means"] == pytest.approx(1 - np.sum((y - means) ** 2) / np.sum((y - y.mean()) ** 2))
     assert seed_spread(saturated_rows(seeds=(0,))) is None
 
 

@@ -6,14 +6,15 @@ The store gives, for one model and adapter kind, measured (rank, ℓ, ΔL, EM) c
   length ≥ ℓ, under the same settings, is the answer when there is one;
 - else the capacity frontier ℓ_max = K · r^γ (largest ℓ with 100% EM per rank): the smallest
   integer r with K · r^γ ≥ ℓ;
-- the law (by default the paper's ΔL = C · r^α · ℓ^(−β) + b; `LAW_FORMS`) predicts ΔL at that rank;
-  the ΔL needed is the records' own L_base minus the L_final that fully recalled cells reached, and
-  their difference is the margin.
+- the law predicts ΔL at that rank: by default the form (`LAW_FORMS`: the paper's ΔL = C·r^α·ℓ^(−β) + b
+  or the bounded ΔL = L_base·(1 − exp(−C·r^α·ℓ^(−β)))) with the lower held-out MAPE on the cells,
+  named in the plan; the ΔL needed is the records' own L_base minus the L_final that fully recalled
+  cells reached, and their difference is the margin.
 
 Anything outside the measured ranks or lengths is an extrapolation, flagged with its factor. A plan
 holds for the settings the cells were measured under (budget, lr, objective, prompt, dtype), which
 it carries, and `Plan.command()` is the `memlaw write` that realises it (`memlaw.recipe`).
-`plan_records` and `fit_cells` are the bodies of `memlaw plan` and `memlaw fit`.
+`plan_records` is the body of `memlaw plan` (`memlaw.fitting.fit_cells` that of `memlaw fit`).
 """
 
 from __future__ import annotations
@@ -32,83 +33,14 @@ import numpy as np
 
 from memlaw import recipe
 from memlaw.errors import ConfigError, FitWarning
-from memlaw.experiments import one_experiment
-from memlaw.law import Frontier, MemoryLaw, fit_table, unsaturated
+from memlaw.fitting import fit_cells, fit_rows, json_safe, law_rows  # noqa: F401  (the body of `memlaw fit`)
+from memlaw.law import BOTH, FORMS, Frontier, fit_table, make_law, unsaturated
 
-def law_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Store rows -> law rows {rank, length, delta_loss, em, L_final}, after checking they form one experiment.
-
-    Raises:
-        ConfigError: no usable row, or rows of several experiments (cells that differ in more than
-            rank, length and seed; the message names the keys and how to pick one with --where).
-    """
-    usable = [r for r in rows if r.get("status", "done") == "done" and r.get("delta_loss") is not None]
-    if not usable:
-        raise ConfigError("no finished cells with a ΔL match; check the store and the --where filter")
-    one_experiment(usable)
-    return [{"rank": r["rank"], "length": r["length"], "delta_loss": r["delta_loss"], "em": r.get("em_rate"),
-             "certified": r.get("certified_rate"), "L_final": r.get("L_final")} for r in usable]
-
-
-def fit_rows(rows: list[dict[str, Any]], *, relative: bool = False,
-             saturated_below: float | None = None, fix_b: bool = False) -> dict[str, Any]:
-    """`law.fit_table` on law rows, plus the group's ranges; FitWarnings are caught into `warnings`."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FitWarning)
-        out = fit_table(rows, relative=relative, saturated_below=saturated_below, fix_b=fix_b)
-    out["warnings"] = [str(w.message) for w in caught if issubclass(w.category, FitWarning)]
-    out["ranks"] = sorted({float(r["rank"]) for r in rows})
-    out["lengths"] = sorted({float(r["length"]) for r in rows})
-    return out
-
-
-def fit_cells(*, store: str | os.PathLike | None = None, csv: str | os.PathLike | None = None,
-              where: str | None = None, relative: bool = False, saturated_below: float | None = None,
-              fix_b: bool = False) -> dict[str, Any]:
-    """`memlaw fit`: one law per experiment (cells that differ only in rank, length and seed) of a store or CSV.
-
-    Returns:
-        {"fits": [...]}: per experiment, `fit_rows`' dict plus `experiment` (what sets it apart from
-        the others), `config` (its shared settings), `source`, `n` (rows) and `capacity` (bits per
-        parameter at the frontier, per rank, beside published figures: `bits.capacity_summary`).
-
-    Raises:
-        ConfigError: not exactly one of `store` and `csv`, `where` with a CSV, or no usable rows.
-    """
-    from memlaw.bits import capacity_summary, csv_columns
-    from memlaw.experiments import group
-    from memlaw.law import read_law_csv
-
-    if (store is None) == (csv is None):
-        raise ConfigError("give exactly one of --store or --csv")
-    if csv is not None:
-        if where:
-            raise ConfigError("--where filters a store; it does not apply to --csv")
-        rows, source = read_law_csv(csv), {"csv": str(csv)}
-        extra = csv_columns(csv)                 # n_params and the metrics' bits, where the file has them
-        if len(extra) == len(rows):
-            rows = [{**e, **r} for r, e in zip(rows, extra)]
-    else:
-        from memlaw.store import open_store
-
-        with open_store(store, create=False) as db:
-            rows = [r for r in db.load_cells(where) if r.get("delta_loss") is not None]
-        source = {"store": str(store), "where": where}
-        if not rows:
-            raise ConfigError("no finished cells with a ΔL match; check the store and the --where filter")
-    fits = []
-    for experiment in group(rows):          # one law per experiment: never across ratios, budgets, objectives
-        lrows = law_rows(experiment.rows) if store is not None else experiment.rows
-        fit = fit_rows(lrows, relative=relative, saturated_below=saturated_below, fix_b=fix_b)
-        fits.append({**fit, "experiment": experiment.label, "config": experiment.config, "source": source,
-                     "n": len(lrows), "capacity": capacity_summary(experiment.rows)})
-    return json_safe({"fits": fits})
-
-
-LAW_FORMS: dict[str, tuple[type, str]] = {
-    "paper": (MemoryLaw, "ΔL = C·r^α·ℓ^(−β) + b"),
-}
-"""Law forms `plan` can fit, by name: (class with fit/predict/rank_for/summary, formula). A new form plugs in here."""
+LAW_FORMS: dict[str, tuple[type, str]] = {name: (cls, cls.formula) for name, cls in FORMS.items()}
+"""Law forms `plan` can fit, by name: (class with fit/predict/rank_for/summary, formula). A new form plugs in
+`memlaw.law.FORMS`."""
+AUTO = "auto"
+"""`plan(law=AUTO)`: fit every form on the same cells and use the one with the lower held-out MAPE."""
 
 
 @dataclass
@@ -130,6 +62,8 @@ class Plan:
     L_base: float | None
     law_form: str = "paper"
     law_formula: str = LAW_FORMS["paper"][1]
+    law_choice: dict[str, Any] = field(default_factory=dict)
+    """How the form was chosen (law=auto): {"by", "held_out_mape": {form: % or None}}; {} when it was given."""
     extrapolating: list[str] = field(default_factory=list)
     extrapolation: dict[str, float] = field(default_factory=dict)
     """How far outside the measured grid: {"length": ℓ / nearest measured length, "rank": ...}, > 1."""
@@ -170,7 +104,7 @@ class Plan:
 
 
 def plan(length: int, rows: list[dict[str, Any]], *, n_records: int = 0, L_base: float | None = None,
-         law: str = "paper", fix_b: bool = False, saturated_below: float | None = None) -> Plan:
+         law: str = AUTO, fix_b: bool = False, saturated_below: float | None = None) -> Plan:
     """Which rank holds `length` value tokens, from the law rows of one group. Pure.
 
     The rank comes from the strongest evidence there is: the smallest measured rank that fully
@@ -182,12 +116,14 @@ def plan(length: int, rows: list[dict[str, Any]], *, n_records: int = 0, L_base:
         rows: law rows of one group (`law_rows`).
         n_records: for the report only.
         L_base: the base model's mean value-token loss on the records (None: no ΔL target, no margin).
-        law: the law form (a key of `LAW_FORMS`).
+        law: the law form (a key of `LAW_FORMS`), or "auto": every form on the same cells, and the one
+            with the lower held-out MAPE (mean of by rank and by length) is used; the bounded form is a
+            candidate when the cells carry L_base.
     """
     if length < 1:
         raise ConfigError(f"length must be >= 1, got {length}")
-    if law not in LAW_FORMS:
-        raise ConfigError(f"law form must be one of {', '.join(LAW_FORMS)}, got {law!r}")
+    if law != AUTO and law not in LAW_FORMS:
+        raise ConfigError(f"law form must be one of {', '.join([*LAW_FORMS, AUTO])}, got {law!r}")
     with np.errstate(all="ignore"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         p = _plan(length, rows, n_records, L_base, law, fix_b, saturated_below)
@@ -201,14 +137,11 @@ def _plan(length, rows, n_records, L_base, law_form, fix_b, saturated_below) -> 
     fit_on = rows
     if saturated_below is not None:
         fit_on = unsaturated(rows, saturated_below) or rows
-    r = np.array([float(x["rank"]) for x in fit_on])
-    ls = np.array([float(x["length"]) for x in fit_on])
-    y = np.array([float(x["delta_loss"]) for x in fit_on])
     notes: list[str] = []
     if len(fit_on) < len(rows):
         notes.append(f"law fitted on {len(fit_on)} non-saturated cells (L_final >= {saturated_below})")
-    law_cls, formula = LAW_FORMS[law_form]
-    fitted = law_cls(fix_b=fix_b).fit(r, ls, y)
+    law_form, choice = _choose_law(fit_on, law_form, fix_b, notes)
+    fitted = _fit_law(fit_on, law_form, fix_b)
 
     frontier, frontier_rank, measured = None, None, None
     with_em = [x for x in rows if x.get("em") is not None]
@@ -229,7 +162,7 @@ def _plan(length, rows, n_records, L_base, law_form, fix_b, saturated_below) -> 
         finals = [float(x["L_final"]) for x in rows if x.get("em") == 1.0 and x.get("L_final") is not None]
         needed = L_base - (statistics.median(finals) if finals else 0.0)
         try:
-            law_rank = _finite(fitted.rank_for(needed, length))
+            law_rank = _finite(fitted.rank_for(needed, length, L_base))
         except ConfigError as e:
             notes.append(f"law: {e}")
 
@@ -243,7 +176,9 @@ def _plan(length, rows, n_records, L_base, law_form, fix_b, saturated_below) -> 
     else:
         notes.append("neither a measured cell, the frontier nor the law gives a finite rank")
 
-    predicted = _finite(float(fitted.predict(rank, length))) if rank is not None else None
+    predicted = None
+    if rank is not None and (L_base is not None or not fitted.needs_l_base):
+        predicted = _finite(float(fitted.predict(rank, length, L_base)))
     margin = predicted - needed if predicted is not None and needed is not None else None
     capacity = _finite(float(frontier.max_length(rank))) if frontier is not None and rank is not None else None
     all_r = np.array([float(x["rank"]) for x in rows])
@@ -252,11 +187,35 @@ def _plan(length, rows, n_records, L_base, law_form, fix_b, saturated_below) -> 
     return Plan(length=length, n_records=n_records, rank=rank, rank_source=source, frontier_rank=frontier_rank,
                 law_rank=law_rank, measured_rank=measured, predicted_delta_loss=predicted, needed_delta_loss=needed,
                 margin=margin, capacity=capacity, capacity_margin=None if capacity is None else capacity / length - 1.0,
-                L_base=L_base, law_form=law_form, law_formula=formula, extrapolating=outside,
+                L_base=L_base, law_form=law_form, law_formula=fitted.formula, law_choice=choice, extrapolating=outside,
                 extrapolation=factors, notes=notes, law=fitted.summary(),
                 frontier=frontier.summary() if frontier is not None else None,
                 measured={"ranks": sorted(set(all_r.tolist())), "lengths": sorted(set(all_l.tolist())),
                           "cells": len(rows)})
+
+
+def _choose_law(rows: list[dict[str, Any]], law: str, fix_b: bool, notes: list[str]) -> tuple[str, dict[str, Any]]:
+    """The form to use: `law` itself, or (auto) the one `fit_table` finds with the lower held-out MAPE."""
+    if law != AUTO:
+        return law, {}
+    table = fit_table(rows, law=BOTH, fix_b=fix_b)
+    notes += [n for n in table["notes"] if n.startswith("bounded:")]
+    choice = {"by": "held-out MAPE (mean of by rank and by length; fitted on the same cells)",
+              "held_out_mape": {name: form["held_out_mape"] for name, form in table["forms"].items()}}
+    if table["best"] is None:
+        notes.append("law: no form could be held out (or none converged), so the paper's form is used")
+    return table["best"] or "paper", choice
+
+
+def _fit_law(rows: list[dict[str, Any]], form: str, fix_b: bool):
+    """`form` fitted to the rows (the bounded form to those with an L_base: `fit_table` compares it on them)."""
+    model = make_law(form, fix_b=fix_b)
+    if model.needs_l_base:
+        rows = [x for x in rows if x.get("L_base") is not None and x["L_base"] > 0]
+        if not rows:
+            raise ConfigError("the bounded law needs the cells' L_base, and none of them has one; use --law paper")
+    columns = [np.array([float(x[k]) for x in rows]) for k in ("rank", "length", "delta_loss")]
+    return model.fit(*columns, np.array([float(x["L_base"]) for x in rows]) if model.needs_l_base else None)
 
 
 def _held(row: dict[str, Any]) -> bool:
@@ -285,19 +244,8 @@ def _outside(length: int, rank: int | None, lengths: np.ndarray, ranks: np.ndarr
     return out, factors
 
 
-def json_safe(x: Any) -> Any:
-    """JSON-ready and strict: numpy scalars to Python, tuples to lists, NaN and ±inf to None."""
-    if isinstance(x, dict):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        x = x.item()
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
 def plan_records(records: str | os.PathLike | Sequence[Any], *, store: str | os.PathLike,
-                 model: str = "smollm2-135m", kind: str = "probe", where: str | None = None, law: str = "paper",
+                 model: str = "smollm2-135m", kind: str = "probe", where: str | None = None, law: str = AUTO,
                  fix_b: bool = False, saturated_below: float | None = None, device: str = "auto",
                  base: Any = None) -> Plan:
     """`memlaw plan`: the rank `records` need on `model`, from the store's cells of that model and kind.
@@ -357,4 +305,5 @@ def _freeze(d: dict) -> tuple:
     return tuple(sorted(d.items()))
 
 
-__all__ = ["plan", "plan_records", "fit_cells", "Plan", "law_rows", "fit_rows", "prompt_of", "json_safe", "LAW_FORMS"]
+__all__ = ["plan", "plan_records", "fit_cells", "Plan", "law_rows", "fit_rows", "prompt_of", "json_safe", "LAW_FORMS",
+           "AUTO"]

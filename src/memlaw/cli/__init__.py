@@ -9,7 +9,8 @@ from memlaw.cli import recall  # noqa: F401  (recall)
 from memlaw.cli import update  # noqa: F401  (update)
 from memlaw.cli import sweep  # noqa: F401  (sweep, runs)
 from memlaw.cli import phase  # noqa: F401  (runs records, runs phase)
-from memlaw.cli import plan  # noqa: F401  (fit, plan)
+from memlaw.cli import fit  # noqa: F401  (fit)
+from memlaw.cli import plan  # noqa: F401  (plan)
 from memlaw.cli import report  # noqa: F401  (report)
 
 

@@ -1,6 +1,5 @@
-"""CLI commands that read the law off a store: fit (the law and the capacity frontier) and plan (which
-rank some records need, and the command that writes them). Their bodies are `memlaw.plan.fit_cells`
-and `memlaw.plan.plan_records`."""
+"""CLI `memlaw plan`: which rank some records need, from the law and frontier of a store's cells, and the
+command that writes them. The body is `memlaw.plan.plan_records`."""
 
 from __future__ import annotations
 
@@ -10,111 +9,16 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from memlaw.cli._common import DeviceOpt, JsonOpt, OnlineOpt, app, flag, go_online, out, run, setup_logging
 from memlaw.cli.sweep import DEFAULT_STORE, StoreOpt, WhereOpt, _f
 from memlaw.errors import ConfigError
 
 
-@app.command()
-def fit(
-    store: Annotated[Optional[Path], typer.Option("--store", help="Fit the cells of this store.",
-                                                  show_default="none: give --store or --csv")] = None,
-    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Or a CSV with columns rank,length,delta_loss[,em].",
-                                                     show_default="none")] = None,
-    where: WhereOpt = None,
-    relative: Annotated[bool, flag("--relative", help="Minimise relative residuals (noise that scales with ΔL).")] = False,
-    saturated_below: Annotated[Optional[float], typer.Option(
-        help="Leave cells with L_final below this (nats) out of the law fit: ΔL cannot exceed L_base, so "
-             "fully stored memories sit on that ceiling. The frontier still uses every cell.",
-        show_default="every cell")] = None,
-    fix_b: Annotated[bool, flag("--fix-b", help="Hold b = 0 (a pure power law): small grids that "
-                                "are nearly log-linear make the free fit diverge (C → ∞, b → −∞).")] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Fit ΔL = C·r^α·ℓ^(−β) + b: parameters ± standard errors, R², MAPE, held-out MAPE, capacity frontier.
-
-    ΔL = L_base − L_final is how much the adapter lowers the mean value-token loss; r is the rank, ℓ
-    the memory's length in value tokens; C, α, β and b are fitted. One law per experiment: cells
-    that differ only in rank, length and seed. Cells that differ in anything else (noise ratio,
-    budget, lr, objective, ...) are fitted separately, each labelled by what differs; pick one with
-    --where (flat columns or config keys, e.g. benchmark.ratio=r100).
-    """
-    setup_logging()
-
-    def go():
-        from memlaw.plan import fit_cells
-
-        result = fit_cells(store=store, csv=csv_file, where=where, relative=relative,
-                           saturated_below=saturated_below, fix_b=fix_b)
-        if as_json:
-            out.print_json(json.dumps(result, allow_nan=False))
-        else:
-            for fit in result["fits"]:
-                _print_fit(fit)
-
-    run(go)
-
-
-def _pm(v, se) -> str:
-    return f"{v:.4g} ± {se:.2g}" if se is not None else f"{v:.4g} ± ?"
-
-
-def _print_fit(res: dict) -> None:
-    what = res["experiment"] or res["source"].get("csv") or res["source"].get("store")
-    law = res["law"]
-    out.print(f"ΔL = C·r^α·ℓ^(−β) + b fitted to {res['n']} cells ({what})", markup=False, soft_wrap=True)
-    t = Table()
-    t.add_column("parameter")
-    t.add_column("value ± stderr", justify="right")
-    for name, label in (("C", "C"), ("alpha", "α"), ("beta", "β"), ("b", "b")):
-        t.add_row(label, _pm(law["params"][name], law["stderr"][name]))
-    out.print(t)
-    pct = lambda x: "-" if x is None else f"{x:.2f}%"  # noqa: E731
-    line = f"R² {_f(law['r2'], 4)}   MAPE {pct(law['mape'])}"
-    ho = res.get("held_out")
-    if ho:
-        fmt = lambda v: ",".join(f"{x:g}" for x in v)  # noqa: E731
-        line += (f"   held-out MAPE {pct(ho['mape'])} (fit on ranks {fmt(ho['train_ranks'])}, "
-                 f"predict ranks {fmt(ho['test_ranks'])})")
-    out.print(line + ("" if law["converged"] else "   (did not converge)"), markup=False, soft_wrap=True)
-    fr = res.get("frontier")
-    if fr:
-        pts = ", ".join(f"r={p[0]:g}: ℓ={p[1]:g}" for p in fr["points"])
-        out.print(f"frontier ℓ_max = K·r^γ: K = {_pm(fr['K'], fr['K_stderr'])}, γ = {_pm(fr['gamma'], fr['gamma_stderr'])}"
-                  f"  [{pts}]" + (f"  ranks without full EM: {fr['missing_ranks']}" if fr["missing_ranks"] else ""),
-                  markup=False)
-    _print_capacity(res.get("capacity"))
-    for note in res.get("notes", []) + res.get("warnings", []):
-        out.print(f"note: {note}", markup=False, soft_wrap=True)
-
-
-def _print_capacity(cap: dict | None) -> None:
-    """Bits per parameter at the capacity frontier, per rank, then the published figures to set beside them."""
-    if not cap or not cap["frontier"]:
-        return
-    t = Table(title="capacity frontier: the largest ℓ recalled in full, per rank")
-    for col in ("rank", "ℓ_max", "cells at 100% EM", "params", "bits", "bits/param", "tokens/param"):
-        t.add_column(col, justify="right")
-    for p in cap["frontier"]:
-        upper = p["bits_kind"] == "upper"
-        bits, bpp = (p.get("bits_upper"), p.get("bits_per_param_upper")) if upper else (p.get("bits"), p.get("bits_per_param"))
-        mark = "≤ " if upper else ""
-        t.add_row(str(p["rank"]), f"{p['length']:,}", f"{p['cells']}/{p['of']}",
-                  "-" if p["n_params"] is None else f"{p['n_params']:,}",
-                  "-" if bits is None else f"{mark}{bits:.1f}", "-" if bpp is None else f"{mark}{bpp:.4g}",
-                  "-" if p["tokens_per_param"] is None else f"{p['tokens_per_param']:.3g}")
-    out.print(t)
-    if any(p["bits_kind"] == "upper" for p in cap["frontier"]):
-        out.print("note: ≤ marks an upper bound (records with no known generator), not bits", markup=False)
-    for p in cap["published"]:
-        span = f"{p['low']:g}" if p["low"] == p["high"] else f"{p['low']:g}–{p['high']:g}"
-        out.print(f"published: {p['name']}: {span} {p['unit']} ({p['scope']})", markup=False, soft_wrap=True)
-
-
 class LawForm(str, Enum):
+    auto = "auto"
     paper = "paper"
+    bounded = "bounded"
 
 
 class PlanFormat(str, Enum):
@@ -130,7 +34,11 @@ def plan(
     store: StoreOpt = DEFAULT_STORE,
     kind: Annotated[str, typer.Option(help="Adapter kind whose law to use: probe or lora.")] = "probe",
     where: WhereOpt = None,
-    law: Annotated[LawForm, typer.Option(help="Law form to fit: paper, ΔL = C·r^α·ℓ^(−β) + b.")] = LawForm.paper,
+    law: Annotated[LawForm, typer.Option(help=(
+        "Law form: auto, whichever of the two predicts held-out cells better (fitted on the smaller ranks and "
+        "shorter lengths, checked on the rest); paper, ΔL = C·r^α·ℓ^(−β) + b; bounded, ΔL = L_base·(1 − "
+        "exp(−C·r^α·ℓ^(−β))).")
+    )] = LawForm.auto,
     fix_b: Annotated[bool, flag("--fix-b", help="Law with b = 0 (as memlaw fit --fix-b).")] = False,
     saturated_below: Annotated[Optional[float], typer.Option(
         help="Fit the law on cells with L_final at least this (as memlaw fit).", show_default="every cell")] = None,
@@ -189,6 +97,10 @@ def _print_plan(p, model: str, kind: str, config: str | None, fmt: str) -> None:
         f"{p.measured.get('cells', 0)} cells it is fitted to (benchmark {s.get('benchmark.name', '?')})")
     say(f"law: {p.law_form}, {p.law_formula} (ΔL = L_base − L_final, the drop in mean value-token loss the "
         f"adapter buys; r the rank)")
+    scores = p.law_choice.get("held_out_mape", {})
+    if len(scores) > 1:
+        say("  chosen for its lower held-out MAPE (mean of by rank and by length): " +
+            ", ".join(f"{name} {'-' if v is None else f'{v:.2f}%'}" for name, v in scores.items()))
     if p.rank is None:
         say("no rank: " + "; ".join(p.notes))
         return
@@ -222,4 +134,4 @@ def _print_plan(p, model: str, kind: str, config: str | None, fmt: str) -> None:
         say(("  " + config) if fmt == "memlaw" else config.rstrip("\n"))
 
 
-__all__ = ["fit", "plan"]
+__all__ = ["plan"]

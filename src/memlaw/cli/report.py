@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from memlaw.cli._common import VerboseOpt, app, flag, out, run, setup_logging
+from memlaw.cli.fit import FitLaw
 
 
 @app.command()
@@ -22,6 +23,9 @@ def report(
         help="Leave out free text that could quote input (error messages, memory notes). Record values are "
              "never stored, so no report shows them.")] = False,
     svg: Annotated[bool, typer.Option(help="Also write every figure as SVG.")] = True,
+    law: Annotated[FitLaw, typer.Option(help=(
+        "Law form in the law tables and figures: both side by side on the same cells (as memlaw fit), paper or "
+        "bounded."))] = FitLaw.both,
     fix_b: Annotated[bool, flag("--fix-b", help="Law fit with b = 0 (as memlaw fit --fix-b).")] = False,
     saturated_below: Annotated[Optional[float], typer.Option(
         help="Fit the law on cells with L_final at least this (as memlaw fit).", show_default="every cell")] = None,
@@ -46,7 +50,7 @@ def report(
             raise ConfigError(f"{store}: no finished cells" + (f" match --where {where}" if where else ""))
         rep = build_report(rows, probs, failed=failed, redact=redact,
                            source=f"store {store}" + (f" where {where}" if where else ""),
-                           law_options={"fix_b": fix_b, "saturated_below": saturated_below})
+                           law_options={"law": law.value, "fix_b": fix_b, "saturated_below": saturated_below})
         page = write_report(rep, out_dir, svg=svg)
         out.print(f"wrote {page} ({len(rep.figures)} figures, {len(rows)} cells)", markup=False, soft_wrap=True)
 

@@ -36,8 +36,10 @@ def seed_spread(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     Returns:
         None when no (rank, length) holds two cells; else {"pairs": how many (rank, length) do,
         "cells": the cells in them, "sd_median", "sd_max" (nats, sample sd of ΔL), "sd_max_at":
-        [rank, length], "rel_sd_median" (% of the mean ΔL), "replicate_mape" (%: each cell against
-        its (rank, length) mean, the error below which no law of rank and length can go on them)}.
+        [rank, length], "rel_sd_median" (% of the mean ΔL), "replicate_mape" (%: each of those cells
+        against its (rank, length) mean), "r2_means" (R² of the (rank, length) means on those cells:
+        the most any law of rank and length alone, such as the paper's form, can reach on them; a law
+        that also reads each cell's L_base can reach more)}.
     """
     by: dict[tuple[float, float], list[float]] = defaultdict(list)
     for w in rows:
@@ -45,13 +47,18 @@ def seed_spread(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     reps = {k: v for k, v in by.items() if len(v) >= 2}
     if not reps:
         return None
+    mean = {k: statistics.fmean(v) for k, v in reps.items()}
     sd = {k: statistics.stdev(v) for k, v in reps.items()}
-    rel = [sd[k] / abs(statistics.fmean(v)) * 100 for k, v in reps.items() if statistics.fmean(v) != 0]
-    errors = [abs(y - statistics.fmean(v)) / abs(y) * 100 for v in reps.values() for y in v if y != 0]
+    rel = [sd[k] / abs(mean[k]) * 100 for k in reps if mean[k] != 0]
+    errors = [abs(y - mean[k]) / abs(y) * 100 for k, v in reps.items() for y in v if y != 0]
+    ys = [y for v in reps.values() for y in v]
+    within = sum((y - mean[k]) ** 2 for k, v in reps.items() for y in v)
+    total = sum((y - statistics.fmean(ys)) ** 2 for y in ys)
     worst = max(sd, key=sd.get)
-    return {"pairs": len(reps), "cells": sum(map(len, reps.values())), "sd_median": statistics.median(sd.values()),
+    return {"pairs": len(reps), "cells": len(ys), "sd_median": statistics.median(sd.values()),
             "sd_max": sd[worst], "sd_max_at": list(worst), "rel_sd_median": statistics.median(rel) if rel else None,
-            "replicate_mape": statistics.fmean(errors) if errors else None}
+            "replicate_mape": statistics.fmean(errors) if errors else None,
+            "r2_means": 1 - within / total if total > 0 else None}
 
 
 def _cell(w: Mapping[str, Any], reason: str) -> dict[str, Any]:

@@ -26,7 +26,8 @@ def build_report(rows: Sequence[Mapping[str, Any]], token_probs: Mapping[str, Se
         failed: failed cells (`load_cells(status="failed")`), listed with their errors unless `redact`.
         redact: leave out free text that could quote input (values themselves are never stored).
         source: where the rows came from, for the page header.
-        law_options: passed to the law fit (`fix_b`, `saturated_below`, `relative`), as `memlaw fit`.
+        law_options: passed to the law fit (`law`: "both" forms by default, `fix_b`, `saturated_below`,
+            `relative`), as `memlaw fit`.
     """
     token_probs = dict(token_probs or {})
     rows = [r for r in rows if r.get("status", "done") == "done"]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
+from memlaw.config import json_ready
 from memlaw.errors import ConfigError
 from memlaw.fileio import atomic_write_bytes, atomic_write_text
 from memlaw.report import html, plots
@@ -32,23 +30,12 @@ def write_report(report: Report, out_dir: str | os.PathLike, *, svg: bool = True
         for ext, data in files.items():
             atomic_write_bytes(out / "figures" / f"{spec.name}.{ext}", data)
             written.append(out / "figures" / f"{spec.name}.{ext}")
-    summary = json.dumps(_jsonable(report.summary), indent=1, ensure_ascii=False, allow_nan=False)
+    summary = json.dumps(json_ready(report.summary), indent=1, ensure_ascii=False, allow_nan=False)
     atomic_write_text(out / "report.json", summary + "\n")
     atomic_write_text(out / "index.html", html.page(report, images, svg=svg))
     for path in written:
         os.chmod(path, 0o644)                  # temp files are created 0600; a report is for reading
     return out / "index.html"
-
-
-def _jsonable(x: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, tuples to lists, NaN and inf to None."""
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        x = x.item()
-    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 __all__ = ["write_report"]

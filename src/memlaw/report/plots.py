@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg   # headless, and no
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from memlaw.law import law
+from memlaw.law import predict_with
 
 DPI = 100
 
@@ -53,15 +53,17 @@ def _mean_by(rows: Iterable[Mapping[str, Any]], value: str) -> dict[tuple[float,
 
 
 def law_panels(rows: Sequence[Mapping[str, Any]], params: Mapping[str, float] | None, *,
-               title: str = "") -> Figure:
+               title: str = "", form: str = "paper") -> Figure:
     """ΔL vs rank per length and ΔL vs length per rank (log x), measured points and the fitted law.
 
     Args:
-        rows: law rows with rank, length, delta_loss.
-        params: fitted {C, alpha, beta, b}, or None to draw the points only.
+        rows: law rows with rank, length, delta_loss (and L_base for the bounded form).
+        params: fitted parameters of `form`, or None to draw the points only.
+        form: "paper" or "bounded"; a bounded line uses the mean L_base of the cells on it.
     """
     fig, (ax_r, ax_l) = _figure(10, 4, ncols=2)
     means = _mean_by(rows, "delta_loss")
+    bases = _mean_by(rows, "L_base")
     ranks = sorted({k[0] for k in means})
     lengths = sorted({k[1] for k in means})
     for ax, outer, inner, xlabel, what in ((ax_r, lengths, ranks, "rank r", "ℓ"),
@@ -73,9 +75,12 @@ def law_panels(rows: Sequence[Mapping[str, Any]], params: Mapping[str, float] | 
                 continue
             x, y = np.array(pts).T
             ax.plot(x, y, "o", color=color, label=f"{what} = {o:g}")
-            if params is not None:
+            line = [bases[(i, o) if ax is ax_r else (o, i)] for i in inner if ((i, o) if ax is ax_r else (o, i)) in bases]
+            if params is not None and (form == "paper" or line):
                 grid = np.geomspace(min(inner), max(inner), 64) if len(inner) > 1 else np.array(inner)
-                fit = law(grid, o, **params) if ax is ax_r else law(o, grid, **params)
+                l_base = float(np.mean(line)) if line else None
+                fit = (predict_with(form, params, grid, o, l_base) if ax is ax_r
+                       else predict_with(form, params, o, grid, l_base))
                 ax.plot(grid, fit, "-", color=color, alpha=0.8, lw=1.2)
         ax.set_xscale("log")
         ax.set_xticks(inner, [f"{v:g}" for v in inner])          # the measured values, not 2×10⁰
@@ -92,11 +97,14 @@ def law_panels(rows: Sequence[Mapping[str, Any]], params: Mapping[str, float] | 
     return fig
 
 
-def predicted_vs_true(rows: Sequence[Mapping[str, Any]], params: Mapping[str, float], *, title: str = "") -> Figure:
-    """Law prediction against measured ΔL, coloured by rank, with the identity line."""
+def predicted_vs_true(rows: Sequence[Mapping[str, Any]], params: Mapping[str, float], *, title: str = "",
+                      form: str = "paper") -> Figure:
+    """Law prediction against measured ΔL, coloured by rank, with the identity line (the bounded form: each
+    cell at its own L_base)."""
     fig, (ax,) = _figure(5, 4.5)
     y = np.array([float(r["delta_loss"]) for r in rows])
-    pred = law([float(r["rank"]) for r in rows], [float(r["length"]) for r in rows], **params)
+    l_base = [float(r["L_base"]) for r in rows] if form == "bounded" else None
+    pred = predict_with(form, params, [float(r["rank"]) for r in rows], [float(r["length"]) for r in rows], l_base)
     ranks = np.array([float(r["rank"]) for r in rows])
     sc = ax.scatter(y, pred, c=np.log2(ranks), cmap="viridis", s=30, edgecolor="k", lw=0.3)
     lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))

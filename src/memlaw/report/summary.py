@@ -29,10 +29,16 @@ SYMBOLS: dict[str, str] = {
     "C, α, β, b": "the parameters of the paper's law ΔL = C·r^α·ℓ^(−β) + b: a scale C, the capacity exponent "
                   "α (how fast ΔL grows with rank), the length penalty β (how fast it falls with length) and "
                   "an offset b",
+    "bounded form": "the law ΔL = L_base·(1 − exp(−C·r^α·ℓ^(−β))): the same C, α and β, but ΔL rises towards "
+                    "L_base (the loss cannot fall below zero) instead of growing without bound, so it also fits "
+                    "memories stored whole",
     "R²": "the share of the variation in ΔL the law explains (1: all of it)",
     "MAPE": "mean absolute percentage error of the law's ΔL against the measured one",
-    "held-out MAPE": "the law fitted on the smaller ranks only, its MAPE on the larger ones: whether it predicts "
-                     "beyond what it was fitted on",
+    "AIC": "Akaike's information criterion of a form on the cells: n·ln(RSS/n) + 2k for n cells, k parameters and "
+           "the residual sum of squares RSS; lower is better, and only forms fitted to the same cells compare",
+    "BIC": "the Bayesian information criterion: n·ln(RSS/n) + k·ln n, which charges more for each parameter",
+    "held-out MAPE": "the law fitted on the smaller ranks only, its MAPE on the larger ones (and likewise on the "
+                     "shorter lengths, predicting the longer ones): whether it predicts beyond what it was fitted on",
     "K, γ": "the capacity frontier ℓ_max = K·r^γ, the largest ℓ recalled exactly at rank r",
     "ρ": "Spearman's rank correlation",
 }
@@ -92,17 +98,28 @@ def _finding(group_fit: Mapping[str, Any]) -> list[str]:
     else:
         out.append(f"Main finding ({name}): fewer than two ranks recalled a whole memory exactly, so how capacity "
                    "grows with rank could not be fitted.")
-    law = fit["law"]
-    text = (f"The paper's law of how much an adapter lowers the loss, by rank and length, matches these memories "
-            f"with an average error of {_pct(law.get('mape'))}"
-            + ("." if law.get("converged") else " (warning: the fit did not converge, so its numbers are unreliable)."))
-    ho = fit.get("held_out")
-    if ho and ho.get("mape") is not None:
-        text += f" Fitted on the smaller ranks only, it predicts the larger ones within {ho['mape']:.0f}%"
-        text += (f" (warning: above {HELD_OUT_LIMIT:.0f}%, so do not trust it beyond the measured ranks)."
-                 if ho["mape"] > HELD_OUT_LIMIT else ".")
-    out.append(text)
+    forms = fit.get("forms") or {fit["law"].get("form", "paper"): {"law": fit["law"], "held_out": {
+        "rank": fit.get("held_out")}}}
+    for name, form in forms.items():
+        law = form["law"]
+        what = ("The paper's law of how much an adapter lowers the loss, by rank and length," if name == "paper" else
+                "The bounded form of that law, which knows that the loss cannot fall below zero,")
+        out.append(f"{what} matches these memories with an average error of {_pct(law.get('mape'))}"
+                   + ("." if law.get("converged") else " (warning: the fit did not converge, so its numbers are "
+                      "unreliable).") + _extrapolates(form["held_out"].get("rank")))
+    if len(forms) > 1 and fit.get("best") in forms:
+        best = "the paper's law" if fit["best"] == "paper" else "the bounded form"
+        out.append(f"Fitted on the smaller ranks, or on the shorter memories, {best} predicts the rest better, so "
+                   "planning uses it.")
     return out
+
+
+def _extrapolates(ho: Mapping[str, Any] | None) -> str:
+    if not ho or ho.get("mape") is None:
+        return ""
+    text = f" Fitted on the smaller ranks only, it predicts the larger ones within {ho['mape']:.0f}%"
+    return text + (f" (warning: above {HELD_OUT_LIMIT:.0f}%, so do not trust it beyond the measured ranks)."
+                   if ho["mape"] > HELD_OUT_LIMIT else ".")
 
 
 def symbols_section() -> Section:

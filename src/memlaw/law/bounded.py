@@ -11,10 +11,11 @@ it fits only cells away from the ceiling, and on grids that touch it the free fi
 - r → ∞ or ℓ → 0: ΔL → L_base, the ceiling, reached smoothly.
 Write x = C·r^α·ℓ^(−β), the capacity per token, and let each further unit of it remove the same
 share of the loss still left, dL_final/dx = −L_final. Then L_final = L_base·e^(−x) and ΔL is the
-form above. Another reading: capacity spread at random over the tokens holds each with probability
-1 − e^(−x) (Poisson coverage); a held token's loss drops to about 0, the others keep theirs. Far from the ceiling (x ≪ 1) it is the paper's law with b = 0 and
-scale L_base·C, so α and β keep the paper's meaning; near it, the remaining loss decays
-exponentially instead of ΔL overshooting L_base. In log space it is linear,
+form above. Another reading: capacity spread at random over the tokens holds each with
+probability 1 − e^(−x) (Poisson coverage); a held token's loss drops to about 0, the others keep
+theirs. Far from the ceiling (x ≪ 1) it is the paper's law with b = 0 and scale L_base·C, so α and
+β keep the paper's meaning; near it, the remaining loss decays exponentially instead of ΔL
+overshooting L_base. In log space it is linear,
 
     ln(−ln(L_final / L_base)) = ln C + α·ln r − β·ln ℓ,
 

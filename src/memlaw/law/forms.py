@@ -1,4 +1,5 @@
-"""The law forms by name: `paper` (ΔL = C·r^α·ℓ^(−β) + b) and `bounded` (ΔL = L_base·(1 − exp(−C·r^α·ℓ^(−β)))).
+"""The law forms by name: `paper` (ΔL = C·r^α·ℓ^(−β) + b) and `bounded`
+(ΔL = L_base·(1 − exp(−C·r^α·ℓ^(−β)))).
 
 Each is an estimator with the same contract: `fit(r, length, delta_loss, l_base=None)`,
 `predict(r, length, l_base=None)`, `rank_for(target, length, l_base=None)`, `summary()`, and the

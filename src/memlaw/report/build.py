@@ -9,8 +9,9 @@ from typing import Any
 from memlaw import experiments, phase
 from memlaw.report.document import Report, Section
 from memlaw.report.summary import summary_section, symbols_section
-from memlaw.report.sections import (cells_section, grids_section, law_section, methods_section, misalignment_section,
-                                    phase_section, stubborn_section)
+from memlaw.report.law_section import law_section
+from memlaw.report.sections import (cells_section, grids_section, methods_section, misalignment_section, phase_section,
+                                    stubborn_section)
 
 logger = logging.getLogger(__name__)
 

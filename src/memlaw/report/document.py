@@ -59,6 +59,19 @@ class Report:
         return [f for s in [*self.intro, *self.sections] for f in s.figures]
 
 
+def slug(*parts: Any) -> str:
+    """An id for a table or figure: the parts joined by '-', lower-case ASCII letters and digits, ≤ 80 characters."""
+    text = "-".join(str(p) for p in parts if p is not None)
+    return "".join(c if c.isascii() and c.isalnum() else "-" for c in text.lower()).strip("-")[:80] or "x"
+
+
+def pm(value: float | None, se: float | None) -> str:
+    """value ± standard error for a table ('± ?' when the error is undetermined, '-' without a value)."""
+    if value is None:
+        return "-"
+    return f"{value:.4g} ± {se:.2g}" if se is not None else f"{value:.4g} ± ?"
+
+
 def fmt(x: Any, digits: int = 3, pct: bool = False) -> str:
     """A number for a table: '-' for None, a percentage with `pct`, else `digits` significant-ish places."""
     if x is None:

@@ -201,6 +201,12 @@ def test_fit_never_mixes_experiments_two_noise_ratios_are_two_laws(tmp_path, tin
     invoke("runs", "export", "--out", tmp_path / "runs.csv", "--store", tmp_path / "runs.db")
     from_csv = json.loads(invoke("fit", "--csv", tmp_path / "runs.csv", "--fix-b", "--json").stdout)["fits"]
     assert sorted(round(f["law"]["params"]["C"], 6) for f in from_csv) == [3.0, 7.0]
+    [pooled] = json.loads(invoke("fit", "--store", tmp_path / "runs.db", "--fix-b", "--law", "paper",
+                                 "--pool", "benchmark.ratio", "--json").stdout)["fits"]
+    assert pooled["n"] == 32 and pooled["pooled"] == ["benchmark.ratio"] and "pooled over" in pooled["experiment"]
+    assert pooled["law"]["r2"] < 0.999                       # two laws in one: the pooled fit is worse
+    res = invoke("fit", "--store", tmp_path / "runs.db", "--pool", "benchmark.ratoi")
+    assert res.exit_code == 2 and "cannot pool over 'benchmark.ratoi'" in res.stderr
     write_records(tmp_path / "mem.jsonl", tiny_records)
     res = invoke("plan", tmp_path / "mem.jsonl", "--model", "tiny", "--store", tmp_path / "runs.db")
     assert res.exit_code == 2 and "benchmark.ratio" in res.stderr and "2 experiments" in res.stderr

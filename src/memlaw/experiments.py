@@ -79,28 +79,57 @@ class Experiment:
     """`key=value` for each config key that differs between the experiments grouped together."""
 
 
-def group(rows: Iterable[Mapping[str, Any]]) -> list[Experiment]:
-    """Rows by experiment, in first-seen order, each labelled by what sets it apart."""
+def group(rows: Iterable[Mapping[str, Any]], pool: Sequence[str] = ()) -> list[Experiment]:
+    """Rows by experiment, in first-seen order, each labelled by what sets it apart.
+
+    `pool`: dotted config keys (e.g. `benchmark.ratio`) whose values are let go of, so experiments
+    that differ only in them form one group: the paper's law "combined across ratios". A pooled
+    group's label names what it pooled over.
+    """
     by: dict[str, Experiment] = {}
     for row in rows:
-        exp = experiment_of(row)
+        exp = without(experiment_of(row), pool, row)
         by.setdefault(json.dumps(exp, sort_keys=True), Experiment(exp)).rows.append(row)
     out = list(by.values())
     keys = differing([e.config for e in out])
     for e in out:
         f = flat(e.config)
         e.label = ", ".join(f"{k}={f.get(k)}" for k in keys) or _short(e.config)
+        if pool:
+            e.label += f" (pooled over {', '.join(pool)})"
     return out
 
 
-def one_experiment(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def without(experiment: dict[str, Any], keys: Sequence[str], row: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`experiment` without the dotted `keys` (a copy).
+
+    Raises:
+        ConfigError: a key that is not in the cell's config (a typo pools nothing, silently, otherwise).
+    """
+    if not keys:
+        return experiment
+    out = json.loads(json.dumps(experiment))
+    for key in keys:
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or last not in node:
+            known = ", ".join(sorted(flat(experiment)))
+            raise ConfigError(f"cannot pool over {key!r}: cell {str((row or {}).get('key'))[:12]} has no such config "
+                              f"key (keys: {known})")
+        del node[last]
+    return out
+
+
+def one_experiment(rows: Sequence[Mapping[str, Any]], pool: Sequence[str] = ()) -> list[Mapping[str, Any]]:
     """`rows` if they form one experiment.
 
     Raises:
         ConfigError: the rows mix experiments; the message names every config key that differs and
             how to pick one with --where.
     """
-    groups = group(rows)
+    groups = group(rows, pool)
     if len(groups) > 1:
         keys = differing([e.config for e in groups])
         listed = "; ".join(f"{e.label} ({len(e.rows)} cells)" for e in groups)
@@ -214,4 +243,4 @@ def compare(rows: Iterable[Mapping[str, Any]], metric: str | None = None) -> lis
 
 
 __all__ = ["SCORE", "SCORE_LABEL", "config_of", "experiment_of", "flat", "differing", "Experiment", "group",
-           "one_experiment", "score", "Stat", "Comparison", "objective_label", "compare"]
+           "one_experiment", "without", "score", "Stat", "Comparison", "objective_label", "compare"]

@@ -14,14 +14,14 @@ from typing import Any
 
 from memlaw.config import json_ready
 from memlaw.errors import ConfigError, FitWarning, MemlawError
-from memlaw.experiments import experiment_of, group, one_experiment
+from memlaw.experiments import experiment_of, group, one_experiment, without
 from memlaw.law import BOTH, fit_table, read_law_csv
 
 OPTIONAL = ("seed", "L_base")
 """Store columns a law row carries when the cell has them (seeds for the spread, L_base for the bounded form)."""
 
 
-def law_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def law_rows(rows: list[dict[str, Any]], pool: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Store rows -> law rows {rank, length, delta_loss, em, certified, L_final[, seed][, L_base]}, after checking
     they form one experiment.
 
@@ -32,7 +32,7 @@ def law_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     usable = [r for r in rows if r.get("status", "done") == "done" and r.get("delta_loss") is not None]
     if not usable:
         raise ConfigError("no finished cells with a ΔL match; check the store and the --where filter")
-    one_experiment(usable)
+    one_experiment(usable, pool)
     return [{"rank": r["rank"], "length": r["length"], "delta_loss": r["delta_loss"], "em": r.get("em_rate"),
              "certified": r.get("certified_rate"), "L_final": r.get("L_final"),
              **{k: r[k] for k in OPTIONAL if r.get(k) is not None}} for r in usable]
@@ -52,11 +52,13 @@ def fit_rows(rows: list[dict[str, Any]], *, law: str = BOTH, relative: bool = Fa
 
 def fit_cells(*, store: str | os.PathLike | None = None, csv: str | os.PathLike | None = None,
               where: str | None = None, law: str = BOTH, relative: bool = False,
-              saturated_below: float | None = None, fix_b: bool = False) -> dict[str, Any]:
+              saturated_below: float | None = None, fix_b: bool = False, pool: tuple[str, ...] = ()) -> dict[str, Any]:
     """`memlaw fit`: one law table per experiment (cells that differ only in rank, length and seed) of a store or CSV.
 
     Args:
         law: "both" (every form on the same cells), "paper" or "bounded".
+        pool: dotted config keys to fit across, e.g. ("benchmark.ratio",): experiments that differ only
+            in them are fitted as one (the paper's "combined" row); never used unless asked.
 
     Returns:
         {"fits": [...]}: per experiment, `fit_rows`' dict plus `experiment` (what sets it apart from
@@ -90,12 +92,14 @@ def fit_cells(*, store: str | os.PathLike | None = None, csv: str | os.PathLike 
         source = {"store": str(store), "where": where}
         if not rows:
             raise ConfigError("no finished cells with a ΔL match; check the store and the --where filter")
-    left_out = _by_experiment(unusable)
+    left_out = _by_experiment(unusable, pool)
     fits = []
-    for experiment in group(rows):          # one law per experiment: never across ratios, budgets, objectives
-        lrows = law_rows(experiment.rows) if store is not None else experiment.rows
+    for experiment in group(rows, pool):    # one law per experiment: never across ratios, budgets, objectives
+        lrows = law_rows(experiment.rows, pool) if store is not None else experiment.rows
         fit = fit_rows(lrows, law=law, relative=relative, saturated_below=saturated_below, fix_b=fix_b)
         fit["excluded"] = left_out.get(_key(experiment.config), []) + fit["excluded"]
+        if pool:
+            fit["pooled"] = list(pool)
         fits.append({**fit, "experiment": experiment.label, "config": experiment.config, "source": source,
                      "n": len(lrows), "capacity": capacity_summary(experiment.rows)})
     return json_safe({"fits": fits})
@@ -105,7 +109,7 @@ def _key(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True)
 
 
-def _by_experiment(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def _by_experiment(rows: list[dict[str, Any]], pool: tuple[str, ...] = ()) -> dict[str, list[dict[str, Any]]]:
     """The store's unusable cells (failed, or done without a ΔL) by experiment, each with its reason.
 
     The error text of a failed cell is left out: it may quote a record.
@@ -113,7 +117,7 @@ def _by_experiment(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     out: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         try:
-            key = _key(experiment_of(r))
+            key = _key(without(experiment_of(r), pool, r))
         except MemlawError:                 # a config this memlaw cannot read belongs to no experiment here
             continue
         short = str(r.get("key"))[:12]

@@ -44,6 +44,10 @@ def fit(
              "frontier still uses every cell.", show_default="every cell")] = None,
     fix_b: Annotated[bool, flag("--fix-b", help="Hold b = 0 in the paper's form (a pure power law): small grids that "
                                 "are nearly log-linear make its free fit diverge (C → ∞, b → −∞).")] = False,
+    pool: Annotated[Optional[list[str]], typer.Option(
+        "--pool", help="A config key to fit across (repeatable), e.g. --pool benchmark.ratio: experiments that "
+                       "differ only in it become one fit, the paper's 'combined' row. Never done unless asked.",
+        show_default="none")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the memory law: parameters ± standard errors, R², MAPE, AIC, BIC, held-out MAPE by rank and by length.
@@ -65,7 +69,7 @@ def fit(
         from memlaw.fitting import fit_cells
 
         result = fit_cells(store=store, csv=csv_file, where=where, law=law.value, relative=relative,
-                           saturated_below=saturated_below, fix_b=fix_b)
+                           saturated_below=saturated_below, fix_b=fix_b, pool=tuple(pool or ()))
         if as_json:
             out.print_json(json.dumps(result, allow_nan=False))
         else:

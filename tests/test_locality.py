@@ -161,3 +161,84 @@ def test_every_sweep_cell_stores_locality_and_the_option_is_not_in_the_key(tiny_
     kl = {(r["config"]["objective"]["name"], r["config"]["adapter"]["rank"]): r["metrics"]["locality"]["kl_mean"]
           for r in rows}
     assert kl["sft", 8] > kl["sft", 2] and kl["memft-ot", 8] > kl["memft-ot", 2]
+
+
+# ---------------------------------------------------------------- memlaw verify --locality, Memory.locality()
+
+
+def test_verify_locality_cli_and_python_api_agree(tmp_path, tiny_records):
+    import json
+
+    from typer.testing import CliRunner
+
+    from memlaw.cli import app
+    from memlaw.memory import Memory, write_memory
+
+    write_memory(tiny_records, model="tiny", dtype="float32", out=tmp_path / "ad",
+                 adapter=AdapterConfig(rank=8, layer=1), prompt=PromptConfig(template="plain"),
+                 train=TrainConfig(lr=0.03, batch_size=8, max_steps=30))
+    runner = CliRunner()
+    res = runner.invoke(app, ["verify", str(tmp_path / "ad"), "--locality", "--json"])
+    assert res.exit_code in (0, 1), res.output                 # the verdict is the records'; locality is a measure
+    cli = json.loads(res.stdout)["locality"]
+    with Memory.open(tmp_path / "ad") as mem:
+        api = mem.locality().summary()
+    api.pop("wall_s"), cli.pop("wall_s")
+    assert cli == api and cli["kl_mean"] > 0 and cli["n_prompts"] == len(neutral_prompts())
+    table = runner.invoke(app, ["verify", str(tmp_path / "ad"), "--locality"])
+    assert "locality: 48 neutral prompts" in table.stdout and "KL(base || adapted) mean" in table.stdout
+    shown = res.stdout + table.stdout
+    assert not [s for s in [r.value for r in tiny_records] + list(neutral_prompts()) if s in shown]
+    plain = runner.invoke(app, ["verify", str(tmp_path / "ad"), "--json"])
+    assert "locality" not in json.loads(plain.stdout)
+
+
+# ---------------------------------------------------------------- the report's section, from store rows
+
+
+def _row(kind, objective, rank, seed, kl, identical):
+    from memlaw.sweep import sweep_from_dict
+
+    cell = sweep_from_dict({"name": "x", "model": "tiny", "ranks": [rank], "lengths": [20], "seeds": [seed],
+                            "adapter": {"kind": kind}, "objective": {"name": objective},
+                            "train": {"max_steps": 10}}).cells()[0]
+    return {"key": cell.key, "status": "done", "rank": rank, "length": 20, "seed": seed, "config": cell.to_dict(),
+            "metrics": {"locality": {"kl_mean": kl, "identical": identical, "agreement": 1.0}}}
+
+
+def test_report_sets_probe_against_lora_and_sft_against_memft():
+    from memlaw.report.build import build_report
+    from memlaw.report.locality import locality_setups
+
+    kls = {("probe", "sft"): [0.01, 0.03], ("probe", "memft-ot"): [0.002, 0.004], ("lora", "sft"): [2.0, 4.0]}
+    rows = [_row(kind, obj, 4, seed, kl, 0.5 + seed / 4) for (kind, obj), pair in kls.items()
+            for seed, kl in enumerate(pair)]
+    rows.append({**_row("probe", "sft", 8, 0, 0.5, 0.1), "metrics": {}})         # no locality: left out
+    (setup,) = locality_setups(rows)
+    lines = {("lora", "sft"): "lora · sft · lr 0.002", ("probe", "memft-ot"): "probe · memft-ot · lr 0.01",
+             ("probe", "sft"): "probe · sft · lr 0.01"}       # each kind at its own default lr
+    assert setup.lines == sorted(lines.values()) and setup.columns == [(4, 20)]
+    for (kind, obj), pair in kls.items():
+        st = setup.cells[lines[kind, obj]][(4, 20)]["kl_mean"]
+        assert st.mean == pytest.approx(np.mean(pair)) and st.sd == pytest.approx(np.std(pair, ddof=1)) and st.n == 2
+    report = build_report(rows)
+    sec = next(s for s in report.sections if s.id == "locality")
+    kl_table, same_table = sec.tables
+    assert kl_table.columns == ["adapter · objective", "r4 ℓ20"]
+    assert kl_table.rows[0] == ["lora · sft · lr 0.002", "3 ± 1.41 [2]"]
+    assert same_table.rows[1] == ["probe · memft-ot · lr 0.01", "62.5 ± 17.7 [2]"]
+    from memlaw.report.plots import render
+
+    assert len(sec.figures) == 1 and render(sec.figures[0].figure).startswith(b"\x89PNG")
+    assert report.summary["locality"][0]["lines"]["probe · sft · lr 0.01"][0]["kl_mean"]["n"] == 2
+    assert build_report([rows[-1]]).summary.get("locality") is None
+
+
+def test_runs_compare_reads_locality_and_lower_kl_wins():
+    from memlaw.experiments import compare, score
+
+    rows = [_row("probe", obj, 4, seed, kl, 1.0) for obj, pair in (("sft", [0.5, 0.52]), ("memft-ot", [0.1, 0.11]))
+            for seed, kl in enumerate(pair)]
+    assert score(rows[0], "locality.kl_mean") == 0.5 and score(rows[0], "locality.nothing") is None
+    (c,) = compare(rows, "locality.kl_mean")
+    assert c.winner((4, 20)) == "memft-ot"                    # the smaller KL, beyond the seeds' spread

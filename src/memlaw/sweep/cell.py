@@ -27,6 +27,7 @@ from memlaw.encode import Encoded, encode
 from memlaw.engine import Measured, attached, measure, write_and_verify
 from memlaw.errors import ConfigError, MemlawError
 from memlaw.forward import TokenProbs
+from memlaw.objectives import write_steps
 from memlaw.records import Record
 from memlaw.sweep.grid import CellConfig, probs_interval
 from memlaw.train import StepCallback
@@ -148,7 +149,7 @@ def _lead_progress(on_step: StepCallback | None, ready: list[_Prepared]):
     """Progress of a stacked group as one bar: each joint step reports its first adapter still training."""
     if on_step is None:
         return None
-    total = max(p.cell.train.budget_steps(len(p.enc)) for p in ready)
+    total = max(write_steps(p.cell.objective, p.cell.train, len(p.enc)) for p in ready)
     last: list[int] = []
 
     def forward(k: int, info) -> None:

@@ -205,7 +205,7 @@ def test_curriculum_at_the_paper_budget_runs_the_formula_steps(tiny_base, tiny_r
 
 
 def test_curriculum_batches_come_from_the_active_set_of_their_step(tiny_base, tiny_records, plain):
-    from memlaw.objectives import curriculum_order, curriculum_plan
+    from memlaw.curriculum import curriculum_order, curriculum_plan
     from memlaw.train import _Run
 
     enc = encode(tiny_records, tiny_base.tokenizer, plain)

@@ -192,7 +192,7 @@ class ObjectiveConfig:
     curriculum_boundaries: tuple[float, ...] | None = None
     """Curriculum: where each stage ends, in epochs of the training budget (the budget's epochs count
     1; the paper's Qwen3 PB1000 schedule, epochs 20/40/60/80/300 against SFT's 200, is (0.1, 0.2, 0.3,
-    0.4, 1.5)). None: the paper's schedule for the set's size (`objectives.PAPER_SCHEDULES`)."""
+    0.4, 1.5)). None: the paper's schedule for the set's size (`curriculum.PAPER_SCHEDULES`)."""
     equal_budget: bool = True
     """Curriculum: true, the schedule is compressed into the training budget's optimizer steps (as many
     updates as SFT); false, it runs as written, past the budget where its last boundary is beyond 1

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from memlaw.config import AdapterConfig, ObjectiveConfig, TrainConfig
 from memlaw.errors import ConfigError
-from memlaw.objectives import write_steps
+from memlaw.curriculum import write_steps
 
 TRAIN_BYTES_PER_PARAM = 16   # float32 weights, gradients, AdamW first and second moments
 

@@ -27,7 +27,7 @@ from memlaw.encode import Encoded, encode
 from memlaw.engine import Measured, attached, measure, write_and_verify
 from memlaw.errors import ConfigError, MemlawError
 from memlaw.forward import TokenProbs
-from memlaw.objectives import write_steps
+from memlaw.curriculum import write_steps
 from memlaw.records import Record
 from memlaw.sweep.grid import CellConfig, probs_interval
 from memlaw.train import StepCallback

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from memlaw.objectives import write_steps
+from memlaw.curriculum import write_steps
 from memlaw.sweep.cell import CellResult
 from memlaw.sweep.grid import CellConfig, SweepConfig
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from memlaw.config import ObjectiveConfig
 from memlaw.errors import ConfigError
+from memlaw.curriculum import curriculum_order
 from memlaw.objectives import (
     SWState,
-    curriculum_active,
     make_objective,
     memft_loss_func,
     ot_weights,
@@ -82,12 +82,6 @@ def ref_sw(loss, mask, correct, state, rows, **kw):
     if sum(map(sum, out)) <= 1e-5:
         out = [[1.0 if m else 0.0 for m in mrow] for mrow in mask]
     return out, widths
-
-
-def ref_n_active(N, ratio, B):
-    if N < B:
-        return N
-    return min(N // B * B, max(B, math.floor(math.floor(N * ratio) / B) * B))
 
 
 # ---- token_nll, weighted_loss, sft ----
@@ -352,41 +346,6 @@ def test_sw_weights_are_detached():
     assert not sw_weights(loss, mask, correct, SWState.new(1), torch.tensor([0])).requires_grad
 
 
-# ---- curriculum ----
-
-RATIOS, ENDS = (0.2, 0.4, 0.6, 0.8, 1.0), (0.1, 0.2, 0.3, 0.4, 1.0)
-
-
-@pytest.mark.parametrize("N,B", [(100, 10), (105, 10), (25, 10), (7, 10), (1000, 1), (64, 16)])
-def test_curriculum_sizes_nested_and_complete(N, B):
-    progress = [i / 40 for i in range(41)]
-    sets = [curriculum_active(N, p, RATIOS, ENDS, B, seed=42) for p in progress]
-    for p, s in zip(progress, sets):
-        ratio = next((r for r, e in zip(RATIOS, ENDS) if p < e), RATIOS[-1])
-        want = N if ratio >= 1.0 else ref_n_active(N, ratio, B)
-        assert len(s) == want
-    for small, big in zip(sets, sets[1:]):
-        assert torch.equal(big[: len(small)], small)
-    assert sorted(sets[-1].tolist()) == list(range(N))  # 100 % at the end
-
-
-def test_curriculum_paper_sizes_and_stage_boundaries():
-    sizes = [len(curriculum_active(100, p, RATIOS, ENDS, 10, 42)) for p in (0.0, 0.0999, 0.1, 0.25, 0.35, 0.5, 1.0)]
-    assert sizes == [20, 20, 40, 60, 80, 100, 100]
-
-
-def test_curriculum_is_deterministic_for_the_seed():
-    a = curriculum_active(50, 0.5, RATIOS, ENDS, 5, 7)
-    assert torch.equal(a, curriculum_active(50, 0.5, RATIOS, ENDS, 5, 7))
-    assert torch.equal(a, torch.randperm(50, generator=torch.Generator().manual_seed(7)))
-    assert not torch.equal(a, curriculum_active(50, 0.5, RATIOS, ENDS, 5, 8))
-
-
-def test_curriculum_rejects_mismatched_stages():
-    with pytest.raises(ConfigError):
-        curriculum_active(10, 0.5, (0.5, 1.0), (1.0,), 2, 0)
-
-
 # ---- Objective ----
 
 
@@ -400,18 +359,22 @@ def test_make_objective_dispatch():
     want = sw_weights(loss, mask, correct, SWState.new(4), rows, window=4)
     assert torch.equal(sw.weights(loss, mask, correct, rows), want)
     for obj in (ot, sw):
-        assert obj.active(0.0) is None
+        assert obj.active(0) is None and obj.stage(5) == 0
     assert sw.name == "memft-sw" and sw.state is not None
 
 
 def test_curriculum_objective_skips_and_schedules():
     cfg = ObjectiveConfig(name="memft-sw-curriculum", fallback="sft")
-    obj = make_objective(cfg, 100, seed=42, batch_size=10)
+    obj = make_objective(cfg, 100, seed=42, batch_size=10, budget_steps=2600)
     mask = torch.ones(2, 3, dtype=torch.bool)
     easy = torch.full((2, 3), 0.1)
     assert torch.equal(obj.weights(easy, mask, mask, torch.arange(2)), torch.zeros(2, 3))  # zero_bp, not SFT
-    assert torch.equal(obj.active(0.15), curriculum_active(100, 0.15, RATIOS, ENDS, 10, 42))
-    assert len(obj.active(0.0)) == 20 and len(obj.active(1.0)) == 100
+    order = curriculum_order(100, 42)
+    # equal budget: the paper's 2600 steps for PB1000 are this budget, so its step boundaries hold exactly
+    for step, size in [(0, 20), (39, 20), (40, 40), (119, 40), (120, 60), (239, 60), (240, 80), (399, 80),
+                       (400, 100), (2599, 100)]:
+        assert torch.equal(obj.active(step), order[:size]), step
+    assert obj.total_steps == 2600
 
 
 # ---- memft_loss_func (outside memlaw) ----

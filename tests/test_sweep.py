@@ -56,8 +56,26 @@ def test_key_is_sha256_of_canonical_json_and_survives_a_round_trip():
 
     cell = tiny_sweep().cells()[0]
     assert cell.key == hashlib.sha256(cell.canonical_json().encode()).hexdigest()
-    again = CellConfig.from_dict(json.loads(cell.canonical_json()))
+    again = CellConfig.from_dict(json.loads(json.dumps(cell.to_dict())))      # as the store keeps it
     assert again == cell and again.key == cell.key
+    assert CellConfig.from_dict(json.loads(cell.canonical_json())).key == cell.key
+
+
+def test_only_the_curriculum_is_keyed_by_its_settings():
+    grid = {"name": "pin", "model": "smollm2-135m", "ranks": [4], "lengths": [160],
+            "objectives": [{"name": "sft"}, {"name": "memft-ot"}, {"name": "memft-sw"}, {"name": "memft-sw-curriculum"}],
+            "train": {"lr": 0.01, "batch_size": 8, "max_steps": 300}}
+    keys = {c.objective.name: c.key for c in sweep_from_dict(grid).cells()}
+    # the keys these cells had before the curriculum's settings changed (commit b1c7d6b): stored rows keep them
+    assert keys["sft"] == "935bea23d73e3f86ff9d5284ab54378086140fd15b76e96e43a9154958e0e02a"
+    assert keys["memft-ot"] == "f0d2469b5919428500435b3b140c4b0aa9488c59eb5725647f78da2b96af09ee"
+    assert keys["memft-sw"] == "a5a09c9547264e138e63230d8734f3dc2e7e940855893087061bf247ad30c3ec"
+    assert keys["memft-sw-curriculum"] != "7e515f432d2d089acc627b64294a9685c5ce61c3ff543a75a1972a0902734736"
+    settings = [{"equal_budget": False}, {"curriculum_boundaries": [0.2, 0.4, 0.6, 0.8, 2.0]}]
+    for name in keys:
+        changed = {sweep_from_dict({**grid, "objectives": [{"name": name, **s}]}).cells()[0].key for s in settings}
+        assert changed == ({keys[name]} if name != "memft-sw-curriculum" else changed - {keys[name]})
+        assert len(changed) == (1 if name != "memft-sw-curriculum" else 2)
 
 
 def test_key_ignores_the_sweep_name_and_int_vs_float_spelling():

@@ -3,8 +3,9 @@
 Tolerance of "the store cannot tell": every count (steps, EM, certified, stubborn, per-check
 certified counts) is equal, and every loss (L_final, ΔL, the history's losses) agrees within 1e-4
 absolute (measured: ~1e-5 after 100 steps on the tiny model; the only difference is the
-floating-point effect of the joint batch shape). With dropout on too, since each adapter draws its
-own masks (tests/test_stack.py). The one visible difference is `stacked: K` in the metrics.
+floating-point effect of the joint batch shape), locality's KL within 1e-4 relative (measured
+~5e-6). With dropout on too, since each adapter draws its own masks (tests/test_stack.py). The one
+visible difference is `stacked: K` in the metrics.
 """
 
 import pytest
@@ -47,6 +48,8 @@ def test_stacked_sweep_stores_what_separate_cells_store(tiny_base, tmp_path, dro
         for name in m.keys() - set(TIMING_KEYS) - {"history", "records"}:
             if name in LOSSES:
                 assert n[name] == pytest.approx(m[name], abs=TOL), name
+            elif name == "locality":       # KL of adapters a joint batch shape apart: within its rounding
+                assert n[name] == pytest.approx(m[name], rel=TOL), name
             else:
                 assert n[name] == m[name], name
         assert [(h["step"], h["certified"], h["stubborn"], h["lr"]) for h in n["history"]] == \

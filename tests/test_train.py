@@ -4,6 +4,7 @@ import torch
 from memlaw.adapters import make_adapter
 from memlaw.config import AdapterConfig, ObjectiveConfig, TrainConfig
 from memlaw.encode import encode
+from memlaw.engine import attached
 from memlaw.train import write
 
 
@@ -185,3 +186,36 @@ def test_sweep_cells_and_saved_memories_hold_the_learning_rate_that_ran(tiny_bas
     write_memory(tiny_records, model=tiny_base, out=tmp_path / "m", prompt=plain, recall=False,
                  adapter=AdapterConfig(kind="lora", rank=2), train=TrainConfig(until="budget", max_steps=2))
     assert read_meta(tmp_path / "m")["training"]["train"]["lr"] == DEFAULT_LR["lora"]
+
+
+def test_curriculum_at_the_paper_budget_runs_the_formula_steps(tiny_base, tiny_records, plain):
+    """8 records, batch 2: stages of 2, 2, 4, 6, 8 records (20-80 % in whole batches, then all); the
+    paper's schedule for small sets ends its stages at 0.1/0.2/0.3/0.4/1.5 budgets, so a budget of 40
+    steps runs round(40 · (0.1 · (2 + 2 + 4 + 6) / 8 + 1.1 · 8 / 8)) = 51 steps, the LR reaching 0 at the last."""
+    enc = encode(tiny_records, tiny_base.tokenizer, plain)
+    runs = {}
+    for name, equal in (("sft", True), ("memft-sw-curriculum", True), ("memft-sw-curriculum", False)):
+        ad = make_adapter(AdapterConfig(rank=4, layer=1), tiny_base, seed=0)
+        with attached(ad, tiny_base):
+            runs[name, equal] = write(tiny_base, ad, enc, ObjectiveConfig(name=name, equal_budget=equal),
+                                      TrainConfig(lr=3e-2, batch_size=2, max_steps=40, check_every=1000))
+    assert runs["sft", True].steps == runs["memft-sw-curriculum", True].steps == 40
+    paper = runs["memft-sw-curriculum", False]
+    assert paper.steps == 51 and paper.history[-1]["step"] == 51 and paper.history[-1]["lr"] == 0.0
+
+
+def test_curriculum_batches_come_from_the_active_set_of_their_step(tiny_base, tiny_records, plain):
+    from memlaw.curriculum import curriculum_order, curriculum_plan
+    from memlaw.train import _Run
+
+    enc = encode(tiny_records, tiny_base.tokenizer, plain)
+    cfg = TrainConfig(lr=3e-2, batch_size=2, max_steps=60, seed=3)
+    run = _Run(tiny_base, enc, ObjectiveConfig(name="memft-sw-curriculum"), cfg, start_layer=1)
+    plan, order = curriculum_plan(8, 2, 60, (0.2, 0.4, 0.6, 0.8, 1.0)), curriculum_order(8, 3).tolist()
+    seen: dict[int, set[int]] = {}
+    for step in range(run.total):
+        run.step = step
+        rows = run.next_rows()
+        assert set(rows) <= set(order[: plan.size(step)]), step
+        seen.setdefault(plan.stage(step), set()).update(rows)
+    assert [sorted(seen[k]) for k in range(5)] == [sorted(order[:n]) for n in plan.sizes]   # each stage trains all of its set

@@ -188,10 +188,21 @@ class ObjectiveConfig:
     expansion_step: float = 0.5
     expansion_max: float = 4.0
     curriculum_ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
-    curriculum_boundaries: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 1.0)
-    """Curriculum: epoch boundaries as fractions of the epoch budget (paper Qwen PB1000: 20/40/60/80/300 ≈ these)."""
+    """Curriculum: stage sizes as fractions of the records (nested prefixes of one fixed permutation)."""
+    curriculum_boundaries: tuple[float, ...] | None = None
+    """Curriculum: where each stage ends, in epochs of the training budget (the budget's epochs count
+    1; the paper's Qwen3 PB1000 schedule, epochs 20/40/60/80/300 against SFT's 200, is (0.1, 0.2, 0.3,
+    0.4, 1.5)). None: the paper's schedule for the set's size (`curriculum.PAPER_SCHEDULES`)."""
     equal_budget: bool = True
-    """Curriculum: count optimizer steps, not epochs, so SFT and SW get the same number of updates."""
+    """Curriculum: true, the schedule is compressed into the training budget's optimizer steps (as many
+    updates as SFT); false, it runs as written, past the budget where its last boundary is beyond 1
+    (the paper's budget: 1.3-2.5x SFT's sample passes by set size)."""
+
+    CURRICULUM_KEY: ClassVar[dict[str, Any]] = {
+        "curriculum_ratios": (0.2, 0.4, 0.6, 0.8, 1.0), "curriculum_boundaries": (0.1, 0.2, 0.3, 0.4, 1.0),
+        "equal_budget": True}
+    """What the cell key holds for the curriculum settings of an objective that does not read them: the
+    values every stored row had before the paper's schedule became the default, so those keys stay."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -210,18 +221,35 @@ class ObjectiveConfig:
             float_problem("expansion_max", self.expansion_max, lo=1.0))
         if self.fallback not in ("sft", "skip"):
             problems.append(f"fallback must be 'sft' or 'skip', got {shown(self.fallback)}")
-        for name in ("curriculum_ratios", "curriculum_boundaries"):
-            values = getattr(self, name)
-            if not isinstance(values, tuple) or not values:
-                problems.append(f"{name} must be a non-empty list of fractions, got {shown(values)}")
+        ratios, ends = self.curriculum_ratios, self.curriculum_boundaries
+        if not isinstance(ratios, tuple) or not ratios:
+            problems.append(f"curriculum_ratios must be a non-empty list of fractions, got {shown(ratios)}")
+        else:
+            problems += _problems(*(float_problem("curriculum_ratios", x, lo=0.0, hi=1.0, lo_open=True)
+                                    for x in ratios))[:1]
+        if ends is not None:
+            if not isinstance(ends, tuple) or not ends:
+                problems.append(f"curriculum_boundaries must be a non-empty list of epochs or null, got {shown(ends)}")
             else:
-                problems += _problems(*(float_problem(name, x, lo=0.0, hi=1.0, lo_open=True) for x in values))[:1]
-        if isinstance(self.curriculum_ratios, tuple) and isinstance(self.curriculum_boundaries, tuple) \
-                and len(self.curriculum_ratios) != len(self.curriculum_boundaries):
-            problems.append("curriculum_ratios and curriculum_boundaries must have the same length")
+                bad = _problems(*(float_problem("curriculum_boundaries", x, lo=0.0, lo_open=True) for x in ends))[:1]
+                if not bad and any(b <= a for a, b in zip(ends, ends[1:])):
+                    bad = [f"curriculum_boundaries must increase, got {shown(ends)}"]
+                problems += bad
+        stages = 5 if ends is None else len(ends) if isinstance(ends, tuple) else None
+        if isinstance(ratios, tuple) and stages is not None and len(ratios) != stages:
+            problems.append("curriculum_ratios and curriculum_boundaries must have the same length (the paper's "
+                            "schedule, curriculum_boundaries null, has 5 stages)")
         if not isinstance(self.equal_budget, bool):
             problems.append(f"equal_budget must be true or false, got {shown(self.equal_budget)}")
         _raise(problems, "objective")
+
+    def key_dict(self) -> dict[str, Any]:
+        """What identifies the objective in a cell key: every field, but the curriculum's settings only
+        where the curriculum reads them (elsewhere fixed, `CURRICULUM_KEY`)."""
+        d = to_dict(self)
+        if self.name != "memft-sw-curriculum":
+            d.update(self.CURRICULUM_KEY)
+        return d
 
 
 DEFAULT_LR = {"probe": 1e-2, "lora": 2e-3}

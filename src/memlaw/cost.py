@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from memlaw.config import AdapterConfig, ObjectiveConfig, TrainConfig
 from memlaw.errors import ConfigError
+from memlaw.curriculum import write_steps
 
 TRAIN_BYTES_PER_PARAM = 16   # float32 weights, gradients, AdamW first and second moments
 
@@ -141,18 +142,18 @@ def estimate(base, enc, adapter: AdapterConfig, objective: ObjectiveConfig, trai
     """
     check_feasible(adapter, base)
     n = len(enc)
-    steps = train.budget_steps(n)
+    steps = write_steps(objective, train, n)
     cost = Cost(n_params(adapter, base), steps, n)
     if not measure:
         return cost
     step_s = _time_one_step(base, enc, adapter, objective, train)
-    return dataclasses.replace(cost, step_s=step_s, seconds=write_seconds(train, n, step_s))
+    return dataclasses.replace(cost, step_s=step_s, seconds=write_seconds(train, n, step_s, objective))
 
 
-def write_seconds(train: TrainConfig, n_records: int, step_s: float) -> float:
-    """The budget's steps at `step_s` each, plus a certificate check (a forward pass over every
+def write_seconds(train: TrainConfig, n_records: int, step_s: float, objective: ObjectiveConfig | None = None) -> float:
+    """The write's steps at `step_s` each, plus a certificate check (a forward pass over every
     record, a third of a training step per batch) every `check_every` steps and at the end."""
-    steps = train.budget_steps(n_records)
+    steps = write_steps(objective or ObjectiveConfig(), train, n_records)
     batches = -(-n_records // min(train.batch_size, n_records))
     return steps * step_s + (steps // train.check_every + 1) * batches * step_s / 3
 
@@ -169,14 +170,14 @@ def grid_line(cells: list, base, records_of, *, measure: bool = True) -> str:
         check_feasible(adapter, base)
     records = {c.key: records_of(c) for c in cells}
     params = [n_params(c.adapter, base) for c in cells]
-    steps = sum(c.train.budget_steps(len(records[c.key])) for c in cells)
+    steps = sum(write_steps(c.objective, c.train, len(records[c.key])) for c in cells)
     text = (f"cost: {len(cells)} cells, adapters of {min(params):,} to {max(params):,} trainable parameters "
             f"(largest {_size(4 * max(params))} on disk), at most {steps:,} optimizer steps in all")
     if measure:
         big = max(cells, key=lambda c: (len(records[c.key]), c.rank))
         enc = encode(records[big.key], base.tokenizer, big.prompt, max_length=base.context_length)
         one = estimate(base, enc, big.adapter, big.objective, big.train)
-        total = sum(write_seconds(c.train, len(records[c.key]), one.step_s) for c in cells)
+        total = sum(write_seconds(c.train, len(records[c.key]), one.step_s, c.objective) for c in cells)
         text += f"; {_about(total)} at most (a step of the largest cell took {one.step_s:.3g} s just now)"
     return text
 

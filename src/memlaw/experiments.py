@@ -25,6 +25,8 @@ from memlaw.errors import ConfigError
 SCORE = {"phonebook": "em_rate", "long-context": "free_acc", "linear-rule": "em_rate", "records": "em_rate"}
 """The headline number of a memory per benchmark: EM (records), free-run token accuracy (one long record)."""
 SCORE_LABEL = {"em_rate": "EM %", "free_acc": "free-run token accuracy %", "held_out_em_rate": "held-out EM %"}
+LOWER_IS_BETTER = ("locality.kl_mean", "locality.kl_max", "locality.kl_first")
+"""Metrics where the smaller mean wins a comparison (what an adapter costs the base model)."""
 
 
 def config_of(row: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -148,13 +150,19 @@ def _short(config: Mapping[str, Any]) -> str:
 
 
 def score(row: Mapping[str, Any], metric: str) -> float | None:
-    """A cell's number for `metric`: a flat column or metric, or `held_out_em_rate` (generalization)."""
+    """A cell's number for `metric`: a flat column or metric, `held_out_em_rate` (generalization), or a
+    nested metric by its dotted name (`locality.kl_mean`, `held_out.free_acc`)."""
     m = row.get("metrics") or {}
     if isinstance(m, str):
         m = json.loads(m) if m else {}
     if metric == "held_out_em_rate":
         return (m.get("held_out") or {}).get("em_rate", row.get("held_out_em_rate"))
-    v = row.get(metric, m.get(metric))
+    if "." in metric and metric not in row:
+        head, rest = metric.split(".", 1)
+        v = (m.get(head) or {}).get(rest) if isinstance(m.get(head), Mapping) else None
+        v = row.get(metric.replace(".", "_"), v)          # export CSV columns: locality_kl_mean
+    else:
+        v = row.get(metric, m.get(metric))
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
@@ -187,16 +195,18 @@ class Comparison:
     def winner(self, column: tuple[int, int]) -> str | None:
         """The objective whose mean beats every other's by more than the seeds' spread, or None (a tie).
 
-        Spread: the larger sd of the two means compared; with one seed there is no spread, so no winner.
+        Beats: is higher, or lower for the metrics where less is better (`LOWER_IS_BETTER`). Spread:
+        the larger sd of the two means compared; with one seed there is no spread, so no winner.
         """
+        sign = 1.0 if self.metric in LOWER_IS_BETTER else -1.0
         stats = sorted(((s, o) for o in self.objectives if (s := self.cells[o].get(column)) is not None),
-                       key=lambda x: -x[0].mean)
+                       key=lambda x: sign * x[0].mean)
         if len(stats) < 2:
             return None
         (best, name), (second, _) = stats[0], stats[1]
         if best.sd is None or second.sd is None:
             return None
-        return name if best.mean - second.mean > max(best.sd, second.sd) else None
+        return name if abs(best.mean - second.mean) > max(best.sd, second.sd) else None
 
 
 def objective_label(objective: Mapping[str, Any], others: Sequence[Mapping[str, Any]]) -> str:
@@ -242,5 +252,5 @@ def compare(rows: Iterable[Mapping[str, Any]], metric: str | None = None) -> lis
     return out
 
 
-__all__ = ["SCORE", "SCORE_LABEL", "config_of", "experiment_of", "flat", "differing", "Experiment", "group",
-           "one_experiment", "without", "score", "Stat", "Comparison", "objective_label", "compare"]
+__all__ = ["SCORE", "SCORE_LABEL", "LOWER_IS_BETTER", "config_of", "experiment_of", "flat", "differing", "Experiment",
+           "group", "one_experiment", "without", "score", "Stat", "Comparison", "objective_label", "compare"]

@@ -116,17 +116,23 @@ class TeacherForcer:
         shared_prompt: run the prompt tokens every record shares once per pass (`shared_prompt_len`);
             `full_prompt()` turns it off for a while (certificate passes).
         plain: ignore all three and call the whole model as a user would (`model(input_ids).logits`).
+        prefix: the hidden states entering `start_layer`, per record, of an earlier teacher-forcer on
+            the same memory and base (its `.prefix`), so that they are not computed again.
     """
 
     def __init__(self, base, enc: Encoded, *, start_layer: int = 0, cache_prefix: bool = True,
-                 answer_logits: bool = True, shared_prompt: bool = False, plain: bool = False, chunk: int = 64):
+                 answer_logits: bool = True, shared_prompt: bool = False, plain: bool = False, chunk: int = 64,
+                 prefix: list[Tensor] | None = None):
         self.base, self.enc = base, enc
         self.answer_only = answer_logits and not plain
         self.plain = plain
         self.start = start_layer if (cache_prefix and not plain) else 0
         self.shared = shared_prompt_len(enc) if shared_prompt and not plain else 0
         self.pad = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
-        self.prefix: list[Tensor] | None = self._build_prefix(chunk) if self.start > 0 else None
+        if self.start > 0:
+            self.prefix: list[Tensor] | None = prefix if prefix is not None else self._build_prefix(chunk)
+        else:
+            self.prefix = None
 
     @torch.no_grad()
     def _build_prefix(self, chunk: int) -> list[Tensor]:

@@ -33,6 +33,7 @@ from memlaw.certificate import certified
 from memlaw.forward import TeacherForcer, answer_probs
 from memlaw.errors import AdapterError
 from memlaw.leakage import Leakage, check_leakage
+from memlaw.locality import NEW_TOKENS, Locality, locality as measure_locality
 
 if TYPE_CHECKING:
     from memlaw.update import UpdateOutcome
@@ -248,6 +249,17 @@ class Memory:
         watch = _records(watched) if isinstance(watched, (str, os.PathLike)) else list(watched)
         return check_leakage(self.base, self.prompt, self.terminator, stored, watched=watch,
                              random_keys=random_keys, seed=seed, max_new_tokens=max_new_tokens)
+
+    def locality(self, *, prompts: Sequence[str] | None = None, new_tokens: int = NEW_TOKENS) -> Locality:
+        """What this adapter costs its base model (DESIGN §2 Locality, `memlaw.locality`): greedy agreement and
+        mean KL(base || adapted) on neutral prompts rendered in this memory's prompt spec.
+
+        Args:
+            prompts: prompt texts (default: the 48 shipped neutral prompts).
+            new_tokens: greedy tokens of the base model's continuation per prompt.
+        """
+        return measure_locality(self.base, self.adapter, self.prompt, self.terminator, prompts=prompts,
+                                new_tokens=new_tokens)
 
     def update(self, changes: str | os.PathLike | Sequence[Record] | None = None, *, delete: Sequence[str] = (),
                delete_file: str | os.PathLike | None = None, out: str | os.PathLike | None = None,

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from memlaw.config import ObjectiveConfig
+from memlaw.curriculum import curriculum_order, curriculum_plan
 from memlaw.errors import ConfigError
 
 IGNORE = -100
@@ -211,54 +212,24 @@ def sw_weights(
     return torch.where(w.sum() > min_total, w, mask.float())
 
 
-def curriculum_active(
-    n_records: int,
-    progress: float,
-    ratios: Sequence[float],
-    boundaries: Sequence[float],
-    batch_size: int,
-    seed: int,
-) -> Tensor:
-    """Record indices active now under the nested-prefix curriculum (reference_method §4.2).
-
-    One fixed permutation π = randperm(N, Generator seeded `seed`); ratio = ratios[k] for the first k
-    with progress < boundaries[k] (else the last ratio), and the active set is π[:n_active] with
-        n_active = min(⌊N/B⌋·B, max(B, ⌊⌊N·ratio⌋/B⌋·B)),   N if N < B.
-    Departure from the paper: at ratio ≥ 1 every record is active (n_active = N). The paper's
-    `drop_last` leaves the last N mod B records of π untrained forever, which makes certifying
-    them impossible; whenever B divides N (all the paper's settings) the two agree.
-
-    Args:
-        n_records: N.
-        progress: fraction of the training budget done, in [0, 1].
-        ratios, boundaries: stage sizes (fractions of N) and stage ends (fractions of the budget).
-        batch_size: B; stage sizes are whole batches.
-        seed: seed of the permutation (the paper's 42).
-
-    Returns:
-        (n_active,) long tensor; a prefix of the same permutation for every progress (nested).
-    """
-    if len(ratios) != len(boundaries) or not ratios:
-        raise ConfigError("curriculum ratios and boundaries must be non-empty and of the same length")
-    ratio = next((r for r, end in zip(ratios, boundaries) if progress < end), ratios[-1])
-    N, B = n_records, batch_size
-    if N < B or ratio >= 1.0:
-        n_active = N
-    else:
-        n_active = min(N // B * B, max(B, int(N * ratio) // B * B))
-    perm = torch.randperm(N, generator=torch.Generator().manual_seed(seed))
-    return perm[:n_active]
-
-
 class Objective:
-    """One configured objective: `weights` per micro-batch, `active` records per point of the budget.
+    """One configured objective: `weights` per micro-batch, `active` records per optimizer step.
 
-    Holds the only state an objective has: the SW per-record window state (`memft-sw`).
+    Holds the only state an objective has: the SW per-record window state (`memft-sw`), and the
+    curriculum's permutation and plan (`memft-sw-curriculum`).
     """
 
-    def __init__(self, cfg: ObjectiveConfig, n_records: int, seed: int = 0, batch_size: int = 1):
+    def __init__(self, cfg: ObjectiveConfig, n_records: int, seed: int = 0, batch_size: int = 1,
+                 budget_steps: int = 1):
         self.cfg, self.n_records, self.seed, self.batch_size = cfg, n_records, seed, batch_size
         self.state = SWState.new(n_records) if cfg.name == "memft-sw" else None
+        self.plan = self.order = None
+        if cfg.name == "memft-sw-curriculum":
+            self.plan = curriculum_plan(n_records, batch_size, budget_steps, cfg.curriculum_ratios,
+                                        cfg.curriculum_boundaries, equal_budget=cfg.equal_budget)
+            self.order = curriculum_order(n_records, seed)
+        self.total_steps = budget_steps if self.plan is None else self.plan.total
+        """Optimizer steps of the write: the budget, or the curriculum's at the paper's budget."""
 
     @property
     def name(self) -> str:
@@ -282,23 +253,26 @@ class Objective:
         assert self.state is not None and correct is not None
         return sw_weights(token_loss, mask, correct, self.state, rows, **_sw_kwargs(cfg))
 
-    def active(self, progress: float) -> Tensor | None:
-        """Record indices to train on at `progress` ∈ [0, 1] of the budget; None means all records."""
-        if self.cfg.name != "memft-sw-curriculum":
+    def stage(self, step: int) -> int:
+        """The curriculum stage of optimizer step `step` (0 for every other objective)."""
+        return 0 if self.plan is None else self.plan.stage(step)
+
+    def active(self, step: int) -> Tensor | None:
+        """Record indices to train on at optimizer step `step` (0-based); None means all records."""
+        if self.plan is None:
             return None
-        cfg = self.cfg
-        return curriculum_active(
-            self.n_records, progress, cfg.curriculum_ratios, cfg.curriculum_boundaries, self.batch_size, self.seed
-        )
+        return self.order[: self.plan.size(step)]
 
 
-def make_objective(cfg: ObjectiveConfig, n_records: int, seed: int = 0, *, batch_size: int = 1) -> Objective:
+def make_objective(cfg: ObjectiveConfig, n_records: int, seed: int = 0, *, batch_size: int = 1,
+                   budget_steps: int = 1) -> Objective:
     """Build the objective `cfg.name` for a memory of `n_records` records.
 
     `seed` fixes the curriculum permutation; `batch_size` (the training micro-batch) sizes its stages
-    in whole batches, as the paper's `drop_last` loader does.
+    in whole batches, as the paper's `drop_last` loader does; `budget_steps` (the training budget in
+    optimizer steps) lays its stages out (`curriculum_plan`).
     """
-    return Objective(cfg, n_records, seed, batch_size)
+    return Objective(cfg, n_records, seed, batch_size, budget_steps)
 
 
 def _sw_kwargs(cfg: ObjectiveConfig) -> dict[str, Any]:
@@ -331,7 +305,7 @@ def memft_loss_func(
     Args:
         objective: `"sft"`, `"memft-ot"` (w = 1[p < tau]) or `"memft-sw"` (spatial window). The
             PhoneBook curriculum is a data schedule, not a loss: use `"memft-ot"` with
-            `fallback="skip"` and feed the records by `curriculum_active`.
+            `fallback="skip"` and feed the records by `curriculum_plan` and `curriculum_order`.
         tau: probability threshold (OT mask; centre of the SW soft threshold).
         fallback: OT when no token is below tau: `"sft"` (paper) or `"skip"` (zero gradient).
         sw_state: SW only. None (default): stateless, each call starts from fresh state, so the window
@@ -385,5 +359,5 @@ def memft_loss_func(
 
 __all__ = [
     "token_nll", "weighted_loss", "sft_weights", "ot_weights", "sw_weights", "SWState",
-    "curriculum_active", "Objective", "make_objective", "memft_loss_func",
+    "Objective", "make_objective", "memft_loss_func",
 ]  # fmt: skip

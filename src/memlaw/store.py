@@ -216,7 +216,9 @@ class Store:
         except ImportError:
             raise StoreError("parquet export needs pyarrow: pip install pyarrow") from None
         types = {"TEXT": pa.string(), "INTEGER": pa.int64(), "REAL": pa.float64()}
-        schema = pa.schema([(n, types[{**ALL_COLUMNS, "em": "REAL"}.get(n, "TEXT")]) for n in names])
+        real = dict.fromkeys(("em", "held_out_em_rate", "locality_kl_mean", "locality_identical", "locality_agreement"),
+                             "REAL")
+        schema = pa.schema([(n, types[{**ALL_COLUMNS, **real}.get(n, "TEXT")]) for n in names])
         table = pa.Table.from_pylist(rows, schema=schema)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -401,10 +403,13 @@ def _number_or_text(value: Any) -> Any:
     return value
 
 
-EXPORT_EXTRA = ("em", "experiment", "ratio", "held_out", "held_out_em_rate")
+EXPORT_EXTRA = ("em", "experiment", "ratio", "held_out", "held_out_em_rate", "locality_kl_mean", "locality_identical",
+                "locality_agreement")
 """Derived export columns: em (= em_rate, as `memlaw fit --csv` reads it), the experiment key (cells that
 differ only in rank, length and seed share it; `fit --csv` groups by it), the benchmark options that
-split experiments most often, and the held-out (generalization) EM of cells that have held-out records."""
+split experiments most often, the held-out (generalization) EM of cells that have held-out records, and
+what the adapter costs the base model (`metrics.locality`: mean KL, greedy continuations unchanged,
+token agreement) where the cell measured it."""
 
 
 def _export_names() -> list[str]:
@@ -422,6 +427,9 @@ def _export_row(row: dict) -> dict:
     bench = (row.get("config") or {}).get("benchmark") or {}
     out["ratio"], out["held_out"] = bench.get("ratio"), bench.get("held_out")
     out["held_out_em_rate"] = ((row.get("metrics") or {}).get("held_out") or {}).get("em_rate")
+    local = (row.get("metrics") or {}).get("locality") or {}
+    for name in ("kl_mean", "identical", "agreement"):
+        out[f"locality_{name}"] = local.get(name)
     for c in _JSON_COLUMNS:
         out[c] = _dumps(row[c])
     return out

@@ -76,23 +76,27 @@ class _Run:
 
     def __init__(self, base, enc: Encoded, objective: ObjectiveConfig, cfg: TrainConfig, start_layer: int):
         self.enc, self.cfg, self.n = enc, cfg, len(enc)
-        self.total = cfg.budget_steps(self.n)           # the LR schedule's length; the cap for until="certified"
-        self.obj = make_objective(objective, self.n, seed=cfg.seed, batch_size=cfg.batch_size)
+        self.obj = make_objective(objective, self.n, seed=cfg.seed, batch_size=cfg.batch_size,
+                                  budget_steps=cfg.budget_steps(self.n))
+        self.total = self.obj.total_steps               # the LR schedule's length; the cap for until="certified"
         self.tf = TeacherForcer(base, enc, start_layer=start_layer, cache_prefix=cfg.cache_prefix,
                                 answer_logits=cfg.answer_logits, shared_prompt=cfg.shared_prompt)
         self.pace = Pace(cfg, self.n, self.total)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.queue: list[list[int]] = []
+        self.stage = 0                                  # the curriculum stage the queue was drawn in
         self.step, self.done, self.t_cert, self.loss = 0, False, None, float("nan")
         self.history: list[dict] = []
 
     def next_rows(self) -> list[int]:
         """The next batch; a new epoch draws a fresh order of the objective's active records that still
-        train (all of them when every one has retired)."""
+        train (all of them when every one has retired). A new curriculum stage starts a new epoch."""
+        if self.obj.stage(self.step) != self.stage:
+            self.stage, self.queue = self.obj.stage(self.step), []
         while self.queue:
             if rows := self.pace.trains(self.queue.pop(0)):
                 return rows
-        active = self.obj.active(self.step / self.total)
+        active = self.obj.active(self.step)
         pool = list(range(self.n)) if active is None else active.tolist()
         pool = torch.tensor(self.pace.trains(pool) or pool)
         order = pool[torch.randperm(len(pool), generator=self.gen)].tolist()

@@ -1,4 +1,5 @@
-"""CLI for living memories (DESIGN §7b): the leakage report that `verify` and `update` print."""
+"""CLI for living memories (DESIGN §7b): the leakage report that `verify` and `update` print, and
+`verify --locality`'s line."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ LEAKAGE_HELP = ("Also decode prompts that are not keys (an empty turn, generic q
 WATCH_HELP = ("Records whose values must not come back (e.g. deleted records, or old values of changed keys): "
               "their keys are prompted too, and their values searched for in every leakage output.")
 RANDOM_KEYS_HELP = "Leakage: how many random keys shaped like the real ones (and as many recombined ones)."
+LOCALITY_HELP = ("Also measure what the adapter costs the base model (DESIGN §2 Locality): on 48 neutral "
+                 "prompts in the memory's prompt format, greedy agreement and the mean KL(base || adapted) of "
+                 "the next-token distributions along the base model's greedy continuation (32 tokens). "
+                 "Numbers only.")
 SHOW_LEAKS_HELP = ("Leakage: print each leaking prompt, the key whose value came out, and the output (the value "
                    "itself: mind where stdout goes). Not with --redact.")
 
@@ -51,11 +56,19 @@ def leakage_json(leaks, show: bool) -> dict:
     return {} if leaks is None else {"leakage": leaks.to_dict(show=show)}
 
 
+def locality_text(local) -> str:
+    """One line: how much of the base model's behaviour on neutral prompts the adapter leaves as it was."""
+    return (f"locality: {local.n_prompts} neutral prompts, {local.positions} positions: greedy continuation "
+            f"unchanged for {local.identical:.0%}, token agreement {local.agreement:.1%} (teacher-forced), "
+            f"{local.greedy_prefix:.1%} reproduced before the first change; KL(base || adapted) mean "
+            f"{local.kl_mean:.3g} nats, max {local.kl_max:.3g}")
+
+
 def leakage_exit(leaks) -> None:
     """Exit 1 when a leakage check found a value (after everything is printed)."""
     if leaks is not None and leaks.leaks:
         raise typer.Exit(1)
 
 
-__all__ = ["LEAKAGE_HELP", "WATCH_HELP", "RANDOM_KEYS_HELP", "SHOW_LEAKS_HELP", "leakage_text", "print_leakage",
-           "leakage_json", "leakage_exit"]
+__all__ = ["LEAKAGE_HELP", "LOCALITY_HELP", "WATCH_HELP", "RANDOM_KEYS_HELP", "SHOW_LEAKS_HELP", "leakage_text",
+           "locality_text", "print_leakage", "leakage_json", "leakage_exit"]

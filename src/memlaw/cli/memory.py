@@ -16,8 +16,8 @@ from rich.table import Table
 from memlaw.cli._common import (DeviceOpt, JsonOpt, OnlineOpt, VerboseOpt, app, err, flag, go_online, nullcontext,
                                 out, print_table, run, setup_logging)
 from memlaw.cli.progress import step_lines, verify_lines
-from memlaw.cli.living import (LEAKAGE_HELP, RANDOM_KEYS_HELP, SHOW_LEAKS_HELP, WATCH_HELP, leakage_exit,
-                               leakage_json, print_leakage)
+from memlaw.cli.living import (LEAKAGE_HELP, LOCALITY_HELP, RANDOM_KEYS_HELP, SHOW_LEAKS_HELP, WATCH_HELP, leakage_exit,
+                               leakage_json, locality_text, print_leakage)
 from memlaw.cli.progress import step_lines, verify_lines
 from memlaw.config import (DEFAULT_LR, DEFAULT_MAX_STEPS, AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig,
                            margin_problem)
@@ -214,6 +214,7 @@ def verify(
     watch: Annotated[Optional[Path], typer.Option(help=WATCH_HELP, show_default="none")] = None,
     random_keys: Annotated[int, typer.Option(min=0, help=RANDOM_KEYS_HELP)] = 32,
     show_leaks: Annotated[bool, flag("--show-leaks", help=SHOW_LEAKS_HELP)] = False,
+    locality: Annotated[bool, flag("--locality", help=LOCALITY_HELP)] = False,
 ) -> None:
     """Certify the records in one forward pass and confirm with greedy decoding: a table, or JSON.
 
@@ -221,7 +222,8 @@ def verify(
     record is not (or, with --leakage, when a stored value leaks), 2 for bad input. First checks the
     directory's integrity: tensors and records.jsonl against the sha256s in memlaw.json, and
     memlaw.json against its own; any mismatch is an error (exit 2). With --leakage, also decodes
-    prompts that are not keys and counts stored values in the outputs.
+    prompts that are not keys and counts stored values in the outputs. With --locality, also measures
+    what the adapter costs the base model on neutral prompts (a measurement: no effect on the exit code).
     """
     setup_logging()
 
@@ -243,6 +245,7 @@ def verify(
         with Memory.open(directory, device=device) as mem:
             v = mem.verify(recs, recall=not no_recall, margin=margin, on_progress=verify_lines())
             leaks = mem.leakage(watched=watched, random_keys=random_keys, records=recs) if leakage else None
+            local = mem.locality() if locality else None
         wall = time.perf_counter() - t0
         same = recs is None or records_sha256(recs) == meta.get("records_sha256")
         hide = redact or not per_record
@@ -250,7 +253,8 @@ def verify(
             out.print_json(json.dumps({"adapter": str(directory), "wall_s": round(wall, 3), "integrity": "ok",
                                        "records_match": same, "exact": v.all_exact,
                                        "all_certified": v.all_certified, **v.to_dict(redact=hide),
-                                       **leakage_json(leaks, show_leaks and not redact)}))
+                                       **leakage_json(leaks, show_leaks and not redact),
+                                       **({} if local is None else {"locality": local.summary()})}))
         else:
             out.print(summary_table(str(directory), v.summary()))
             if per_record:
@@ -259,6 +263,8 @@ def verify(
                 out.print(f"note: {records} are not the records this adapter was written with (records_sha256 differs)",
                           markup=False)
             print_leakage(leaks, show_leaks and not redact)
+            if local is not None:
+                out.print(locality_text(local), markup=False, soft_wrap=True)
             out.print(f"integrity ok  ({wall:.1f} s)")
         v.raise_unless_exact()                # NotCertifiedError: one line on stderr, exit 1
         leakage_exit(leaks)

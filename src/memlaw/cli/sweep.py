@@ -268,7 +268,8 @@ def runs_compare(
     store: StoreOpt = DEFAULT_STORE,
     where: WhereOpt = None,
     metric: Annotated[Optional[str], typer.Option(
-        help="What to compare: em_rate, free_acc, certified_rate, delta_loss, held_out_em_rate, ... "
+        help="What to compare: em_rate, free_acc, certified_rate, delta_loss, held_out_em_rate, "
+             "locality.kl_mean (what the adapter costs the base model; the lower wins), ... "
              "(default: the benchmark's headline, EM or, for long-context, free-run token accuracy).",
         show_default="the benchmark's headline")] = None,
     as_json: JsonOpt = False,

@@ -8,6 +8,7 @@ from typing import Any
 
 from memlaw import experiments, phase
 from memlaw.report.document import Report, Section
+from memlaw.report.locality import locality_section
 from memlaw.report.summary import summary_section, symbols_section
 from memlaw.report.law_section import law_section
 from memlaw.report.sections import (cells_section, grids_section, methods_section, misalignment_section, phase_section,
@@ -52,6 +53,10 @@ def build_report(rows: Sequence[Mapping[str, Any]], token_probs: Mapping[str, Se
     comparisons = [c for c in experiments.compare(rows) if len(c.objectives) > 1]
     if comparisons:                             # objectives compared on the same memories: MemFT vs SFT
         sections.append(methods_section(comparisons))
+    local = locality_section(rows)              # what the adapters cost the base model, if cells measured it
+    if local is not None:
+        sections.append(local[0])
+        summary["locality"] = local[1]
     sections.append(cells_section(rows, list(failed), redact))
     intro = [summary_section(rows, summary["laws"]), symbols_section()]
     return Report(title=title, source=source, redact=redact, sections=sections, summary=summary, intro=intro)

@@ -260,5 +260,27 @@ def methods_figure(comparison, *, metric: str = "score", title: str = "") -> Fig
     return fig
 
 
+def locality_figure(setup) -> Figure:
+    """Mean KL(base || adapted) against rank, one line per (adapter · objective, ℓ), error bars the sd over seeds."""
+    fig, (ax,) = _figure(6.0, 3.8)
+    lengths = sorted({n for _, n in setup.columns})
+    lines = [(line, n) for line in setup.lines for n in lengths]
+    for (line, n), color in zip(lines, _colors(len(lines), "tab10")):
+        points = sorted((r, st) for (r, m), per in setup.cells[line].items() if m == n and (st := per.get("kl_mean")))
+        if not points:
+            continue
+        ax.errorbar([r for r, _ in points], [st.mean for _, st in points],
+                    yerr=[st.sd or 0.0 for _, st in points], marker="o", capsize=3, color=color,
+                    label=line if len(lengths) == 1 else f"{line} ℓ{n}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_xlabel("rank r")
+    ax.set_ylabel("mean KL(base || adapted), nats")
+    ax.set_title(setup.label)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig
+
+
 __all__ = ["law_panels", "predicted_vs_true", "heatmap", "probability_grid", "stubborn_figure", "phase_figure",
-           "methods_figure", "render"]
+           "methods_figure", "locality_figure", "render"]

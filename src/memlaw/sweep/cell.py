@@ -24,9 +24,10 @@ from memlaw.benchmarks.registry import build_cell, value_bits_cell
 from memlaw.bits import ValueBits
 from memlaw.config import BenchmarkConfig
 from memlaw.encode import Encoded, encode
-from memlaw.engine import attached, measure, write_and_verify
+from memlaw.engine import Measured, attached, measure, write_and_verify
 from memlaw.errors import ConfigError, MemlawError
 from memlaw.forward import TokenProbs
+from memlaw.curriculum import write_steps
 from memlaw.records import Record
 from memlaw.sweep.grid import CellConfig, probs_interval
 from memlaw.train import StepCallback
@@ -34,7 +35,7 @@ from memlaw.verify import base_answer_losses
 
 logger = logging.getLogger(__name__)
 
-TIMING_KEYS = ("wall_s", "write_s", "steps_per_s", "time_to_certified")
+TIMING_KEYS = ("wall_s", "write_s", "steps_per_s", "time_to_certified", "locality_s")
 """Metrics that measure the machine, not the memory: they differ between two runs of one cell."""
 
 
@@ -68,7 +69,7 @@ def versions() -> dict[str, str]:
 
 
 def run_cell(cell: CellConfig, base, *, on_step: StepCallback | None = None, token_probs: bool | int = False,
-             recall: bool = True) -> CellResult:
+             recall: bool = True, locality: bool = True) -> CellResult:
     """One write + verify for one grid cell. Persisting is the executor's job.
 
     Args:
@@ -80,26 +81,28 @@ def run_cell(cell: CellConfig, base, *, on_step: StepCallback | None = None, tok
             N >= 1 at the first check and then at checks at least N steps after the last one kept;
             the last check (the final p_t, which `verify` measures again) is always kept. False: none.
         recall: confirm with greedy decoding (EM, free-run accuracy).
+        locality: compare base and base + adapter on neutral prompts (`memlaw.locality`), stored as
+            `metrics["locality"]` and its seconds as `locality_s`.
 
     Returns:
         A `CellResult`; status "failed" with the error text when the cell itself is invalid (a
         `MemlawError`, e.g. a length no prefix reaches). Other exceptions propagate.
     """
     prep = prepare_cell(cell, base)                       # records, encoding, L_base, a fresh adapter
-    return prep if isinstance(prep, CellResult) else _write_alone(prep, base, on_step, token_probs, recall)
+    return prep if isinstance(prep, CellResult) else _write_alone(prep, base, on_step, token_probs, recall, locality)
 
 
-def _write_alone(prep: _Prepared, base, on_step, token_probs, recall) -> CellResult:
+def _write_alone(prep: _Prepared, base, on_step, token_probs, recall, locality) -> CellResult:
     keeper = ProbsKeeper(token_probs)
     done = write_and_verify(base, prep.enc, prep.adapter, prep.cell.objective, prep.cell.train,
-                            base_losses=prep.losses, held_out=prep.held_out, recall=recall, on_step=on_step,
-                            on_check=keeper if keeper.every else None)
-    return cell_result(prep, base, done.train, done.verification, done.held_out, keeper,
+                            base_losses=prep.losses, held_out=prep.held_out, recall=recall, locality=locality,
+                            on_step=on_step, on_check=keeper if keeper.every else None)
+    return cell_result(prep, base, done.train, Measured(done.verification, done.held_out, done.locality), keeper,
                        wall_s=time.perf_counter() - prep.t0)
 
 
 def run_group(cells: list[CellConfig], base, *, on_step: StepCallback | None = None,
-              token_probs: bool | int = False, recall: bool = True) -> list[CellResult]:
+              token_probs: bool | int = False, recall: bool = True, locality: bool = True) -> list[CellResult]:
     """Several `probe` cells (as `stack_groups` forms them) trained in one forward pass per step, each verified alone.
 
     `ProbeStack` + `write_many` give every cell its own batches, objective, schedule, clipping,
@@ -111,13 +114,13 @@ def run_group(cells: list[CellConfig], base, *, on_step: StepCallback | None = N
     preps = [prepare_cell(c, base) for c in cells]
     ready = [p for p in preps if isinstance(p, _Prepared)]
     if len(ready) == 1:                                   # a group of one: the plain path, no note
-        done = {id(ready[0]): _write_alone(ready[0], base, on_step, token_probs, recall)}
+        done = {id(ready[0]): _write_alone(ready[0], base, on_step, token_probs, recall, locality)}
     else:
-        done = _run_stacked(ready, base, on_step, token_probs, recall) if ready else {}
+        done = _run_stacked(ready, base, on_step, token_probs, recall, locality) if ready else {}
     return [p if isinstance(p, CellResult) else done[id(p)] for p in preps]
 
 
-def _run_stacked(ready: list[_Prepared], base, on_step, token_probs, recall) -> dict[int, CellResult]:
+def _run_stacked(ready: list[_Prepared], base, on_step, token_probs, recall, locality) -> dict[int, CellResult]:
     from memlaw.adapters.stack import ProbeStack
     from memlaw.train import write_many
 
@@ -135,10 +138,10 @@ def _run_stacked(ready: list[_Prepared], base, on_step, token_probs, recall) -> 
     for k, prep in enumerate(ready):
         t_verify = time.perf_counter()
         with attached(stack.unstack(k, dropout=prep.adapter.drop.p), base) as adapter:
-            checked, held = measure(base, adapter, prep.enc, margin=prep.cell.train.margin, base_losses=prep.losses,
-                                    held_out=prep.held_out, recall=recall)
+            got = measure(base, adapter, prep.enc, margin=prep.cell.train.margin, base_losses=prep.losses,
+                          held_out=prep.held_out, recall=recall, locality=locality)
         wall = prep.prep_s + trained[k].wall_s + time.perf_counter() - t_verify
-        out[id(prep)] = cell_result(prep, base, trained[k], checked, held, keepers[k], wall_s=wall, stacked=K)
+        out[id(prep)] = cell_result(prep, base, trained[k], got, keepers[k], wall_s=wall, stacked=K)
     return out
 
 
@@ -146,7 +149,7 @@ def _lead_progress(on_step: StepCallback | None, ready: list[_Prepared]):
     """Progress of a stacked group as one bar: each joint step reports its first adapter still training."""
     if on_step is None:
         return None
-    total = max(p.cell.train.budget_steps(len(p.enc)) for p in ready)
+    total = max(write_steps(p.cell.objective, p.cell.train, len(p.enc)) for p in ready)
     last: list[int] = []
 
     def forward(k: int, info) -> None:
@@ -208,11 +211,12 @@ class ProbsKeeper:
         return self.kept
 
 
-def cell_result(prep: _Prepared, base, trained, checked, held, keeper: ProbsKeeper, *, wall_s: float,
+def cell_result(prep: _Prepared, base, trained, measured: Measured, keeper: ProbsKeeper, *, wall_s: float,
                 stacked: int | None = None) -> CellResult:
-    """The stored row of a trained and verified cell (`held`: the verification of its held-out records, if any).
+    """The stored row of a trained and verified cell (with held-out EM and locality where measured).
 
     Bits are counted under the benchmark's generator (`prep.bits`): exact where it is known."""
+    checked, held = measured.verification, measured.held_out
     if prep.bits is not None:
         checked = dataclasses.replace(checked, bits=prep.bits)
     metrics = {
@@ -227,6 +231,10 @@ def cell_result(prep: _Prepared, base, trained, checked, held, keeper: ProbsKeep
     if held is not None:
         h = held.summary()
         metrics["held_out"] = {k: h[k] for k in ("n_records", "em", "em_rate", "free_acc", "tf_acc")}
+    if measured.locality is not None:
+        local = measured.locality.summary()
+        metrics["locality_s"] = local.pop("wall_s")
+        metrics["locality"] = local
     if stacked is not None:
         metrics["stacked"] = stacked                # trained in one pass with stacked - 1 other cells
     return CellResult(prep.cell.key, prep.cell, "done", metrics, versions(), keeper.rows())

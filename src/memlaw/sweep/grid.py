@@ -65,8 +65,9 @@ class CellConfig:
         return to_dict(self)
 
     def key_dict(self) -> dict[str, Any]:
-        """What identifies the cell: every field (a `records` file by its sha256, not its path)."""
-        return {**self.to_dict(), "benchmark": self.benchmark.key_dict()}
+        """What identifies the cell: every field (a `records` file by its sha256, not its path; the
+        curriculum's settings only where the objective is the curriculum)."""
+        return {**self.to_dict(), "benchmark": self.benchmark.key_dict(), "objective": self.objective.key_dict()}
 
     def canonical_json(self) -> str:
         """Sorted keys, no whitespace, floats as Python writes them: the bytes the key hashes."""
@@ -130,6 +131,9 @@ class SweepConfig:
     token_probs: bool | int = False
     """Keep every record's p_t at certificate checks (side table `token_probs`, float16): true at every
     check, N at checks at least N steps apart; the last check (final p_t) is always kept. Not in the key."""
+    locality: bool = True
+    """Measure what each cell's adapter costs the base model on neutral prompts (`memlaw.locality`:
+    greedy agreement and KL), stored as `metrics["locality"]`. Not in the key: a metric, not a setting."""
     stack: int = 1
     """Train up to this many `probe` cells together, one forward pass per step over the shared base
     (`ProbeStack` + `write_many`), each then verified and stored alone; 1: one cell at a time. Cells
@@ -143,6 +147,8 @@ class SweepConfig:
         problems = []
         if not isinstance(self.stack, int) or isinstance(self.stack, bool) or self.stack < 1:
             problems.append(f"stack must be an integer >= 1, got {self.stack!r}")
+        if not isinstance(self.locality, bool):
+            problems.append(f"locality must be true or false, got {self.locality!r}")
         for axis in ("benchmarks", "objectives"):
             values = getattr(self, axis)
             if not isinstance(values, tuple) or not values:

@@ -53,7 +53,8 @@ def run_local(sweep: SweepConfig, store: Store, *, base: BaseModel | None = None
             tracker.skip(key)                # another writer on this store got there first
         if not fresh:
             continue
-        results = run_group(fresh, base, on_step=on_step, token_probs=sweep.token_probs)  # a group of one: run_cell
+        results = run_group(fresh, base, on_step=on_step, token_probs=sweep.token_probs,
+                            locality=sweep.locality)  # a group of one: run_cell
         for result in results:               # each cell in its own transaction, as it would be alone
             tracker.finished(result, store.add_cell(result, sweep=sweep.name))
     return tracker.summary(sweep, "local")

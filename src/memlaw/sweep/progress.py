@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from memlaw.curriculum import write_steps
 from memlaw.sweep.cell import CellResult
 from memlaw.sweep.grid import CellConfig, SweepConfig
 
@@ -67,7 +68,7 @@ def pending_cells(sweep: SweepConfig, finished: set[str]) -> list[CellConfig]:
 def cell_cost(cell: CellConfig, n_records: int) -> float:
     """Relative cost of a cell for the ETA: records seen in training (steps × batch) plus one verify pass."""
     batch = min(cell.train.batch_size, n_records)
-    return float(cell.train.budget_steps(n_records) * batch + n_records)
+    return float(write_steps(cell.objective, cell.train, n_records) * batch + n_records)
 
 
 class Tracker:

@@ -38,8 +38,8 @@ class CellWorker:
     def count_records(self, cells: list[CellConfig]) -> list[int]:
         return [len(cell_records(c.benchmark, c.length, self.base.tokenizer)) for c in cells]
 
-    def run(self, cell: CellConfig, token_probs: bool) -> CellResult:
-        return run_cell(cell, self.base, token_probs=token_probs)
+    def run(self, cell: CellConfig, token_probs: bool, locality: bool = True) -> CellResult:
+        return run_cell(cell, self.base, token_probs=token_probs, locality=locality)
 
 
 def _import_ray():
@@ -120,7 +120,7 @@ def _dispatch(ray, workers: list, queue: deque, store: Store, sweep: SweepConfig
             if store.is_done(cell.key):      # another writer on this store got there first
                 tracker.skip(cell.key)
                 continue
-            running[worker.run.remote(cell, sweep.token_probs)] = (worker, cell)
+            running[worker.run.remote(cell, sweep.token_probs, sweep.locality)] = (worker, cell)
             return
 
     for w in workers:

@@ -1,0 +1,205 @@
+"""Locality (DESIGN §2): what an adapter costs the base model on prompts unrelated to its memory.
+
+A fixed set of neutral prompts (`neutral_prompts()`, package data written for memlaw) is rendered
+with the memory's own prompt spec (chat template or plain format, as its keys are). For each prompt,
+c = the base model's greedy continuation: up to `new_tokens` tokens, cut after the first terminator
+token (end-of-turn for chat, EOS for plain), as recall cuts answers. Then both the base model
+(adapter disabled) and base + adapter, in eval mode (no dropout), are teacher-forced on prompt + c,
+and at every position t < |c| of every prompt their next-token distributions over the whole
+vocabulary are compared: P_t = p_base(· | prompt, c_<t) and Q_t = p_adapted(· | prompt, c_<t).
+
+- `agreement`: the fraction of all (prompt, t) positions where argmax Q_t = argmax P_t
+  (teacher-forced agreement: each position given the base's own earlier tokens).
+- `identical`: the fraction of prompts where they agree at every t < |c|. By induction over t this
+  is exactly "the adapted model's greedy continuation equals the base model's" (the certificate's
+  argument: one teacher-forced pass decides greedy decoding), up to the numerics of cached decoding.
+- `greedy_prefix`: Σ_prompts (first t where they disagree, or |c|) / Σ |c|: the share of the base's
+  continuation tokens that the adapted model's greedy decoding reproduces before it first departs
+  (free-run agreement; after the first departure the two continuations are no longer comparable).
+- `kl_mean`: the mean over all (prompt, t) positions of KL_t = KL(P_t || Q_t) =
+  Σ_v P_t(v) (log P_t(v) − log Q_t(v)), in nats (each position counts once); `kl_max` its largest
+  value; `kl_first` the mean over prompts of KL_0, the distribution of the first new token.
+
+Both models run the same kernels on the same batches, so an adapter that adds exactly zero (B = 0)
+gives identical logits: agreement 1 and KL 0 exactly. The base model's continuations and the hidden
+states below the adapter are computed once per base model, prompt spec and adapter layer, and kept
+for the next call (a sweep measures every cell against the same base): a call after the first costs
+two teacher-forced passes from the adapter's lowest layer up. Only numbers come out: no prompt text,
+continuation or record value is returned or logged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import cache
+from importlib.resources import files
+
+import torch
+from transformers import DynamicCache
+
+from memlaw.config import PromptConfig
+from memlaw.encode import Encoded, prompt_ids, resolve_prompt
+from memlaw.forward import TeacherForcer
+from memlaw.records import Record
+
+logger = logging.getLogger(__name__)
+
+NEW_TOKENS = 32
+"""Greedy tokens decoded per prompt (fewer where the base model ends its answer first)."""
+
+
+@cache
+def neutral_prompts() -> tuple[str, ...]:
+    """The shipped neutral prompt set: 48 short general questions and requests, one a line
+    (`memlaw/data/locality/neutral_prompts.txt`, MIT, written for memlaw)."""
+    text = files("memlaw").joinpath("data/locality/neutral_prompts.txt").read_text(encoding="utf-8")
+    return tuple(line for line in text.splitlines() if line.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Locality:
+    """Base model against base + adapter on neutral prompts (see the module doc for the definitions)."""
+
+    n_prompts: int
+    new_tokens: int          # the greedy limit per prompt
+    positions: int           # Σ |c|: the base continuations' tokens, where everything is measured
+    identical: float         # fraction of prompts whose greedy continuation the adapter leaves unchanged
+    agreement: float         # fraction of positions where the two models' teacher-forced argmax tokens agree
+    greedy_prefix: float     # share of the base's continuation tokens reproduced before the first departure
+    kl_mean: float           # mean KL(base || adapted) per position, nats
+    kl_max: float
+    kl_first: float          # mean over prompts of the KL at the first new token
+    wall_s: float
+
+    def summary(self) -> dict:
+        return asdict(self)
+
+
+_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per base model (the module, weakly held; the values hold no reference to it): (prompt ids, new
+tokens, stop) -> the base's continuations, and (..., start layer) -> the hidden states entering that layer."""
+
+
+def _reference(base, enc_parts: tuple, ids: list[list[int]], new_tokens: int, stop: int,
+               start_layer: int) -> TeacherForcer:
+    """A teacher-forcer on prompt + the base model's greedy continuations (computed once per base model)."""
+    kept = _KEPT.setdefault(base.model, {})
+    key = (tuple(map(tuple, ids)), new_tokens, stop)
+    if key not in kept:
+        kept.clear()                        # one prompt set at a time: a sweep uses one
+        kept[key] = greedy_padded(base, ids, new_tokens, stop)
+    texts, spec, tok = enc_parts
+    # prompt + c as a memory whose "answers" are the continuations (no terminator appended: c has its own)
+    enc = Encoded([Record(t, "") for t in texts], spec, [], ids, kept[key], tok)
+    tf = TeacherForcer(base, enc, start_layer=start_layer, prefix=kept.get((*key, start_layer)))
+    if tf.prefix is not None:
+        kept[(*key, start_layer)] = tf.prefix
+    return tf
+
+
+@torch.no_grad()
+def locality(base, adapter, prompt: PromptConfig, terminator: Sequence[int], *,
+             prompts: Sequence[str] | None = None, new_tokens: int = NEW_TOKENS, batch_size: int = 16) -> Locality:
+    """Compare the base model with base + `adapter` (attached) on neutral prompts.
+
+    Args:
+        base: the loaded base model with `adapter` attached.
+        adapter: the attached adapter; it is put in eval mode and disabled for the base model's passes.
+        prompt: the memory's prompt spec (how its keys are rendered); the neutral prompts stand in for keys.
+        terminator: the memory's answer terminator ids; continuations are cut after its first token.
+        prompts: the prompt texts (default: `neutral_prompts()`).
+        new_tokens: greedy tokens per prompt.
+        batch_size: prompts per teacher-forced pass.
+    """
+    t0 = time.perf_counter()
+    tok = base.tokenizer
+    spec = resolve_prompt(prompt, tok)
+    texts = list(neutral_prompts() if prompts is None else prompts)
+    ids = [prompt_ids(t, tok, spec) for t in texts]
+    adapter.eval()
+    with adapter.disabled():                 # the base's continuations and the hidden states below the adapter
+        tf = _reference(base, (texts, spec, tok), ids, new_tokens, terminator[0], adapter.first_layer)
+    kls, agree = [], []
+    for rows in tf.batches(range(len(ids)), batch_size):
+        with adapter.disabled():
+            p_logits, batch = tf.logits(rows)
+        q_logits, _ = tf.logits(rows)
+        for b in range(len(rows)):
+            n = int(batch.mask[b].sum())
+            kls.append(kl_divergence(p_logits[b, :n], q_logits[b, :n]))
+            agree.append(p_logits[b, :n].argmax(-1) == q_logits[b, :n].argmax(-1))
+    flat, hits = torch.cat(kls), torch.cat(agree)
+    lengths = [len(a) for a in agree]
+    prefix = sum(int(a.long().cumprod(0).sum()) for a in agree)        # positions before the first disagreement
+    out = Locality(n_prompts=len(ids), new_tokens=new_tokens, positions=sum(lengths),
+                   identical=sum(bool(a.all()) for a in agree) / len(agree), agreement=float(hits.double().mean()),
+                   greedy_prefix=prefix / sum(lengths), kl_mean=float(flat.mean()), kl_max=float(flat.max()),
+                   kl_first=float(torch.stack([k[0] for k in kls]).mean()), wall_s=time.perf_counter() - t0)
+    logger.info("locality: %d prompts, %d positions, identical %.3f, agreement %.3f, mean KL %.3g nats (%.1f s)",
+                out.n_prompts, out.positions, out.identical, out.agreement, out.kl_mean, out.wall_s)
+    return out
+
+
+@torch.no_grad()
+def greedy_padded(base, prompts: Sequence[Sequence[int]], new_tokens: int, stop_id: int,
+                  batch_size: int = 16) -> list[list[int]]:
+    """Batched greedy decoding of prompts of any lengths: left-padded, with an attention mask and
+    position ids that skip the padding, one prefill and one cached step per token.
+
+    `memlaw.verify.greedy` batches only prompts of equal length (no padding at all, the numerics recall
+    is certified under); neutral prompts all differ in length, and one batch per length made the
+    locality check several times slower. Each output is cut after its first `stop_id`.
+    """
+    model = base.model
+    params = inspect.signature(model.forward).parameters
+    cache_arg = "cache" if "cache" in params else "past_key_values"
+    pad = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else stop_id
+    outputs: list[list[int]] = []
+    for lo in range(0, len(prompts), batch_size):
+        part = [list(p) for p in prompts[lo: lo + batch_size]]
+        B, P = len(part), max(map(len, part))
+        ids = torch.full((B, P), pad, dtype=torch.long)
+        mask = torch.zeros((B, P), dtype=torch.long)
+        for b, p in enumerate(part):
+            ids[b, P - len(p):] = torch.tensor(p)
+            mask[b, P - len(p):] = 1
+        ids, mask = ids.to(base.device), mask.to(base.device)
+        position = (mask.cumsum(1) - 1).clamp(min=0)
+        kw = {cache_arg: DynamicCache(config=model.config), "use_cache": True}
+        if "logits_to_keep" in params:
+            kw["logits_to_keep"] = 1
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position, **kw).logits[:, -1]
+        position = position[:, -1:]
+        done = torch.zeros(B, dtype=torch.bool, device=ids.device)
+        steps: list[torch.Tensor] = []
+        for t in range(new_tokens):
+            token = logits.float().argmax(-1)                           # (B,)
+            steps.append(token)
+            done |= token == stop_id
+            if t == new_tokens - 1 or bool(done.all()):                 # a sync point, once per token
+                break
+            mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
+            position = position + 1
+            logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, **kw).logits[:, -1]
+        for row in torch.stack(steps, 1).tolist():
+            outputs.append(row[: row.index(stop_id) + 1] if stop_id in row else row)
+    return outputs
+
+
+def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(p) || softmax(q)) per row, in nats: (T, V) logits of each -> (T,) float64.
+
+    Log-softmax in float32, the sum over the vocabulary in float64. Identical logits give exactly 0
+    (log P − log Q is 0 at every entry).
+    """
+    logp = torch.log_softmax(p_logits.float(), dim=-1)
+    logq = torch.log_softmax(q_logits.float(), dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1, dtype=torch.float64)
+
+
+__all__ = ["Locality", "locality", "neutral_prompts", "kl_divergence", "greedy_padded", "NEW_TOKENS"]

@@ -4,9 +4,10 @@ A value holds as much information as its generator put into it, not log2(10) per
 
 - **exact**, where the generator is known (each benchmark counts its own, `benchmarks.value_bits`):
   PhoneBook: 2 + 9·log2(10) ≈ 31.9 bits a number (first digit 6-9, nine uniform digits);
-  long-context: log2(pool) bits for each random token the value holds, 0 for the unreplaced text
-  (it is the generator's own source document); the linear rule: 0 (the value is 3x + 5y + 7 of
-  the key: nothing beyond the rule).
+  long-context: for each random token the value holds, the entropy of the text one uniform draw
+  from the pool writes (`long_context.draw_bits`, at most log2 |pool|), 0 for the unreplaced text
+  (the generator's own source document); the linear rule: 0 (the value is 3x + 5y + 7 of the key:
+  nothing beyond the rule).
 - **upper**, for user records (no known generator): the entropy the value would have if drawn
   uniformly from the strings of its length over its own character class (`upper_bound`). An upper
   bound, reported under its own names (`bits_stored_upper`, `bits_per_param_upper`), never as bits.

@@ -106,7 +106,9 @@ def sweep(
     stack: Annotated[Optional[int], typer.Option(min=1, help="Train up to K probe cells in one forward pass, each "
                                                  "verified and stored alone (overrides the grid's `stack`; 1: off). "
                                                  "Local executor.", show_default="the grid's")] = None,
-    dry_run: Annotated[bool, flag("--dry-run", help="List the cells and which are already stored; run nothing.")] = False,
+    dry_run: Annotated[bool, flag("--dry-run", help="List the cells, which are already stored, and an estimate of "
+                                  "their cost from the model's known shapes (FLOPs, and time at a stated assumed "
+                                  "throughput); load no model, run nothing.")] = False,
     online: OnlineOpt = False,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, flag("--quiet", "-q", help="No per-cell lines.")] = False,
@@ -130,7 +132,8 @@ def sweep(
         from memlaw.model_names import check_model_name
 
         try:                                     # before the store is created: nothing half-written
-            check_model_name(cfg.model)
+            if not dry_run:                      # a dry run lists and estimates: it needs no model
+                check_model_name(cfg.model)
             cfg.cells()                          # each cell's settings (seeds: train.seed) are valid
             if stack is not None:
                 cfg = dataclasses.replace(cfg, stack=stack)
@@ -139,10 +142,10 @@ def sweep(
         if cfg.stack > 1 and executor == Executor.ray:
             err.print(f"note: stack {cfg.stack} is for the local executor; Ray actors run one cell at a time",
                       markup=False, highlight=False)
+        if dry_run:                              # reads the store if there is one, creates nothing
+            _dry_run(cfg, _stored_keys(store), as_json)
+            return
         with open_store(store) as db:
-            if dry_run:
-                _dry_run(cfg, db.finished_keys(), as_json)
-                return
             ctx, on_cell, on_step = sweep_progress(not as_json and sys.stderr.isatty(), quiet or as_json)
             options = ({"address": address, "num_gpus": num_gpus, "num_cpus": num_cpus, "actors": actors,
                         "device": device} if executor == Executor.ray else
@@ -173,18 +176,49 @@ def _announce_cost(cfg, db, device: str):
 
 
 def _dry_run(cfg, finished: set[str], as_json: bool) -> None:
+    """List the cells, count them and estimate their cost from the model's shapes (`memlaw.flops`), loading nothing."""
+    from memlaw.flops import grid_cost
+
     cells = cfg.cells()
-    rows = [{"key": c.key, "rank": c.rank, "length": c.length, "seed": c.seed, "stored": c.key in finished}
-            for c in cells]
+    todo = {c.key for c in cells if c.key not in finished}
+    cost = grid_cost(cells, todo)
+    rows = [{"key": c.key, "benchmark": _bench_label(c.benchmark), "objective": c.objective.name, "rank": c.rank,
+             "length": c.length, "seed": c.seed, "stored": c.key in finished, "cost": k.to_dict()}
+            for c, k in zip(cells, cost.cells)]
     if as_json:
-        out.print_json(json.dumps({"name": cfg.name, "cells": rows}))
+        out.print_json(json.dumps({"name": cfg.name, "model": cfg.model, "n_cells": len(cells),
+                                   "n_stored": len(cells) - len(todo), "cells": rows, "cost": cost.to_dict()}))
         return
-    t = Table(title=f"sweep {cfg.name}: {len(cells)} cells, {sum(r['stored'] for r in rows)} stored")
-    for col in ("key", "rank", "length", "seed", "stored"):
-        t.add_column(col)
+    t = Table(title=f"sweep {cfg.name}: {len(cells)} cells, {len(cells) - len(todo)} stored")
+    for col in ("key", "benchmark", "objective", "rank", "length", "seed", "stored", "params", "steps", "FLOP",
+                "time"):
+        t.add_column(col, justify="right" if col in ("rank", "length", "seed", "params", "steps", "FLOP", "time")
+                     else "left")
     for r in rows:
-        t.add_row(r["key"][:12], str(r["rank"]), str(r["length"]), str(r["seed"]), "yes" if r["stored"] else "no")
+        k = r["cost"]
+        t.add_row(r["key"][:12], r["benchmark"], r["objective"], str(r["rank"]), str(r["length"]), str(r["seed"]),
+                  "yes" if r["stored"] else "no", _count(k["n_params"]), _count(k["steps"]),
+                  "-" if k["flops"] is None else f"{k['flops']:.2g}", _duration(k["seconds"]) if k["seconds"] else "-")
     print_table(t)
+    out.print(cost.line(len(todo)), markup=False, highlight=False, soft_wrap=True)
+
+
+def _stored_keys(store: Path) -> set[str]:
+    from memlaw.store import open_store
+
+    if not store.exists():
+        return set()
+    with open_store(store, create=False) as db:
+        return db.finished_keys()
+
+
+def _bench_label(b) -> str:
+    opts = {k: v for k, v in b.options().items() if k in ("ratio", "source") and v is not None}
+    return b.name + "".join(f" {v}" for v in opts.values())
+
+
+def _count(x) -> str:
+    return "-" if x is None else f"{x:,}"
 
 
 # ---------------------------------------------------------------- runs

@@ -16,6 +16,7 @@ import argparse
 import json
 import random
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +55,14 @@ def changes(current: list[Record], pool: list[Record], n_add: int, n_change: int
     return added, changed
 
 
+class Rows(list):
+    """The rows of one kind; each is also printed to stderr as it comes (a long run shows its progress)."""
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+
+
 def run_kind(kind: str, args, base, work: Path) -> list[dict]:
     train = TrainConfig(until="certified", lr=args.lr, max_steps=args.max_steps, batch_size=16, seed=0)
     rng = random.Random(0)
@@ -62,7 +71,8 @@ def run_kind(kind: str, args, base, work: Path) -> list[dict]:
     taken = {r.value for r in book}
     numbers = [r.value for r in generate_phonebook(200, seed=1) if r.value not in taken]
     mem = work / kind / "memory"
-    rows = [{"what": f"write {args.n}", **fresh(current, base, kind, args.rank, train, mem)}]
+    rows = Rows()
+    rows.append({"what": f"write {args.n}", **fresh(current, base, kind, args.rank, train, mem)})
     n_add, n_change = round(0.10 * args.n), round(0.05 * args.n)
     for i in range(1, args.updates + 1):
         added, changed = changes(current, pool, n_add, n_change, rng, numbers)

@@ -200,3 +200,21 @@ def test_capacity_note_from_a_store(tmp_path, ratio, warns):
     assert ("warning" in note) == warns == (need > 8) and ("may not certify" in note) == warns
     assert "no law available" in capacity_note(tmp_path / "missing.db", meta, 60, 10, 3.0)
     assert "no law available" in capacity_note(None, meta, 60, 10, 3.0)
+
+
+def test_a_lora_memory_updates_in_place(tmp_path, tiny_base, tiny_records):
+    """LoRA saves from its attached PEFT model: the update keeps it attached until saved."""
+    from memlaw.memory import Memory, write_memory
+    from memlaw.update import update_memory
+
+    write_memory(tiny_records, model=tiny_base, out=tmp_path / "ad", prompt=PromptConfig(template="plain"),
+                 adapter=AdapterConfig(kind="lora", rank=8),
+                 train=TrainConfig(lr=0.01, batch_size=8, max_steps=400, until="certified"))
+    change = changed_value(tiny_records)
+    outcome = update_memory(tmp_path / "ad", [change], delete=[tiny_records[1].key], base=tiny_base)
+    assert outcome.saved and outcome.certified and outcome.old_recalled == []
+    assert (tmp_path / "ad" / "adapter_config.json").is_file()
+    with Memory.open(tmp_path / "ad", base=tiny_base) as mem:
+        assert mem.recall([change.key, tiny_records[1].key]) == [change.value, ""]
+        s = mem.verify().summary()
+        assert s["certified"] == s["em"] == s["n_records"] == 7

@@ -179,47 +179,46 @@ def update_memory(directory: str | os.PathLike, changes: str | os.PathLike | Seq
     if on_capacity is not None:
         on_capacity(note)
 
-    result, checked, gone_outputs, leaks = _train_and_check(base, adapter, enc, objective, train, losses, d, on_step,
-                                                            random_keys if leakage else None)
-    n = len(d.final)
-    verification = _first(checked, n, len(enc.terminator))
-    old_recalled = [old.key for old, text in zip(d.gone, gone_outputs) if text == old.value]
-    outcome = UpdateOutcome(None, d.counts(), result, verification, old_recalled,
-                            sum(v.certified for v in checked.records[n:]), note, 0.0, leakage=leaks)
-    entry = history_entry(d, outcome, meta, records_sha256(d.final), objective, train, time.perf_counter() - t0)
-    if outcome.certified and not old_recalled:
-        save_adapter(target, adapter, base, replace=target == directory, prompt=enc.prompt, terminator=enc.terminator,
-                     records=d.final,
-                     save_records=meta.get("records_saved", True), extra={
-                         "created": meta.get("created"), "training": meta.get("training"),
-                         "history": [*meta.get("history", []), entry], "metrics": verification.summary()})
-        outcome.out = target
+    adapter.attach(base)
+    try:                               # attached until saved: a LoRA is saved from its PEFT model
+        result, checked, gone_outputs, leaks = _train_and_check(base, adapter, enc, objective, train, losses, d,
+                                                                on_step, random_keys if leakage else None)
+        n = len(d.final)
+        verification = _first(checked, n, len(enc.terminator))
+        old_recalled = [old.key for old, text in zip(d.gone, gone_outputs) if text == old.value]
+        outcome = UpdateOutcome(None, d.counts(), result, verification, old_recalled,
+                                sum(v.certified for v in checked.records[n:]), note, 0.0, leakage=leaks)
+        entry = history_entry(d, outcome, meta, records_sha256(d.final), objective, train, time.perf_counter() - t0)
+        if outcome.certified and not old_recalled:
+            save_adapter(target, adapter, base, replace=target == directory, prompt=enc.prompt,
+                         terminator=enc.terminator, records=d.final, save_records=meta.get("records_saved", True),
+                         extra={"created": meta.get("created"), "training": meta.get("training"),
+                                "history": [*meta.get("history", []), entry], "metrics": verification.summary()})
+            outcome.out = target
+    finally:
+        adapter.detach()
     outcome.history = entry
     outcome.wall_s = time.perf_counter() - t0
     return outcome
 
 
 def _train_and_check(base, adapter, enc, objective, train, losses, d: Diff, on_step, random_keys: int | None):
-    """Warm-started write and verify of `enc`, then greedy decoding of the keys whose old values must be gone
-    (and, with `random_keys`, the leakage check)."""
+    """Warm-started write and verify of `enc` (adapter attached), then greedy decoding of the keys whose old
+    values must be gone (and, with `random_keys`, the leakage check)."""
     from memlaw.encode import prompt_ids
     from memlaw.leakage import check_leakage
     from memlaw.train import write
     from memlaw.verify import greedy, verify
 
-    adapter.attach(base)
-    try:
-        result = write(base, adapter, enc, objective, train, on_step=on_step)
-        checked = verify(base, adapter, enc, margin=train.margin, base_losses=losses)
-        tok = base.tokenizer
-        gone = d.gone
-        stop = enc.terminator[0]
-        limits = [len(tok(r.value, add_special_tokens=False).input_ids) + len(enc.terminator) for r in gone]
-        outs = greedy(base, [prompt_ids(r.key, tok, enc.prompt) for r in gone], limits, stop) if gone else []
-        leaks = None if random_keys is None else check_leakage(base, enc.prompt, enc.terminator, d.final,
-                                                                watched=gone, random_keys=random_keys)
-    finally:
-        adapter.detach()
+    result = write(base, adapter, enc, objective, train, on_step=on_step)
+    checked = verify(base, adapter, enc, margin=train.margin, base_losses=losses)
+    tok = base.tokenizer
+    gone = d.gone
+    stop = enc.terminator[0]
+    limits = [len(tok(r.value, add_special_tokens=False).input_ids) + len(enc.terminator) for r in gone]
+    outs = greedy(base, [prompt_ids(r.key, tok, enc.prompt) for r in gone], limits, stop) if gone else []
+    leaks = None if random_keys is None else check_leakage(base, enc.prompt, enc.terminator, d.final,
+                                                            watched=gone, random_keys=random_keys)
     texts = [tok.decode(o[: o.index(stop)] if stop in o else o, skip_special_tokens=False,
                         clean_up_tokenization_spaces=False) for o in outs]
     return result, checked, texts, leaks

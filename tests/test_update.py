@@ -163,13 +163,16 @@ def test_an_old_value_that_still_comes_back_is_not_saved(copy, tiny_base, tiny_r
 
 
 def test_update_settings_inherit_what_was_written(memory):
-    from memlaw.update import update_settings
+    from memlaw.update import RETIRE_MARGIN, update_settings
 
     meta = read_meta(memory)
     obj, train = update_settings(meta)
     assert (train.lr, train.batch_size, train.max_steps, train.until) == (0.03, 8, 400, "certified")
-    obj, train = update_settings(meta, lr=0.01, epochs=5)
-    assert (train.lr, train.epochs, train.max_steps) == (0.01, 5, None)
+    assert read_meta(memory)["training"]["train"]["retire_margin"] is None and train.retire_margin == RETIRE_MARGIN
+    obj, train = update_settings(meta, lr=0.01, epochs=5, retire_margin=0.0)
+    assert (train.lr, train.epochs, train.max_steps, train.retire_margin) == (0.01, 5, None, 0.0)
+    meta["training"]["train"]["retire_margin"] = 0.1                  # a memory written with its own margin
+    assert update_settings(meta)[1].retire_margin == 0.1
 
 
 @pytest.mark.parametrize("ratio,warns", [(10, False), (2, True)])

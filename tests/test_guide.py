@@ -2,9 +2,10 @@
 
 Each command of the guide runs in one temp directory (memlaw commands in this process, the others with
 bash), with the model swapped for `tiny` (`TINY`). Then for every command: the exit code is the one the
-guide shows (for a leakage check, 0 or 1: whether a value leaks depends on the model), and every kind of
-line of the guide's output (its text up to the first number or colon: labels, table rules and headers,
-messages) is in this run's output.
+guide shows (for a leakage check, 0 or 1: whether a value leaks depends on the model), and the kinds of
+line (a line's text up to the first number or colon: labels, table rules and headers, messages) of the
+guide's output and of this run's are the same: a line the guide shows that the command no longer
+prints, or one it prints now that the guide does not show, fails.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ def test_the_guide_runs_on_the_tiny_model(tmp_path, monkeypatch):
             failures.append(f"{c.text}: exit {code}, the guide shows {c.exit_code}\n" + "\n".join(output[-15:]))
             continue
         head = next((n for prefix, n in HEADER_ONLY.items() if c.text.startswith(prefix)), None)
-        missing = labels(c.output[:head]) - labels(output)
-        if missing:
-            failures.append(f"{c.text}: the guide's output has lines {sorted(missing)}, this run's does not\n"
-                            + "\n".join(output[-15:]))
+        shown, printed = labels(c.output[:head]), labels(output[:head])
+        if shown != printed:
+            failures.append(f"{c.text}: lines only in the guide {sorted(shown - printed)}, only in this run "
+                            f"{sorted(printed - shown)}\n" + "\n".join(output[-15:]))
     assert not failures, "\n\n".join(failures)

@@ -221,3 +221,26 @@ def test_a_lora_memory_updates_in_place(tmp_path, tiny_base, tiny_records):
         assert mem.recall([change.key, tiny_records[1].key]) == [change.value, ""]
         s = mem.verify().summary()
         assert s["certified"] == s["em"] == s["n_records"] == 7
+
+
+def test_records_held_with_margin_rest_while_the_changes_train(copy, tiny_base, tiny_records, monkeypatch):
+    """An update trains with update.RETIRE_MARGIN: old records certified with that margin leave the batches
+    (memlaw.pace), and no batch holds a record resting when it was drawn."""
+    import memlaw.train
+    from memlaw.update import RETIRE_MARGIN, update_memory
+
+    drawn: list[tuple[list[int], set[int]]] = []
+    real = memlaw.train._Run.next_rows
+
+    def spy(self):
+        rows = real(self)
+        drawn.append((rows, set(self.pace.retired)))
+        return rows
+
+    monkeypatch.setattr(memlaw.train._Run, "next_rows", spy)
+    outcome = update_memory(copy, [changed_value(tiny_records), NEW], delete=[tiny_records[1].key], base=tiny_base)
+    assert outcome.saved and outcome.certified
+    old = set(range(1, 7))      # the final order: the changed record, the 6 kept ones, NEW, then the deleted key
+    assert any(resting & old for _, resting in drawn), "no old record rested"
+    assert all(not set(rows) & resting for rows, resting in drawn)
+    assert read_meta(copy)["history"][-1]["train"]["retire_margin"] == RETIRE_MARGIN

@@ -6,8 +6,14 @@ N is not 0). This script runs every command in
 order in one empty directory with bash, `memlaw` being `python -m memlaw.cli` of this checkout, and
 rewrites the outputs. It also saves the run under results/guide/ (the numbers the guide shows).
 
-    OMP_NUM_THREADS=1 python docs/make_guide.py [--workdir DIR [--resume LOG]]
+    OMP_NUM_THREADS=1 python docs/make_guide.py [--workdir DIR] 2> LOG
+    OMP_NUM_THREADS=1 python docs/make_guide.py --workdir DIR --resume LOG    # go on where that run stopped
     python docs/make_guide.py --resume results/guide/run.txt     # re-render from the saved run, running nothing
+
+A run prints each command and its output to stderr as it goes (LOG above). Resumed, the leading commands
+that LOG shows complete, with the same text, keep their outputs and the rest run in DIR, which holds
+the files the earlier ones made; run from scratch after a change to memlaw, since the outputs shown
+come from the code that ran.
 """
 
 from __future__ import annotations
@@ -114,14 +120,20 @@ def shell_env() -> dict[str, str]:
     return env
 
 
-def run(commands: list[Command], workdir: Path, done: list[Command] = ()) -> None:
-    """Run `commands` in order in `workdir`; the leading ones `done` ran already (same text) keep its output."""
+def reuse(commands: list[Command], done: list[Command]) -> int:
+    """Give the leading `commands` that `done` ran already (the same text, in the same order) its outputs;
+    how many."""
     reused = 0
     for c, d in zip(commands, done):
         if c.text != d.text:
             break
         c.output, c.exit_code = d.output, d.exit_code
         reused += 1
+    return reused
+
+
+def run(commands: list[Command], workdir: Path, reused: int = 0) -> None:
+    """Run `commands[reused:]` in order in `workdir` (the earlier ones ran there already)."""
     prelude = f'memlaw() {{ "{sys.executable}" -m memlaw.cli "$@"; }}\n'
     for c in commands[reused:]:
         print(f"$ {c.text}", file=sys.stderr, flush=True)
@@ -138,13 +150,16 @@ def main() -> None:
     ap.add_argument("--resume", type=Path, help=(
         "A run interrupted in --workdir (its log): the commands it completed, unchanged since, are not rerun."))
     args = ap.parse_args()
-    done = parse_run(args.resume.read_text(encoding="utf-8")) if args.resume else []
     text = GUIDE.read_text(encoding="utf-8")
     commands = parse(text)
+    reused = reuse(commands, parse_run(args.resume.read_text(encoding="utf-8"))) if args.resume else 0
+    if args.resume and reused < len(commands) and args.workdir is None:
+        sys.exit(f"make_guide: {args.resume} holds the first {reused} of the guide's {len(commands)} commands; "
+                 f"the rest must run where those ran: give --workdir")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        run(commands, workdir, done)
+        run(commands, workdir, reused)
     new = render(text, commands)
     GUIDE.write_text(new, encoding="utf-8")
     saved = ROOT / "results" / "guide" / "run.txt"

@@ -98,3 +98,23 @@ def test_the_guide_runs_on_the_tiny_model(tmp_path, monkeypatch):
             failures.append(f"{c.text}: lines only in the guide {sorted(shown - printed)}, only in this run "
                             f"{sorted(printed - shown)}\n" + "\n".join(output[-15:]))
     assert not failures, "\n\n".join(failures)
+
+
+def test_make_guide_renders_a_saved_run_and_resumes_only_where_it_ran(tmp_path, monkeypatch):
+    g = guide()
+    text = "intro\n```console\n$ one\nstale\n$ two\n$ three\n```\nend\n"
+    log = "$ one\nwrite: step 1/9\nwrite: step 2/9\nwrite: step 3/9\nwrite: step 4/9\ndone\n[exit 0]\n$ two\n[exit 2]\n$ three\nhalf"
+    done = g.parse_run(log)
+    assert [(c.text, c.exit_code) for c in done] == [("one", 0), ("two", 2)]     # "three" was cut off
+    commands = g.parse(text)
+    assert g.reuse(commands, done) == 2 and commands[2].output == []
+    assert g.reuse(g.parse(text.replace("$ two", "$ changed")), done) == 1
+    commands[2].output = ["out"]
+    assert g.render(text, commands) == ("intro\n```console\n$ one\nwrite: step 1/9\n… (2 more progress lines)\n"
+                                        "write: step 4/9\ndone\n$ two\n[exit 2]\n$ three\nout\n```\nend\n")
+    (tmp_path / "log").write_text(log, encoding="utf-8")
+    before = (ROOT / "docs" / "guide.md").read_bytes()
+    monkeypatch.setattr(sys, "argv", ["make_guide.py", "--resume", str(tmp_path / "log")])
+    with pytest.raises(SystemExit, match="give --workdir"):       # the rest would run without the earlier files
+        g.main()
+    assert (ROOT / "docs" / "guide.md").read_bytes() == before

@@ -5,17 +5,25 @@ more entries, change 5% of the values) and time that against a fresh write of th
 such updates in a row (a memory certified after each?); then delete 5% of the records, time that
 against a fresh write of what is left, and run the leakage check watching the deleted values. After
 every update the memory is re-opened from disk and verified independently (certificate and greedy EM).
-One process, one base model; times exclude loading it. Values are never printed.
+Updates run with memlaw's update settings (those the memory was written with, records certified with
+margin resting: `memlaw.update.RETIRE_MARGIN`); `--compare-every-record` also times update 1 with every
+record training (`retire_margin` None), from a copy of the same memory.
+One process, one base model; times exclude loading it. Each row also holds the load average when it
+ended (a shared machine: compare times as ratios within one run). Values are never printed.
 
-    OMP_NUM_THREADS=1 python bench/update_speed.py [--kinds probe,lora] [--n 64] [--updates 5] [--lr 1e-2]
+    OMP_NUM_THREADS=1 python bench/update_speed.py [--kinds probe,lora] [--n 64] [--updates 5] [--lr LR]
+        [--rows rows.jsonl] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,11 +31,11 @@ from pathlib import Path
 from machine import machine
 from memlaw.benchmarks import phonebook
 from memlaw.benchmarks.phonebook import generate_phonebook
-from memlaw.config import AdapterConfig, TrainConfig
+from memlaw.config import DEFAULT_LR, AdapterConfig, TrainConfig
 from memlaw.memory import Memory, write_memory
 from memlaw.models import load_base
 from memlaw.records import Record
-from memlaw.update import update_memory
+from memlaw.update import update_memory, written_settings
 
 
 def fresh(records, base, kind: str, rank: int, train: TrainConfig, out: Path) -> dict:
@@ -54,6 +62,30 @@ def changes(current: list[Record], pool: list[Record], n_add: int, n_change: int
     return added, changed
 
 
+class Rows(list):
+    """The rows of one kind; each is also printed to stderr as it comes (a long run shows its progress) and
+    appended to `path` (a run cut off keeps its rows)."""
+
+    def __init__(self, kind: str, path: Path | None):
+        super().__init__()
+        self.kind, self.path = kind, path
+
+    def append(self, row: dict) -> None:
+        row = {**row, "load_avg_1m": round(os.getloadavg()[0], 1)}
+        super().append(row)
+        line = json.dumps({"kind": self.kind, **row})
+        print(line, file=sys.stderr, flush=True)
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+
+def timed_update(mem: Path, base, **options) -> tuple[object, float]:
+    t0 = time.perf_counter()
+    u = update_memory(mem, base=base, **options)
+    return u, time.perf_counter() - t0
+
+
 def run_kind(kind: str, args, base, work: Path) -> list[dict]:
     train = TrainConfig(until="certified", lr=args.lr, max_steps=args.max_steps, batch_size=16, seed=0)
     rng = random.Random(0)
@@ -62,13 +94,20 @@ def run_kind(kind: str, args, base, work: Path) -> list[dict]:
     taken = {r.value for r in book}
     numbers = [r.value for r in generate_phonebook(200, seed=1) if r.value not in taken]
     mem = work / kind / "memory"
-    rows = [{"what": f"write {args.n}", **fresh(current, base, kind, args.rank, train, mem)}]
+    rows = Rows(kind, args.rows)
+    rows.append({"what": f"write {args.n}", **fresh(current, base, kind, args.rank, train, mem)})
     n_add, n_change = round(0.10 * args.n), round(0.05 * args.n)
     for i in range(1, args.updates + 1):
         added, changed = changes(current, pool, n_add, n_change, rng, numbers)
-        t0 = time.perf_counter()
-        u = update_memory(mem, added + changed, base=base, train=train)
-        wall = time.perf_counter() - t0
+        if i == 1 and args.compare_every_record:
+            shutil.copytree(mem, work / kind / "every")
+            written = written_settings(json.loads((mem / "memlaw.json").read_text()))[2]
+            every = dataclasses.replace(written, until="certified", retire_margin=None)
+            u, wall = timed_update(work / kind / "every", base, changes=added + changed, train=every)
+            rows.append({"what": f"update 1 with every record training: +{n_add} ~{n_change}"
+                         + ("" if u.saved else " (NOT SAVED)"), "steps": u.train.steps, "wall_s": wall,
+                         **checked(work / kind / "every", base), "old_recalled": len(u.old_recalled)})
+        u, wall = timed_update(mem, base, changes=added + changed)
         if u.saved:
             by_key = {r.key: r for r in changed}
             current = [by_key.get(r.key, r) for r in current] + added
@@ -78,9 +117,7 @@ def run_kind(kind: str, args, base, work: Path) -> list[dict]:
             row["fresh"] = fresh(current, base, kind, args.rank, train, work / kind / "fresh1")
         rows.append(row)
     gone = rng.sample(current, n_change)
-    t0 = time.perf_counter()
-    u = update_memory(mem, delete=[r.key for r in gone], base=base, train=train)
-    wall = time.perf_counter() - t0
+    u, wall = timed_update(mem, base, delete=[r.key for r in gone])
     if u.saved:
         current = [r for r in current if r not in gone]
     with Memory.open(mem, base=base) as m:
@@ -92,16 +129,16 @@ def run_kind(kind: str, args, base, work: Path) -> list[dict]:
     return rows
 
 
-def table(kind: str, rows: list[dict], rank: int, lr: float) -> str:
-    lines = [f"\n{kind}, rank {rank}, lr {lr:g}, until certified",
+def table(kind: str, rows: list[dict], rank: int, lr: float | None) -> str:
+    lines = [f"\n{kind}, rank {rank}, lr {lr or DEFAULT_LR[kind]:g}, until certified",
              "| step | steps | time (s) | certified | EM | old values recalled | fresh write of the same records: "
-             "steps, time (s) | update / fresh |", "|---|---|---|---|---|---|---|---|"]
+             "steps, time (s) | update / fresh | load |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = r.get("fresh")
         ratio = f"{r['wall_s'] / f['wall_s']:.2f}" if f else ""
         fresh_text = f"{f['steps']}, {f['wall_s']:.1f} ({f['certified']}/{f['n']} certified)" if f else ""
         lines.append(f"| {r['what']} | {r['steps']} | {r['wall_s']:.1f} | {r['certified']}/{r['n']} | {r['em']}/{r['n']} "
-                     f"| {r.get('old_recalled', '')} | {fresh_text} | {ratio} |")
+                     f"| {r.get('old_recalled', '')} | {fresh_text} | {ratio} | {r['load_avg_1m']} |")
     leak = rows[-1]["leakage"]
     lines.append(f"after the delete, leakage: {leak['prompts']} prompts that are not keys (the deleted keys "
                  f"included), {leak['leaks']} outputs holding a value or an 8-character run of one; stored values "
@@ -116,14 +153,17 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--updates", type=int, default=5)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--lr", type=float, default=None, help="Default: the adapter kind's (config.DEFAULT_LR).")
     ap.add_argument("--max-steps", type=int, default=2000)
     ap.add_argument("--random-keys", type=int, default=32)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
+    ap.add_argument("--rows", type=Path, help="Append each row to this JSON Lines file as it comes.")
+    ap.add_argument("--compare-every-record", action="store_true",
+                    help="Also time update 1 with every record training (no retiring), on a copy.")
     args = ap.parse_args()
     base = load_base(args.model)
-    print(f"{args.model}, {base.dtype}, {machine()}")
+    print(f"{args.model}, {base.dtype}, {machine()}, load average {os.getloadavg()[0]:.1f}")
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds.split(","):

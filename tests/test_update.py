@@ -163,13 +163,16 @@ def test_an_old_value_that_still_comes_back_is_not_saved(copy, tiny_base, tiny_r
 
 
 def test_update_settings_inherit_what_was_written(memory):
-    from memlaw.update import update_settings
+    from memlaw.update import RETIRE_MARGIN, update_settings
 
     meta = read_meta(memory)
     obj, train = update_settings(meta)
     assert (train.lr, train.batch_size, train.max_steps, train.until) == (0.03, 8, 400, "certified")
-    obj, train = update_settings(meta, lr=0.01, epochs=5)
-    assert (train.lr, train.epochs, train.max_steps) == (0.01, 5, None)
+    assert read_meta(memory)["training"]["train"]["retire_margin"] is None and train.retire_margin == RETIRE_MARGIN
+    obj, train = update_settings(meta, lr=0.01, epochs=5, retire_margin=0.0)
+    assert (train.lr, train.epochs, train.max_steps, train.retire_margin) == (0.01, 5, None, 0.0)
+    meta["training"]["train"]["retire_margin"] = 0.1                  # a memory written with its own margin
+    assert update_settings(meta)[1].retire_margin == 0.1
 
 
 @pytest.mark.parametrize("ratio,warns", [(10, False), (2, True)])
@@ -200,3 +203,44 @@ def test_capacity_note_from_a_store(tmp_path, ratio, warns):
     assert ("warning" in note) == warns == (need > 8) and ("may not certify" in note) == warns
     assert "no law available" in capacity_note(tmp_path / "missing.db", meta, 60, 10, 3.0)
     assert "no law available" in capacity_note(None, meta, 60, 10, 3.0)
+
+
+def test_a_lora_memory_updates_in_place(tmp_path, tiny_base, tiny_records):
+    """LoRA saves from its attached PEFT model: the update keeps it attached until saved."""
+    from memlaw.memory import Memory, write_memory
+    from memlaw.update import update_memory
+
+    write_memory(tiny_records, model=tiny_base, out=tmp_path / "ad", prompt=PromptConfig(template="plain"),
+                 adapter=AdapterConfig(kind="lora", rank=8),
+                 train=TrainConfig(lr=0.01, batch_size=8, max_steps=400, until="certified"))
+    change = changed_value(tiny_records)
+    outcome = update_memory(tmp_path / "ad", [change], delete=[tiny_records[1].key], base=tiny_base)
+    assert outcome.saved and outcome.certified and outcome.old_recalled == []
+    assert (tmp_path / "ad" / "adapter_config.json").is_file()
+    with Memory.open(tmp_path / "ad", base=tiny_base) as mem:
+        assert mem.recall([change.key, tiny_records[1].key]) == [change.value, ""]
+        s = mem.verify().summary()
+        assert s["certified"] == s["em"] == s["n_records"] == 7
+
+
+def test_records_held_with_margin_rest_while_the_changes_train(copy, tiny_base, tiny_records, monkeypatch):
+    """An update trains with update.RETIRE_MARGIN: old records certified with that margin leave the batches
+    (memlaw.pace), and no batch holds a record resting when it was drawn."""
+    import memlaw.train
+    from memlaw.update import RETIRE_MARGIN, update_memory
+
+    drawn: list[tuple[list[int], set[int]]] = []
+    real = memlaw.train._Run.next_rows
+
+    def spy(self):
+        rows = real(self)
+        drawn.append((rows, set(self.pace.retired)))
+        return rows
+
+    monkeypatch.setattr(memlaw.train._Run, "next_rows", spy)
+    outcome = update_memory(copy, [changed_value(tiny_records), NEW], delete=[tiny_records[1].key], base=tiny_base)
+    assert outcome.saved and outcome.certified
+    old = set(range(1, 7))      # the final order: the changed record, the 6 kept ones, NEW, then the deleted key
+    assert any(resting & old for _, resting in drawn), "no old record rested"
+    assert all(not set(rows) & resting for rows, resting in drawn)
+    assert read_meta(copy)["history"][-1]["train"]["retire_margin"] == RETIRE_MARGIN

@@ -39,7 +39,7 @@ class UpdateOutcome:
     out: Path | None                  # where the updated adapter was saved (None: nothing written)
     counts: dict[str, int]            # added, changed, deleted, n_records_before, n_records
     train: object                     # TrainResult of the warm-started training
-    verification: object              # Verification of the updated memory's records
+    verification: object              # Verification of the updated memory's records (deleted keys' rows left out)
     old_recalled: list[str]           # keys whose old value greedy decoding still returns (should be none)
     deleted_certified: int            # deleted keys certified to answer nothing
     capacity: str                     # what the capacity law said before training
@@ -70,10 +70,17 @@ def written_settings(meta: dict) -> tuple[AdapterConfig, ObjectiveConfig, TrainC
     return adapter, objective, train
 
 
+RETIRE_MARGIN = 0.2
+"""An update's `TrainConfig.retire_margin` unless the memory was written with one or it is given: records
+certified with this margin (every p_t > 0.7, most of a warm start's records) leave the training batches
+until a check finds them below it, so the steps go to the added, changed and deleted records."""
+
+
 def update_settings(meta: dict, objective: ObjectiveConfig | None = None, **train: object
                     ) -> tuple[ObjectiveConfig, TrainConfig]:
     """The objective and train configs of an update: those the memory was written with, `until="certified"`,
-    and the given `train` fields (None: as written) on top.
+    `retire_margin` `RETIRE_MARGIN` where the write had none, and the given `train` fields (None: as
+    written) on top.
 
     Raises:
         ConfigError: an unknown or invalid train field.
@@ -87,7 +94,9 @@ def update_settings(meta: dict, objective: ObjectiveConfig | None = None, **trai
         given["epochs"] = None
     if given.get("epochs") is not None and "max_steps" not in given:
         given["max_steps"] = None
-    return objective or written_objective, dataclasses.replace(written_train, **{"until": "certified", **given})
+    retire = RETIRE_MARGIN if written_train.retire_margin is None else written_train.retire_margin
+    update = {"until": "certified", "retire_margin": retire}
+    return objective or written_objective, dataclasses.replace(written_train, **{**update, **given})
 
 
 def current_records(directory: Path, meta: dict, records: str | os.PathLike | Sequence[Record] | None) -> list[Record]:
@@ -162,6 +171,7 @@ def update_memory(directory: str | os.PathLike, changes: str | os.PathLike | Seq
         objective, train = objective or written_objective, train or written_train
 
     from memlaw.encode import encode
+    from memlaw.engine import Written, write_and_verify
     from memlaw.models import load_base
     from memlaw.verify import base_answer_losses
 
@@ -179,50 +189,50 @@ def update_memory(directory: str | os.PathLike, changes: str | os.PathLike | Seq
     if on_capacity is not None:
         on_capacity(note)
 
-    result, checked, gone_outputs, leaks = _train_and_check(base, adapter, enc, objective, train, losses, d, on_step,
-                                                            random_keys if leakage else None)
     n = len(d.final)
-    verification = _first(checked, n, len(enc.terminator))
-    old_recalled = [old.key for old, text in zip(d.gone, gone_outputs) if text == old.value]
-    outcome = UpdateOutcome(None, d.counts(), result, verification, old_recalled,
-                            sum(v.certified for v in checked.records[n:]), note, 0.0, leakage=leaks)
-    entry = history_entry(d, outcome, meta, records_sha256(d.final), objective, train, time.perf_counter() - t0)
-    if outcome.certified and not old_recalled:
-        save_adapter(target, adapter, base, replace=target == directory, prompt=enc.prompt, terminator=enc.terminator,
-                     records=d.final,
-                     save_records=meta.get("records_saved", True), extra={
-                         "created": meta.get("created"), "training": meta.get("training"),
-                         "history": [*meta.get("history", []), entry], "metrics": verification.summary()})
-        outcome.out = target
-    outcome.history = entry
+    outcome = UpdateOutcome(None, d.counts(), None, None, [], 0, note, 0.0)
+
+    def check_and_save(w: Written) -> None:
+        """With the trained adapter still attached (a LoRA saves from its PEFT model): the old values, the
+        leakage check if asked, and the save if every record certified and every old value is gone."""
+        outcome.train, outcome.verification = w.train, _first(w.verification, n, len(enc.terminator))
+        outcome.deleted_certified = sum(v.certified for v in w.verification.records[n:])
+        outcome.old_recalled = old_values_recalled(base, enc, d.gone)
+        if leakage:
+            from memlaw.leakage import check_leakage
+
+            outcome.leakage = check_leakage(base, enc.prompt, enc.terminator, d.final, watched=d.gone,
+                                            random_keys=random_keys)
+        outcome.history = history_entry(d, outcome, meta, records_sha256(d.final), objective, train,
+                                        time.perf_counter() - t0)
+        if outcome.certified and not outcome.old_recalled:
+            save_adapter(target, w.adapter, base, replace=target == directory, prompt=enc.prompt,
+                         terminator=enc.terminator, records=d.final, save_records=meta.get("records_saved", True),
+                         extra={"created": meta.get("created"), "training": meta.get("training"),
+                                "history": [*meta.get("history", []), outcome.history],
+                                "metrics": outcome.verification.summary()})
+            outcome.out = target
+
+    write_and_verify(base, enc, adapter, objective, train, base_losses=losses, on_step=on_step,
+                     while_attached=check_and_save)
     outcome.wall_s = time.perf_counter() - t0
     return outcome
 
 
-def _train_and_check(base, adapter, enc, objective, train, losses, d: Diff, on_step, random_keys: int | None):
-    """Warm-started write and verify of `enc`, then greedy decoding of the keys whose old values must be gone
-    (and, with `random_keys`, the leakage check)."""
+def old_values_recalled(base, enc, gone: Sequence[Record]) -> list[str]:
+    """Keys of `gone` (changed or deleted records, with their old values) whose greedy answer on `base`
+    (adapter attached) is still the old value; each decoded for as many tokens as its old answer."""
+    if not gone:
+        return []
     from memlaw.encode import prompt_ids
-    from memlaw.leakage import check_leakage
-    from memlaw.train import write
-    from memlaw.verify import greedy, verify
+    from memlaw.verify import greedy
 
-    adapter.attach(base)
-    try:
-        result = write(base, adapter, enc, objective, train, on_step=on_step)
-        checked = verify(base, adapter, enc, margin=train.margin, base_losses=losses)
-        tok = base.tokenizer
-        gone = d.gone
-        stop = enc.terminator[0]
-        limits = [len(tok(r.value, add_special_tokens=False).input_ids) + len(enc.terminator) for r in gone]
-        outs = greedy(base, [prompt_ids(r.key, tok, enc.prompt) for r in gone], limits, stop) if gone else []
-        leaks = None if random_keys is None else check_leakage(base, enc.prompt, enc.terminator, d.final,
-                                                                watched=gone, random_keys=random_keys)
-    finally:
-        adapter.detach()
+    tok, stop = base.tokenizer, enc.terminator[0]
+    limits = [len(tok(r.value, add_special_tokens=False).input_ids) + len(enc.terminator) for r in gone]
+    outs = greedy(base, [prompt_ids(r.key, tok, enc.prompt) for r in gone], limits, stop)
     texts = [tok.decode(o[: o.index(stop)] if stop in o else o, skip_special_tokens=False,
                         clean_up_tokenization_spaces=False) for o in outs]
-    return result, checked, texts, leaks
+    return [r.key for r, text in zip(gone, texts) if text == r.value]
 
 
 def _first(v, n: int, n_terminator: int):

@@ -26,7 +26,7 @@ def leakage_text(s: dict) -> str:
     """One line of counts: prompts that leaked, per kind, and how many distinct values came out."""
     kinds = ", ".join(f"{k} {v['leaking']}/{v['prompts']}" for k, v in s["by_kind"].items())
     leaking = sum(v["leaking"] for v in s["by_kind"].values())
-    text = (f"leakage: {leaking} of {s['prompts']} prompts that are not keys returned a stored value or a "
+    text = (f"leakage: {leaking} of {s['prompts']} prompts that are not keys returned a stored value or an "
             f"{s['run_chars']}-character run of one ({kinds}); stored values found {s['stored_values_leaked']}"
             f"/{s['n_stored']}")
     if s["n_watched"]:

@@ -55,6 +55,9 @@ def update(
     """Add, change and delete records of a memory: warm-start from its adapter, train until every record
     certifies, check that no changed or deleted key returns its old value, and save.
 
+    Records the adapter already holds with margin (every p_t > 0.7) rest while the added, changed and
+    deleted ones train; a check that finds one below that margin puts it back.
+
     Deleted keys are trained to answer nothing. The update is saved only when every record certifies and
     every old value is gone (exit 0); otherwise nothing is written (exit 1). Refused with exit 2 and nothing
     written: a delete of a key the memory does not hold, a change to a key's current value, malformed

@@ -2,9 +2,9 @@
 
 Each variant is a set of overrides of memlaw's `TrainConfig` (key `train`), `ObjectiveConfig`
 (key `objective`) and `AdapterConfig` (key `adapter`); `lr` may be a number or a per-kind mapping,
-and `"only": "probe"` limits a variant to one adapter kind. Runs go seed by seed, record set by
-record set, adapter by adapter, and within that variant by variant, so variants being compared run
-next to each other in time (the machine is shared). Every run is `write_memory(..., recall=False)`
+`"only"` limits a variant to adapter kinds or kind:rank specs (`"probe"`, `["lora:8"]`) and `"sets"`
+to record sets. Runs go seed by seed, record set by record set, adapter by adapter, and within that
+variant by variant, so variants being compared run next to each other in time (the machine is shared). Every run is `write_memory(..., recall=False)`
 until every record certifies or `--max-steps`; seconds are the whole call (encoding, L_base, the
 prefix, training, the final certificate pass). One JSON line per run goes to `--out`; the table
 gives medians per (record set, adapter, variant) and how many seeds certified.
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import time
 
 from machine import machine
@@ -55,6 +57,7 @@ def one(base, name: str, kind: str, rank: int, variant: dict, seed: int, cap: in
         if info.step >= cap and info.certified != info.n_records:
             raise _Cap
 
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     adapter = AdapterConfig(kind=kind, rank=rank, **variant.get("adapter", {}))
     try:
@@ -63,13 +66,14 @@ def one(base, name: str, kind: str, rank: int, variant: dict, seed: int, cap: in
     except _Cap:
         return {"steps": cap, "certified": False, "n_certified": None, "n_records": len(records(name)),
                 "wall_s": time.perf_counter() - t0, "train_s": None, "steps_per_s": None, "checks": None,
-                "history": None}
+                "history": None, "load": [load, os.getloadavg()[0]]}
     wall = time.perf_counter() - t0
     s = res.verification.summary()
     return {"steps": res.train.steps, "certified": s["certified"] == s["n_records"], "n_certified": s["certified"],
             "n_records": s["n_records"], "wall_s": wall, "train_s": res.train.wall_s,
             "steps_per_s": res.train.steps_per_s, "checks": len(res.train.history),
-            "history": [(h["step"], h["certified"], h["stubborn"]) for h in res.train.history]}
+            "history": [(h["step"], h["certified"], h["stubborn"]) for h in res.train.history],
+            "load": [load, os.getloadavg()[0]]}
 
 
 def main() -> None:
@@ -78,24 +82,31 @@ def main() -> None:
     ap.add_argument("--adapters", nargs="+", default=["probe:16", "lora:8"], help="kind:rank")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variant", action="append", default=[], help="name=JSON overrides (repeatable)")
+    ap.add_argument("--variants", default=None, help="a JSON file {name: overrides, ...} (before any --variant)")
     ap.add_argument("--cap", type=int, default=600, help="stop a run after this many steps (its schedule "
                     "spans the variant's own budget: TrainConfig's max_steps, default 2000)")
     ap.add_argument("--out", default=None, help="append one JSON line per run here")
     args = ap.parse_args()
     variants = {}
-    for v in args.variant or ["default={}"]:
+    if args.variants:
+        with open(args.variants) as f:
+            variants.update(json.load(f))
+    for v in args.variant or ([] if variants else ["default={}"]):
         name, _, spec = v.partition("=")
         variants[name] = json.loads(spec or "{}")
     base = load_base("smollm2-135m")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     rows = []
     for seed in args.seeds:
         for name in args.sets:
             for spec in args.adapters:
                 kind, rank = spec.split(":")
                 for vname, variant in variants.items():
-                    if variant.get("only", kind) != kind:
+                    only = variant.get("only", kind)
+                    if not {kind, spec} & ({only} if isinstance(only, str) else set(only)) \
+                            or name not in variant.get("sets", [name]):
                         continue
-                    r = {"set": name, "adapter": spec, "variant": vname, "seed": seed, "spec": variant,
+                    r = {"set": name, "adapter": spec, "variant": vname, "seed": seed, "spec": variant, "commit": commit,
                          **one(base, name, kind, int(rank), variant, seed, args.cap)}
                     rows.append(r)
                     print(f"  {name} {spec} {vname} seed {seed}: steps {r['steps']} certified {r['n_certified']}/"

@@ -6,8 +6,9 @@ Each variant is a set of overrides of memlaw's `TrainConfig` (key `train`), `Obj
 to record sets. Runs go seed by seed, record set by record set, adapter by adapter, and within that
 variant by variant, so variants being compared run next to each other in time (the machine is shared). Every run is `write_memory(..., recall=False)`
 until every record certifies or `--max-steps`; seconds are the whole call (encoding, L_base, the
-prefix, training, the final certificate pass). One JSON line per run goes to `--out`; the table
-gives medians per (record set, adapter, variant) and how many seeds certified.
+prefix, training, the final certificate pass). One JSON line per run goes to `--out`, and runs
+already there are not run again (resume); the table gives medians per (record set, adapter,
+variant) over the seeds asked for, and how many of them certified.
 
     python bench/converge.py --sets pb16 mixed --adapters probe:16 lora:8 --seeds 0 1 2 --cap 400 \\
         --variant default='{}' --variant lr3e-3='{"train": {"lr": 0.003}}' --out out/converge.jsonl
@@ -86,7 +87,11 @@ def main() -> None:
     ap.add_argument("--cap", type=int, default=600, help="stop a run after this many steps (its schedule "
                     "spans the variant's own budget: TrainConfig's max_steps, default 2000)")
     ap.add_argument("--out", default=None, help="append one JSON line per run here")
+    ap.add_argument("--table", nargs="+", default=None, help="only print the table of these saved runs")
     args = ap.parse_args()
+    if args.table:
+        table([json.loads(line) for path in args.table for line in open(path) if line.strip()], args.cap)
+        return
     variants = {}
     if args.variants:
         with open(args.variants) as f:
@@ -97,6 +102,10 @@ def main() -> None:
     base = load_base("smollm2-135m")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     rows = []
+    if args.out and os.path.exists(args.out):           # resume: runs already in --out are not run again
+        with open(args.out) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    done = {(r["set"], r["adapter"], r["variant"], r["seed"]) for r in rows}
     for seed in args.seeds:
         for name in args.sets:
             for spec in args.adapters:
@@ -106,6 +115,8 @@ def main() -> None:
                     if not {kind, spec} & ({only} if isinstance(only, str) else set(only)) \
                             or name not in variant.get("sets", [name]):
                         continue
+                    if (name, spec, vname, seed) in done:
+                        continue
                     r = {"set": name, "adapter": spec, "variant": vname, "seed": seed, "spec": variant, "commit": commit,
                          **one(base, name, kind, int(rank), variant, seed, args.cap)}
                     rows.append(r)
@@ -114,22 +125,31 @@ def main() -> None:
                     if args.out:
                         with open(args.out, "a") as f:
                             f.write(json.dumps(r) + "\n")
-    print(f"\nmachine: {machine()}; cap {args.cap} steps; medians over seeds {args.seeds} "
-          "(a run that did not certify counts as the cap, and its seconds as its wall time)\n")
-    head = f"{'set':7} {'adapter':9} {'variant':24} {'certified':>9} {'steps':>6} {'seconds':>8} {'steps/s':>8}"
+    print(f"\nmachine: {machine()}; commit {commit}; cap {args.cap} steps\n")
+    table([r for r in rows if r["seed"] in args.seeds], args.cap)
+
+
+def table(rows: list[dict], cap: int) -> None:
+    """Per (record set, adapter, variant): seeds certified, median steps and seconds, steps per seed."""
+    print("medians over seeds (a run that did not certify counts as the cap, and its seconds as its wall time); "
+          "load: median 1-minute load average at the runs' starts (2 cores)\n")
+    head = (f"{'set':7} {'adapter':9} {'variant':16} {'certified':>9} {'steps':>6} {'seconds':>8} {'steps/s':>8} "
+            f"{'load':>5}  steps per seed")
     print(head)
     print("-" * len(head))
-    for name in args.sets:
-        for spec in args.adapters:
-            for vname in variants:
-                rs = [r for r in rows if (r["set"], r["adapter"], r["variant"]) == (name, spec, vname)]
-                if not rs:
-                    continue
-                steps = statistics.median(r["steps"] if r["certified"] else args.cap for r in rs)
+    for name in dict.fromkeys(r["set"] for r in rows):
+        for spec in dict.fromkeys(r["adapter"] for r in rows if r["set"] == name):
+            for vname in dict.fromkeys(r["variant"] for r in rows if (r["set"], r["adapter"]) == (name, spec)):
+                rs = sorted((r for r in rows if (r["set"], r["adapter"], r["variant"]) == (name, spec, vname)),
+                            key=lambda r: r["seed"])
+                steps = statistics.median(r["steps"] if r["certified"] else cap for r in rs)
                 secs = statistics.median(r["wall_s"] for r in rs)
                 rate = statistics.median(r["steps"] / r["wall_s"] for r in rs)
+                load = statistics.median(r["load"][0] for r in rs) if all("load" in r for r in rs) else float("nan")
                 ok = sum(r["certified"] for r in rs)
-                print(f"{name:7} {spec:9} {vname:24} {ok:>4}/{len(rs):<4} {steps:6.0f} {secs:8.1f} {rate:8.2f}")
+                each = " ".join(f"{r['seed']}:{r['steps']}{'' if r['certified'] else '+'}" for r in rs)
+                print(f"{name:7} {spec:9} {vname:16} {ok:>4}/{len(rs):<4} {steps:6.0f} {secs:8.1f} {rate:8.3f} "
+                      f"{load:5.1f}  {each}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Each variant is a set of overrides of memlaw's `TrainConfig` (key `train`), `ObjectiveConfig`
 (key `objective`) and `AdapterConfig` (key `adapter`); `lr` may be a number or a per-kind mapping,
-`"only"` limits a variant to adapter kinds or kind:rank specs (`"probe"`, `["lora:8"]`) and `"sets"`
-to record sets. Runs go seed by seed, record set by record set, adapter by adapter, and within that
+`"only"` limits a variant to adapter kinds or kind:rank specs (`"probe"`, `["lora:8"]`), `"sets"`
+to record sets, and `"cap"` stops its runs sooner than `--cap`. Runs go seed by seed, record set by record set, adapter by adapter, and within that
 variant by variant, so variants being compared run next to each other in time (the machine is shared). Every run is `write_memory(..., recall=False)`
 until every record certifies or `--max-steps`; seconds are the whole call (encoding, L_base, the
 prefix, training, the final certificate pass). One JSON line per run goes to `--out`, and runs
@@ -54,7 +54,11 @@ def one(base, name: str, kind: str, rank: int, variant: dict, seed: int, cap: in
     """One write; stopped after `cap` steps without touching its schedule (which spans its own budget)."""
     train, objective = configs(variant, kind, seed)
 
+    history = []
+
     def on_step(info) -> None:
+        if info.certified is not None:
+            history.append((info.step, info.certified, info.stubborn))
         if info.step >= cap and info.certified != info.n_records:
             raise _Cap
 
@@ -65,9 +69,10 @@ def one(base, name: str, kind: str, rank: int, variant: dict, seed: int, cap: in
         res = write_memory(records(name), model=base, adapter=adapter, objective=objective,
                            train=train, recall=False, on_step=on_step)
     except _Cap:
-        return {"steps": cap, "certified": False, "n_certified": None, "n_records": len(records(name)),
-                "wall_s": time.perf_counter() - t0, "train_s": None, "steps_per_s": None, "checks": None,
-                "history": None, "load": [load, os.getloadavg()[0]]}
+        wall = time.perf_counter() - t0
+        return {"steps": cap, "certified": False, "n_certified": history[-1][1] if history else None,
+                "n_records": len(records(name)), "wall_s": wall, "train_s": None, "steps_per_s": cap / wall,
+                "checks": len(history), "history": history, "load": [load, os.getloadavg()[0]]}
     wall = time.perf_counter() - t0
     s = res.verification.summary()
     return {"steps": res.train.steps, "certified": s["certified"] == s["n_records"], "n_certified": s["certified"],
@@ -90,7 +95,7 @@ def main() -> None:
     ap.add_argument("--table", nargs="+", default=None, help="only print the table of these saved runs")
     args = ap.parse_args()
     if args.table:
-        table([json.loads(line) for path in args.table for line in open(path) if line.strip()], args.cap)
+        table([json.loads(line) for path in args.table for line in open(path) if line.strip()])
         return
     variants = {}
     if args.variants:
@@ -118,7 +123,7 @@ def main() -> None:
                     if (name, spec, vname, seed) in done:
                         continue
                     r = {"set": name, "adapter": spec, "variant": vname, "seed": seed, "spec": variant, "commit": commit,
-                         **one(base, name, kind, int(rank), variant, seed, args.cap)}
+                         **one(base, name, kind, int(rank), variant, seed, variant.get("cap", args.cap))}
                     rows.append(r)
                     print(f"  {name} {spec} {vname} seed {seed}: steps {r['steps']} certified {r['n_certified']}/"
                           f"{r['n_records']} wall {r['wall_s']:.1f} s ({r['steps_per_s'] or 0:.2f} steps/s)", flush=True)
@@ -126,10 +131,10 @@ def main() -> None:
                         with open(args.out, "a") as f:
                             f.write(json.dumps(r) + "\n")
     print(f"\nmachine: {machine()}; commit {commit}; cap {args.cap} steps\n")
-    table([r for r in rows if r["seed"] in args.seeds], args.cap)
+    table([r for r in rows if r["seed"] in args.seeds])
 
 
-def table(rows: list[dict], cap: int) -> None:
+def table(rows: list[dict]) -> None:
     """Per (record set, adapter, variant): seeds certified, median steps and seconds, steps per seed."""
     print("medians over seeds (a run that did not certify counts as the cap, and its seconds as its wall time); "
           "load: median 1-minute load average at the runs' starts (2 cores)\n")
@@ -142,7 +147,7 @@ def table(rows: list[dict], cap: int) -> None:
             for vname in dict.fromkeys(r["variant"] for r in rows if (r["set"], r["adapter"]) == (name, spec)):
                 rs = sorted((r for r in rows if (r["set"], r["adapter"], r["variant"]) == (name, spec, vname)),
                             key=lambda r: r["seed"])
-                steps = statistics.median(r["steps"] if r["certified"] else cap for r in rs)
+                steps = statistics.median(r["steps"] for r in rs)
                 secs = statistics.median(r["wall_s"] for r in rs)
                 rate = statistics.median(r["steps"] / r["wall_s"] for r in rs)
                 load = statistics.median(r["load"][0] for r in rs) if all("load" in r for r in rs) else float("nan")

@@ -212,7 +212,7 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["probe", "lora"])
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     ap.add_argument("--device", default="cpu", help="cpu (the issue's measurement) or cuda: both sides on it")
-    ap.add_argument("--out", default=None, help="append one JSON line per run here")
+    ap.add_argument("--out", default=None, help="append one JSON line per run here (runs already there are skipped)")
     ap.add_argument("--table", nargs="+", default=None, help="only print the table of these saved runs")
     args = ap.parse_args()
     if args.table:
@@ -223,11 +223,18 @@ def main() -> None:
     base = load_base("smollm2-135m", device=args.device)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     runs = []
+    if args.out and os.path.exists(args.out):           # resume: runs already in --out are not run again
+        with open(args.out) as f:
+            runs = [r for r in map(json.loads, filter(str.strip, f)) if r["n"] in args.n and r["kind"] in args.kinds
+                    and r["seed"] in args.seeds]
+    done = {(r["n"], r["kind"], r["row"], r["seed"]) for r in runs}
     for n in args.n:
         cap = args.cap or paper_budget(n, args.batch)
         for kind in args.kinds:
             for seed in args.seeds:
                 for row in args.rows:
+                    if (n, kind, row, seed) in done:
+                        continue
                     load = os.getloadavg()[0]
                     if row == "memlaw":
                         r = ours(kind, n, args.batch, base, seed)

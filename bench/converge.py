@@ -2,12 +2,13 @@
 
 Each variant is a set of overrides of memlaw's `TrainConfig` (key `train`), `ObjectiveConfig`
 (key `objective`) and `AdapterConfig` (key `adapter`); `lr` may be a number or a per-kind mapping,
-and `"only": "probe"` limits a variant to one adapter kind. Runs go seed by seed, record set by
-record set, adapter by adapter, and within that variant by variant, so variants being compared run
-next to each other in time (the machine is shared). Every run is `write_memory(..., recall=False)`
+`"only"` limits a variant to adapter kinds or kind:rank specs (`"probe"`, `["lora:8"]`), `"sets"`
+to record sets, and `"cap"` stops its runs sooner than `--cap`. Runs go seed by seed, record set by record set, adapter by adapter, and within that
+variant by variant, so variants being compared run next to each other in time (the machine is shared). Every run is `write_memory(..., recall=False)`
 until every record certifies or `--max-steps`; seconds are the whole call (encoding, L_base, the
-prefix, training, the final certificate pass). One JSON line per run goes to `--out`; the table
-gives medians per (record set, adapter, variant) and how many seeds certified.
+prefix, training, the final certificate pass). One JSON line per run goes to `--out`, and runs
+already there are not run again (resume); the table gives medians per (record set, adapter,
+variant) over the seeds asked for, and how many of them certified.
 
     python bench/converge.py --sets pb16 mixed --adapters probe:16 lora:8 --seeds 0 1 2 --cap 400 \\
         --variant default='{}' --variant lr3e-3='{"train": {"lr": 0.003}}' --out out/converge.jsonl
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import time
 
 from machine import machine
@@ -51,25 +54,32 @@ def one(base, name: str, kind: str, rank: int, variant: dict, seed: int, cap: in
     """One write; stopped after `cap` steps without touching its schedule (which spans its own budget)."""
     train, objective = configs(variant, kind, seed)
 
+    history = []
+
     def on_step(info) -> None:
+        if info.certified is not None:
+            history.append((info.step, info.certified, info.stubborn))
         if info.step >= cap and info.certified != info.n_records:
             raise _Cap
 
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     adapter = AdapterConfig(kind=kind, rank=rank, **variant.get("adapter", {}))
     try:
         res = write_memory(records(name), model=base, adapter=adapter, objective=objective,
                            train=train, recall=False, on_step=on_step)
     except _Cap:
-        return {"steps": cap, "certified": False, "n_certified": None, "n_records": len(records(name)),
-                "wall_s": time.perf_counter() - t0, "train_s": None, "steps_per_s": None, "checks": None,
-                "history": None}
+        wall = time.perf_counter() - t0
+        return {"steps": cap, "certified": False, "n_certified": history[-1][1] if history else None,
+                "n_records": len(records(name)), "wall_s": wall, "train_s": None, "steps_per_s": cap / wall,
+                "checks": len(history), "history": history, "load": [load, os.getloadavg()[0]]}
     wall = time.perf_counter() - t0
     s = res.verification.summary()
     return {"steps": res.train.steps, "certified": s["certified"] == s["n_records"], "n_certified": s["certified"],
             "n_records": s["n_records"], "wall_s": wall, "train_s": res.train.wall_s,
             "steps_per_s": res.train.steps_per_s, "checks": len(res.train.history),
-            "history": [(h["step"], h["certified"], h["stubborn"]) for h in res.train.history]}
+            "history": [(h["step"], h["certified"], h["stubborn"]) for h in res.train.history],
+            "load": [load, os.getloadavg()[0]]}
 
 
 def main() -> None:
@@ -78,47 +88,73 @@ def main() -> None:
     ap.add_argument("--adapters", nargs="+", default=["probe:16", "lora:8"], help="kind:rank")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variant", action="append", default=[], help="name=JSON overrides (repeatable)")
+    ap.add_argument("--variants", default=None, help="a JSON file {name: overrides, ...} (before any --variant)")
     ap.add_argument("--cap", type=int, default=600, help="stop a run after this many steps (its schedule "
                     "spans the variant's own budget: TrainConfig's max_steps, default 2000)")
     ap.add_argument("--out", default=None, help="append one JSON line per run here")
+    ap.add_argument("--table", nargs="+", default=None, help="only print the table of these saved runs")
     args = ap.parse_args()
+    if args.table:
+        table([json.loads(line) for path in args.table for line in open(path) if line.strip()])
+        return
     variants = {}
-    for v in args.variant or ["default={}"]:
+    if args.variants:
+        with open(args.variants) as f:
+            variants.update(json.load(f))
+    for v in args.variant or ([] if variants else ["default={}"]):
         name, _, spec = v.partition("=")
         variants[name] = json.loads(spec or "{}")
     base = load_base("smollm2-135m")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     rows = []
+    if args.out and os.path.exists(args.out):           # resume: runs already in --out are not run again
+        with open(args.out) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    done = {(r["set"], r["adapter"], r["variant"], r["seed"]) for r in rows}
     for seed in args.seeds:
         for name in args.sets:
             for spec in args.adapters:
                 kind, rank = spec.split(":")
                 for vname, variant in variants.items():
-                    if variant.get("only", kind) != kind:
+                    only = variant.get("only", kind)
+                    if not {kind, spec} & ({only} if isinstance(only, str) else set(only)) \
+                            or name not in variant.get("sets", [name]):
                         continue
-                    r = {"set": name, "adapter": spec, "variant": vname, "seed": seed, "spec": variant,
-                         **one(base, name, kind, int(rank), variant, seed, args.cap)}
+                    if (name, spec, vname, seed) in done:
+                        continue
+                    r = {"set": name, "adapter": spec, "variant": vname, "seed": seed, "spec": variant, "commit": commit,
+                         **one(base, name, kind, int(rank), variant, seed, variant.get("cap", args.cap))}
                     rows.append(r)
                     print(f"  {name} {spec} {vname} seed {seed}: steps {r['steps']} certified {r['n_certified']}/"
                           f"{r['n_records']} wall {r['wall_s']:.1f} s ({r['steps_per_s'] or 0:.2f} steps/s)", flush=True)
                     if args.out:
                         with open(args.out, "a") as f:
                             f.write(json.dumps(r) + "\n")
-    print(f"\nmachine: {machine()}; cap {args.cap} steps; medians over seeds {args.seeds} "
-          "(a run that did not certify counts as the cap, and its seconds as its wall time)\n")
-    head = f"{'set':7} {'adapter':9} {'variant':24} {'certified':>9} {'steps':>6} {'seconds':>8} {'steps/s':>8}"
+    print(f"\nmachine: {machine()}; commit {commit}; cap {args.cap} steps\n")
+    table([r for r in rows if r["seed"] in args.seeds])
+
+
+def table(rows: list[dict]) -> None:
+    """Per (record set, adapter, variant): seeds certified, median steps and seconds, steps per seed."""
+    print("medians over seeds (a run that did not certify counts as the cap, and its seconds as its wall time); "
+          "load: median 1-minute load average at the runs' starts (2 cores)\n")
+    head = (f"{'set':7} {'adapter':9} {'variant':16} {'certified':>9} {'steps':>6} {'seconds':>8} {'steps/s':>8} "
+            f"{'load':>5}  steps per seed")
     print(head)
     print("-" * len(head))
-    for name in args.sets:
-        for spec in args.adapters:
-            for vname in variants:
-                rs = [r for r in rows if (r["set"], r["adapter"], r["variant"]) == (name, spec, vname)]
-                if not rs:
-                    continue
-                steps = statistics.median(r["steps"] if r["certified"] else args.cap for r in rs)
+    for name in dict.fromkeys(r["set"] for r in rows):
+        for spec in dict.fromkeys(r["adapter"] for r in rows if r["set"] == name):
+            for vname in dict.fromkeys(r["variant"] for r in rows if (r["set"], r["adapter"]) == (name, spec)):
+                rs = sorted((r for r in rows if (r["set"], r["adapter"], r["variant"]) == (name, spec, vname)),
+                            key=lambda r: r["seed"])
+                steps = statistics.median(r["steps"] for r in rs)
                 secs = statistics.median(r["wall_s"] for r in rs)
                 rate = statistics.median(r["steps"] / r["wall_s"] for r in rs)
+                load = statistics.median(r["load"][0] for r in rs) if all("load" in r for r in rs) else float("nan")
                 ok = sum(r["certified"] for r in rs)
-                print(f"{name:7} {spec:9} {vname:24} {ok:>4}/{len(rs):<4} {steps:6.0f} {secs:8.1f} {rate:8.2f}")
+                each = " ".join(f"{r['seed']}:{r['steps']}{'' if r['certified'] else '+'}" for r in rs)
+                print(f"{name:7} {spec:9} {vname:16} {ok:>4}/{len(rs):<4} {steps:6.0f} {secs:8.1f} {rate:8.3f} "
+                      f"{load:5.1f}  {each}")
 
 
 if __name__ == "__main__":

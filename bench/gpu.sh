@@ -38,4 +38,4 @@ run 150 sweep_speed python3 sweep_speed.py --device cuda --ranks 1 4 16 64 --len
 run 60 demo python3 -c "import sys; from memlaw.cli import main; sys.argv[0] = 'memlaw'; main()" \
     demo --device cuda --out /tmp/memlaw-gpu-demo
 run 90 verify_speed python3 verify_speed.py --device cuda --n 400 --single 30
-run 200 write_speed python3 write_speed.py --device cuda --n 16 --repeats 3 --cap 600
+run 200 write_speed python3 write_speed.py --device cuda --n 16 --seeds 0 1 2

@@ -66,11 +66,14 @@ def test_only_the_curriculum_is_keyed_by_its_settings():
             "objectives": [{"name": "sft"}, {"name": "memft-ot"}, {"name": "memft-sw"}, {"name": "memft-sw-curriculum"}],
             "train": {"lr": 0.01, "batch_size": 8, "max_steps": 300}}
     keys = {c.objective.name: c.key for c in sweep_from_dict(grid).cells()}
-    # the keys these cells had before the curriculum's settings changed (commit b1c7d6b): stored rows keep them
-    assert keys["sft"] == "935bea23d73e3f86ff9d5284ab54378086140fd15b76e96e43a9154958e0e02a"
-    assert keys["memft-ot"] == "f0d2469b5919428500435b3b140c4b0aa9488c59eb5725647f78da2b96af09ee"
-    assert keys["memft-sw"] == "a5a09c9547264e138e63230d8734f3dc2e7e940855893087061bf247ad30c3ec"
-    assert keys["memft-sw-curriculum"] != "7e515f432d2d089acc627b64294a9685c5ce61c3ff543a75a1972a0902734736"
+    # the keys these cells had at commit 6af42b6, before the LR schedule option and the curriculum's
+    # new settings existed: stored rows keep them (the law grids resume across the upgrade)
+    assert keys["sft"] == "292c9ab2fb6605ff69705635631e66eeb1608b33d0eec2767a8a7e5beb108b06"
+    assert keys["memft-ot"] == "59bebc42eb33a5b6f57cc21375c69d0de3ba68c2ac58cd456e8cac39fb18bb03"
+    assert keys["memft-sw"] == "97beaedaa1d3b6c51fddd655d9afb7c85cdfb48be9c4f3f4fe29685548ade8ea"
+    assert keys["memft-sw-curriculum"] != "9627ab5e6d84f155a3f8953560358a291b57d42b6fd84597b3f26a3802a6c647"
+    progress = sweep_from_dict({**grid, "train": {**grid["train"], "schedule": "progress"}}).cells()
+    assert {c.key for c in progress}.isdisjoint(keys.values())
     settings = [{"equal_budget": False}, {"curriculum_boundaries": [0.2, 0.4, 0.6, 0.8, 2.0]}]
     for name in keys:
         changed = {sweep_from_dict({**grid, "objectives": [{"name": name, **s}]}).cells()[0].key for s in settings}

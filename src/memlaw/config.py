@@ -348,6 +348,18 @@ class TrainConfig:
         """This config with `lr` set: the kind's default for the stop rule (`default_lr`) where it is None."""
         return self if self.lr is not None else dataclasses.replace(self, lr=default_lr(kind, self.until))
 
+    KEY_SINCE: ClassVar[dict[str, Any]] = {"schedule": "linear"}
+    """Settings added after stores were written, left out of the cell key while they hold the value
+    that reproduces those rows, so a store resumes across the upgrade."""
+
+    def key_dict(self) -> dict[str, Any]:
+        """What identifies the training in a cell key: every field but those of `KEY_SINCE` at their old value."""
+        d = to_dict(self)
+        for name, old in self.KEY_SINCE.items():
+            if d[name] == old:
+                d.pop(name)
+        return d
+
     def budget_steps(self, n_records: int) -> int:
         """Optimizer steps the LR schedule spans: max_steps, else epochs · ceil(n / batch), else DEFAULT_MAX_STEPS."""
         if self.max_steps is not None:

@@ -67,7 +67,8 @@ class CellConfig:
     def key_dict(self) -> dict[str, Any]:
         """What identifies the cell: every field (a `records` file by its sha256, not its path; the
         curriculum's settings only where the objective is the curriculum)."""
-        return {**self.to_dict(), "benchmark": self.benchmark.key_dict(), "objective": self.objective.key_dict()}
+        return {**self.to_dict(), "benchmark": self.benchmark.key_dict(), "objective": self.objective.key_dict(),
+                "train": self.train.key_dict()}
 
     def canonical_json(self) -> str:
         """Sorted keys, no whitespace, floats as Python writes them: the bytes the key hashes."""

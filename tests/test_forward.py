@@ -93,7 +93,8 @@ def test_shared_prompt_pass_matches_plain_with_gradients(tiny_base, shared_enc, 
             assert (tf.shared > 0) == shared
             logits, batch = tf.logits(rows)
             m = batch.mask
-            torch.testing.assert_close(logits[m], plain[m], atol=1e-5, rtol=1e-5)
+            # float32 sums in another order: 1.07e-5 measured on one thread (LoRA), so 3e-5
+            torch.testing.assert_close(logits[m], plain[m], atol=3e-5, rtol=1e-5)
             torch.log_softmax(logits.float(), -1).gather(-1, batch.targets[..., None])[..., 0][m].sum().backward()
             grads.append([p.grad.clone() for p in ad.parameters()])
             for p in ad.parameters():

@@ -4,7 +4,6 @@ docs/reproduction.md from them. Planted grids on the bounded law; numbers checke
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
@@ -16,6 +15,7 @@ import pytest
 from scipy.optimize import curve_fit
 from typer.testing import CliRunner
 
+from conftest import docs_script
 from memlaw.cli import app
 from memlaw.store import open_store
 from memlaw.sweep import sweep_from_dict
@@ -266,11 +266,7 @@ def test_read_export_types_cells_and_names_the_bad_line(grids, tmp_path):
 
 
 def make_reproduction():
-    if "make_reproduction" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("make_reproduction", ROOT / "docs" / "make_reproduction.py")
-        sys.modules["make_reproduction"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["make_reproduction"])
-    return sys.modules["make_reproduction"]
+    return docs_script("make_reproduction")
 
 
 def test_the_generator_writes_the_doc_from_the_csvs(grids, tmp_path, monkeypatch):

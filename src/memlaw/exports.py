@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
 from typing import Any
 
 from memlaw.config import json_ready
 from memlaw.errors import ConfigError
-from memlaw.fileio import FORMULA_START, open_input
+from memlaw.fileio import csv_text, open_input, read_csv
 
 EXPORT_EXTRA = ("em", "experiment", "ratio", "held_out", "held_out_em_rate", "locality_kl_mean", "locality_identical",
                 "locality_agreement")
@@ -86,24 +85,12 @@ def read_export(path: str | os.PathLike) -> list[dict[str, Any]]:
     from memlaw.store import ALL_COLUMNS
 
     types = {**ALL_COLUMNS, **EXTRA_TYPES}
-    with open_input(path, limit=LIMIT, error=ConfigError, what="a `memlaw runs export` CSV") as f:
-        data = f.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in reader.fieldnames or []]
-    reader.fieldnames = header
-    missing = [c for c in REQUIRED if c not in header]
-    if missing:
-        raise ConfigError(f"{path}:1: not a `memlaw runs export` file: no column {', '.join(missing)}")
+    reader = read_csv(path, kind="`memlaw runs export`", required=REQUIRED, error=ConfigError, limit=LIMIT)
     rows = []
     for raw in reader:
         where = f"{path}:{reader.line_num}"
         row: dict[str, Any] = {}
-        for name in header:
+        for name in reader.fieldnames:
             row[name] = _cell(raw.get(name), name, types.get(name, "TEXT"), where)
         rows.append(row)
     return rows
@@ -122,7 +109,7 @@ def _cell(text: str | None, name: str, typ: str, where: str) -> Any:
     if text is None or text == "":
         return None
     if typ == "TEXT":
-        return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text
+        return csv_text(text)
     try:
         number = float(text)
     except ValueError:

@@ -1,4 +1,7 @@
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +46,12 @@ def plain():
     from memlaw.config import PromptConfig
 
     return PromptConfig(template="plain")
+
+
+def docs_script(name: str):
+    """docs/NAME.py imported as a module (once): the scripts that write docs/ (make_guide, make_reproduction)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "docs" / f"{name}.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]

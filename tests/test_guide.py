@@ -10,7 +10,6 @@ prints, or one it prints now that the guide does not show, fails.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import docs_script
 from memlaw.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,11 +44,7 @@ DEPENDS_ON_THE_MODEL = ("--leakage",)
 
 def guide():
     """docs/make_guide.py, which parses the guide (and, run, writes its outputs)."""
-    if "make_guide" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("make_guide", ROOT / "docs" / "make_guide.py")
-        sys.modules["make_guide"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["make_guide"])
-    return sys.modules["make_guide"]
+    return docs_script("make_guide")
 
 
 def labels(lines: list[str]) -> set[str]:

@@ -159,10 +159,11 @@ def test_progress_schedule_decays_with_the_share_of_tokens_certified():
 
 @pytest.mark.parametrize("kind", ["probe", "lora"])
 def test_learning_rate_defaults_per_adapter_kind(tiny_base, tiny_records, plain, kind):
-    from memlaw.config import DEFAULT_LR
+    from memlaw.config import CERTIFY_LR, DEFAULT_LR
 
     default = TrainConfig(until="certified")
-    assert default.lr is None and default.for_kind(kind).lr == DEFAULT_LR[kind]
+    assert default.lr is None and default.for_kind(kind).lr == CERTIFY_LR[kind]       # a certify write's default
+    assert TrainConfig(until="budget", max_steps=4).for_kind(kind).lr == DEFAULT_LR[kind]   # a budget run's (sweeps)
     assert TrainConfig(until="certified", lr=0.3).for_kind(kind).lr == 0.3
     enc = encode(tiny_records, tiny_base.tokenizer, plain)
     ad = make_adapter(AdapterConfig(kind=kind, rank=4, layer=1), tiny_base, seed=0)

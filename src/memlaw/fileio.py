@@ -20,15 +20,17 @@ thing, and the next `atomic_dir` for the same target deletes those whose writer 
 
 from __future__ import annotations
 
+import csv
 import ctypes
 import errno
+import io
 import os
 import re
 import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -101,6 +103,30 @@ def bounded_lines(f: BinaryIO, source: str, *, max_line: int, limit: int,
         if total > limit:
             raise error(f"{source}:{n}: the file is longer than the {limit:,} bytes memlaw reads")
         yield raw
+
+
+def read_csv(path: str | os.PathLike, *, kind: str, required: Sequence[str], error: type[Exception],
+             limit: int = 1 << 30) -> csv.DictReader:
+    """A CSV file of `kind` (e.g. "`memlaw runs export`") as a DictReader over its checked UTF-8 text, header
+    names stripped; `reader.line_num` gives each row's line for errors.
+
+    Raises:
+        error: `{path}:{line}: {cause}`: what `open_input` refuses, text that is not UTF-8, or a column of
+            `required` missing from the header.
+    """
+    with open_input(path, limit=limit, error=error, what=f"a {kind} CSV") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise error(f"{path}:{line}: not UTF-8 text") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader.fieldnames = [h.strip() for h in reader.fieldnames or []]
+    missing = [c for c in required if c not in reader.fieldnames]
+    if missing:
+        raise error(f"{path}:1: not a {kind} file: no column {', '.join(missing)}")
+    return reader
 
 
 def load_yaml(path: str | os.PathLike) -> Any:
@@ -198,6 +224,11 @@ def csv_cell(value: Any) -> Any:
     `FORMULA_START` gets a leading apostrophe (`=1+1` is written `'=1+1`); other values pass as they are
     (numbers stay numbers: -0.5 is a number, not a formula). docs/store.md states the convention."""
     return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
+def csv_text(cell: str) -> str:
+    """A text cell as `csv_cell` wrote it, read back: the apostrophe before a would-be formula removed."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_START) else cell
 
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from memlaw.config import json_ready
 from memlaw.errors import ConfigError, FitWarning, MemlawError
-from memlaw.experiments import experiment_of, group, one_experiment, without
+from memlaw.experiments import config_of, experiment_of, flat, group, one_experiment, without
 from memlaw.law import BOTH, fit_table, read_law_csv
 
 OPTIONAL = ("seed", "L_base")
@@ -22,8 +22,8 @@ OPTIONAL = ("seed", "L_base")
 
 
 def law_rows(rows: list[dict[str, Any]], pool: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """Store rows -> law rows {rank, length, delta_loss, em, certified, L_final[, seed][, L_base]}, after checking
-    they form one experiment.
+    """Store rows -> law rows {rank, length, delta_loss, em, certified, L_final[, seed][, L_base][, group]}, after
+    checking they form one experiment (`group`: the values of the `pool` keys, when pooled).
 
     Raises:
         ConfigError: no usable row, or rows of several experiments (cells that differ in more than
@@ -35,7 +35,16 @@ def law_rows(rows: list[dict[str, Any]], pool: tuple[str, ...] = ()) -> list[dic
     one_experiment(usable, pool)
     return [{"rank": r["rank"], "length": r["length"], "delta_loss": r["delta_loss"], "em": r.get("em_rate"),
              "certified": r.get("certified_rate"), "L_final": r.get("L_final"),
-             **{k: r[k] for k in OPTIONAL if r.get(k) is not None}} for r in usable]
+             **{k: r[k] for k in OPTIONAL if r.get(k) is not None}, **_group(r, pool)} for r in usable]
+
+
+def _group(row: dict[str, Any], pool: tuple[str, ...]) -> dict[str, Any]:
+    """{"group": the pooled keys' values} for a pooled fit's row: cells at one (rank, length) but another
+    ratio are not seeds of one another, so the spread across seeds is taken within each group."""
+    if not pool:
+        return {}
+    f = flat(config_of(row) or {})
+    return {"group": json.dumps([f.get(k) for k in pool])}
 
 
 def fit_rows(rows: list[dict[str, Any]], *, law: str = BOTH, relative: bool = False,
@@ -73,36 +82,55 @@ def fit_cells(*, store: str | os.PathLike | None = None, csv: str | os.PathLike 
 
     if (store is None) == (csv is None):
         raise ConfigError("give exactly one of --store or --csv")
+    from memlaw.exports import is_export, read_export
+
+    if csv is not None and where:
+        raise ConfigError("--where filters a store; it does not apply to --csv")
+    stored = store is not None or is_export(csv)     # a store's cells, or a `memlaw runs export` file of them
     unusable: list[dict[str, Any]] = []
-    if csv is not None:
-        if where:
-            raise ConfigError("--where filters a store; it does not apply to --csv")
+    if not stored:                                   # a bare law table: rank,length,delta_loss[,...]
         rows, source = read_law_csv(csv), {"csv": str(csv)}
-        extra = csv_columns(csv)                 # n_params and the metrics' bits, where the file has them
+        extra = csv_columns(csv)                     # n_params and the metrics' bits, where the file has them
         if len(extra) == len(rows):
             rows = [{**e, **r} for r, e in zip(rows, extra)]
     else:
-        from memlaw.store import open_store
+        if store is not None:
+            from memlaw.store import open_store
 
-        with open_store(store, create=False) as db:
-            every = db.load_cells(where, status=None)
+            with open_store(store, create=False) as db:
+                every = db.load_cells(where, status=None)
+            source = {"store": str(store), "where": where}
+        else:
+            every, source = read_export(csv), {"csv": str(csv)}
         rows = [r for r in every if r["status"] == "done" and r.get("delta_loss") is not None]
         usable = {id(r) for r in rows}
         unusable = [r for r in every if id(r) not in usable]
-        source = {"store": str(store), "where": where}
         if not rows:
-            raise ConfigError("no finished cells with a ΔL match; check the store and the --where filter")
+            raise ConfigError("no finished cells with a ΔL match; check the " + (
+                "store and the --where filter" if store is not None else "file"))
     left_out = _by_experiment(unusable, pool)
     fits = []
     for experiment in group(rows, pool):    # one law per experiment: never across ratios, budgets, objectives
-        lrows = law_rows(experiment.rows, pool) if store is not None else experiment.rows
+        lrows = law_rows(experiment.rows, pool) if stored else experiment.rows
         fit = fit_rows(lrows, law=law, relative=relative, saturated_below=saturated_below, fix_b=fix_b)
         fit["excluded"] = left_out.get(_key(experiment.config), []) + fit["excluded"]
         if pool:
             fit["pooled"] = list(pool)
+            fit["pooled_values"] = pooled_values(experiment.rows, pool)
         fits.append({**fit, "experiment": experiment.label, "config": experiment.config, "source": source,
                      "n": len(lrows), "capacity": capacity_summary(experiment.rows)})
     return json_safe({"fits": fits})
+
+
+def pooled_values(rows: list[dict[str, Any]], pool: tuple[str, ...]) -> dict[str, list[Any]]:
+    """{pooled key: its distinct values among `rows`, in first-seen order}: what a pooled fit combines."""
+    out: dict[str, list[Any]] = {k: [] for k in pool}
+    for r in rows:
+        f = flat(config_of(r) or {})
+        for k in pool:
+            if f.get(k) not in out[k]:
+                out[k].append(f.get(k))
+    return out
 
 
 def _key(config: dict[str, Any]) -> str:

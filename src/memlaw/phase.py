@@ -264,29 +264,16 @@ def read_record_csv(path) -> list[dict[str, Any]]:
     Raises:
         ConfigError: naming file:line and the cause (a missing column, a value of the wrong type).
     """
-    import csv
-    import io
+    from memlaw.fileio import csv_text, read_csv
 
-    from memlaw.fileio import FORMULA_START, open_input
-
-    with open_input(path, limit=1 << 30, error=ConfigError, what="a `memlaw runs records` CSV") as f:
-        data = f.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    missing = [c for c in RECORD_FIELDS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise ConfigError(f"{path}:1: not a `memlaw runs records` file: no column {', '.join(missing)}")
+    reader = read_csv(path, kind="`memlaw runs records`", required=RECORD_FIELDS, error=ConfigError)
     out = []
     for raw in reader:
         try:
             row: dict[str, Any] = {k: raw[k] or None for k in RECORD_FIELDS}
             for k in ("key", "model", "benchmark", "objective", "kind"):    # undo `csv_cell`'s apostrophe
-                if row[k] and row[k].startswith("'") and row[k][1:].startswith(FORMULA_START):
-                    row[k] = row[k][1:]
+                if row[k]:
+                    row[k] = csv_text(row[k])
             for k in _INTS:
                 row[k] = None if row[k] is None else int(row[k])
             for k in ("em", "certified"):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import difflib
-import hashlib
 import io
 import json
 import logging
@@ -201,8 +200,10 @@ class Store:
         if format not in ("csv", "parquet"):
             raise StoreError(f"export format must be csv or parquet, got {format!r}")
         path = check_output_file(path)             # before any work: not over a directory, link or device
-        rows = [_export_row(r) for r in self.load_cells(where, status=status)]
-        names = _export_names()
+        from memlaw.exports import EXTRA_TYPES, export_names, export_row
+
+        rows = [export_row(r) for r in self.load_cells(where, status=status)]
+        names = export_names()
         if format == "csv":
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
@@ -216,9 +217,7 @@ class Store:
         except ImportError:
             raise StoreError("parquet export needs pyarrow: pip install pyarrow") from None
         types = {"TEXT": pa.string(), "INTEGER": pa.int64(), "REAL": pa.float64()}
-        real = dict.fromkeys(("em", "held_out_em_rate", "locality_kl_mean", "locality_identical", "locality_agreement"),
-                             "REAL")
-        schema = pa.schema([(n, types[{**ALL_COLUMNS, **real}.get(n, "TEXT")]) for n in names])
+        schema = pa.schema([(n, types[{**ALL_COLUMNS, **EXTRA_TYPES}.get(n, "TEXT")]) for n in names])
         table = pa.Table.from_pylist(rows, schema=schema)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -401,38 +400,6 @@ def _number_or_text(value: Any) -> Any:
         except ValueError:
             return value
     return value
-
-
-EXPORT_EXTRA = ("em", "experiment", "ratio", "held_out", "held_out_em_rate", "locality_kl_mean", "locality_identical",
-                "locality_agreement")
-"""Derived export columns: em (= em_rate, as `memlaw fit --csv` reads it), the experiment key (cells that
-differ only in rank, length and seed share it; `fit --csv` groups by it), the benchmark options that
-split experiments most often, the held-out (generalization) EM of cells that have held-out records, and
-what the adapter costs the base model (`metrics.locality`: mean KL, greedy continuations unchanged,
-token agreement) where the cell measured it."""
-
-
-def _export_names() -> list[str]:
-    flat = [c for c in ALL_COLUMNS if c not in _JSON_COLUMNS]
-    return [*flat, *EXPORT_EXTRA, *_JSON_COLUMNS]
-
-
-def _export_row(row: dict) -> dict:
-    from memlaw.experiments import experiment_of
-
-    out = {k: v for k, v in row.items() if k not in _JSON_COLUMNS}
-    out["em"] = row.get("em_rate")
-    experiment = json.dumps(experiment_of(row), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    out["experiment"] = hashlib.sha256(experiment.encode("utf-8")).hexdigest()[:16]
-    bench = (row.get("config") or {}).get("benchmark") or {}
-    out["ratio"], out["held_out"] = bench.get("ratio"), bench.get("held_out")
-    out["held_out_em_rate"] = ((row.get("metrics") or {}).get("held_out") or {}).get("em_rate")
-    local = (row.get("metrics") or {}).get("locality") or {}
-    for name in ("kl_mean", "identical", "agreement"):
-        out[f"locality_{name}"] = local.get(name)
-    for c in _JSON_COLUMNS:
-        out[c] = _dumps(row[c])
-    return out
 
 
 def _dumps(x: Any) -> str:

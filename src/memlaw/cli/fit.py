@@ -4,6 +4,7 @@ frontier, the cells and seeds behind them. The body is `memlaw.fitting.fit_cells
 from __future__ import annotations
 
 import json
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -49,6 +50,10 @@ def fit(
                        "differ only in it become one fit, the paper's 'combined' row. Never done unless asked.",
         show_default="none")] = None,
     as_json: JsonOpt = False,
+    as_markdown: Annotated[bool, flag("--markdown", help=(
+        "Print Markdown laid out as the paper's table instead: a row per experiment, a table per form, then "
+        "the held-out splits, the cells left out, the targets (R² ≥ 0.98, MAPE ≤ 5%, held-out MAPE ≤ 10%) "
+        "met or missed with the cells that miss them, and bits per parameter at the frontier."))] = False,
 ) -> None:
     """Fit the memory law: parameters ± standard errors, R², MAPE, AIC, BIC, held-out MAPE by rank and by length.
 
@@ -66,12 +71,20 @@ def fit(
     setup_logging()
 
     def go():
+        from memlaw.errors import ConfigError
         from memlaw.fitting import fit_cells
+
+        if as_json and as_markdown:
+            raise ConfigError("give one of --json and --markdown")
 
         result = fit_cells(store=store, csv=csv_file, where=where, law=law.value, relative=relative,
                            saturated_below=saturated_below, fix_b=fix_b, pool=tuple(pool or ()))
         if as_json:
             out.print_json(json.dumps(result, allow_nan=False))
+        elif as_markdown:
+            from memlaw.paper_table import capacity_table, markdown
+
+            sys.stdout.write(markdown(result["fits"]) + "\n" + capacity_table(result["fits"]))
         else:
             for res in result["fits"]:
                 print_fit(res)

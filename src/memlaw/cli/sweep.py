@@ -283,6 +283,9 @@ def runs_export(
     fmt: Annotated[Format, typer.Option("--format", help="csv or parquet.")] = Format.csv,
     store: StoreOpt = DEFAULT_STORE,
     where: WhereOpt = None,
+    failed: Annotated[bool, flag("--failed", help=(
+        "Also write the failed cells (status failed, their error text left out: it may quote a record), so "
+        "`memlaw fit --csv` lists them among the cells left out, as it does on the store."))] = False,
 ) -> None:
     """Write the finished cells to CSV or Parquet (flat columns, `em`, and config/metrics/versions as JSON)."""
     setup_logging()
@@ -291,7 +294,7 @@ def runs_export(
         from memlaw.store import open_store
 
         with open_store(store, create=False) as db:
-            n = db.export(out_file, fmt.value, where=where)
+            n = db.export(out_file, fmt.value, where=where, status=None if failed else "done")
         out.print(f"exported {n} cells to {out_file}", markup=False, soft_wrap=True)
 
     run(go)

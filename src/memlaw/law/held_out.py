@@ -39,8 +39,9 @@ def held_out_mape(
 
     Returns:
         {"form", "split", "train_ranks", "test_ranks", "train_lengths", "test_lengths", "mape", "r2",
-        "n_train", "n_test", "params"}: the distinct values on each side, MAPE (%) and R² on the
-        held-out points, and the parameters fitted on the training half.
+        "n_train", "n_test", "params", "test_index", "predicted"}: the distinct values on each side, MAPE
+        (%) and R² on the held-out points, the parameters fitted on the training half, and the held-out
+        points (their positions in the input) with the prediction for each.
 
     Raises:
         ConfigError: Unknown `split` or form, bad data, or fewer than 2 distinct values to split.
@@ -70,6 +71,8 @@ def held_out_mape(
         "n_train": int(train.sum()),
         "n_test": int((~train).sum()),
         "params": asdict(model.params_),
+        "test_index": np.flatnonzero(~train).tolist(),
+        "predicted": pred.tolist(),
     }
 
 

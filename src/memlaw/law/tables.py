@@ -33,6 +33,8 @@ def unsaturated(rows: Sequence[Mapping[str, Any]], below: float) -> list[Mapping
 def seed_spread(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """How much ΔL varies between cells at the same (rank, length): seeds, or any other replicates.
 
+    Rows with a `group` (a pooled fit: the ratio, say) are replicates only within their group.
+
     Returns:
         None when no (rank, length) holds two cells; else {"pairs": how many (rank, length) do,
         "cells": the cells in them, "sd_median", "sd_max" (nats, sample sd of ΔL), "sd_max_at":
@@ -41,9 +43,9 @@ def seed_spread(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         the most any law of rank and length alone, such as the paper's form, can reach on them; a law
         that also reads each cell's L_base can reach more)}.
     """
-    by: dict[tuple[float, float], list[float]] = defaultdict(list)
+    by: dict[tuple[Any, float, float], list[float]] = defaultdict(list)
     for w in rows:
-        by[(float(w["rank"]), float(w["length"]))].append(float(w["delta_loss"]))
+        by[(w.get("group"), float(w["rank"]), float(w["length"]))].append(float(w["delta_loss"]))
     reps = {k: v for k, v in by.items() if len(v) >= 2}
     if not reps:
         return None
@@ -56,7 +58,7 @@ def seed_spread(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     total = sum((y - statistics.fmean(ys)) ** 2 for y in ys)
     worst = max(sd, key=sd.get)
     return {"pairs": len(reps), "cells": len(ys), "sd_median": statistics.median(sd.values()),
-            "sd_max": sd[worst], "sd_max_at": list(worst), "rel_sd_median": statistics.median(rel) if rel else None,
+            "sd_max": sd[worst], "sd_max_at": list(worst[1:]), "rel_sd_median": statistics.median(rel) if rel else None,
             "replicate_mape": statistics.fmean(errors) if errors else None,
             "r2_means": 1 - within / total if total > 0 else None}
 
@@ -76,17 +78,36 @@ def _columns(rows: Sequence[Mapping[str, Any]], with_l_base: bool) -> tuple[np.n
                           delta_loss=[w["delta_loss"] for w in rows], **extra)
 
 
-def _fit_form(form: str, cols: tuple[np.ndarray, ...], *, relative: bool, fix_b: bool,
-              notes: list[str]) -> dict[str, Any]:
-    """One form on the table's cells: the fit, and held out by rank and by length."""
+def cell_errors(rows: Sequence[Mapping[str, Any]], predicted: Iterable[float],
+                index: Iterable[int] | None = None) -> list[dict[str, Any]]:
+    """Per cell: rank, length, seed, measured and predicted ΔL, and the absolute % error ("ape", None at ΔL = 0).
+
+    `index`: the positions in `rows` that `predicted` is for (all of them, in order, when None).
+    """
+    picked = [rows[i] for i in index] if index is not None else rows
+    out = []
+    for w, p in zip(picked, predicted):
+        y = float(w["delta_loss"])
+        out.append({"rank": w["rank"], "length": w["length"], "seed": w.get("seed"), "delta_loss": y,
+                    "predicted": est.finite_or_none(float(p)),
+                    "ape": est.finite_or_none(abs(p - y) / abs(y) * 100) if y != 0 else None})
+    return out
+
+
+def _fit_form(form: str, cols: tuple[np.ndarray, ...], rows: Sequence[Mapping[str, Any]], *, relative: bool,
+              fix_b: bool, notes: list[str]) -> dict[str, Any]:
+    """One form on the table's cells (`rows`, as `cols`): the fit, its error per cell, and held out by rank
+    and by length (with the error per held-out cell)."""
     r, length, y, *rest = cols
     L = rest[0] if rest else None
     model = make_law(form, relative=relative, fix_b=fix_b).fit(r, length, y, L)
-    out: dict[str, Any] = {"formula": model.formula, "law": model.summary(), "held_out": {}}
+    out: dict[str, Any] = {"formula": model.formula, "law": model.summary(), "held_out": {},
+                           "cells": cell_errors(rows, model.predict(r, length, L))}
     for split in SPLITS:
         if np.unique(r if split == "rank" else length).size >= 2:
-            out["held_out"][split] = held_out_mape(r, length, y, split=split, relative=relative, fix_b=fix_b,
-                                                   form=form, l_base=L)
+            ho = held_out_mape(r, length, y, split=split, relative=relative, fix_b=fix_b, form=form, l_base=L)
+            ho["cells"] = cell_errors(rows, ho.pop("predicted"), ho.pop("test_index"))
+            out["held_out"][split] = ho
         else:
             out["held_out"][split] = None
             note = f"held_out: needs >= 2 distinct {split}s"
@@ -124,7 +145,8 @@ def fit_table(rows: Iterable[Mapping[str, Any]], *, law: str = "paper", relative
     Returns:
         {"law": the first form's `summary()` (the paper's unless law="bounded"), "held_out": its
         held-out fit by rank or None, "frontier": Frontier.summary() or None, "forms": {form:
-        {"formula", "law", "held_out": {"rank", "length"}, "held_out_mape"}}, "best": the form with
+        {"formula", "law", "cells": `cell_errors` of the fit, "held_out": {"rank", "length"} (each with
+        "cells": the held-out cells' errors), "held_out_mape"}}, "best": the form with
         the lower held-out MAPE, "cells": {"n", "ranks", "lengths", "seeds", "saturated"},
         "seed_spread": `seed_spread` or None, "excluded": [{"rank", "length", "seed", "reason"}],
         "notes": why a part is missing}.
@@ -164,20 +186,21 @@ def fit_table(rows: Iterable[Mapping[str, Any]], *, law: str = "paper", relative
             fitted = with_base
     with_l_base = "bounded" in forms
     cols = _columns(fitted, with_l_base)
-    results = {form: _fit_form(form, cols, relative=relative, fix_b=fix_b, notes=notes) for form in forms}
+    results = {form: _fit_form(form, cols, fitted, relative=relative, fix_b=fix_b, notes=notes) for form in forms}
     first = results[forms[0]]
     out: dict[str, Any] = {"law": first["law"], "held_out": first["held_out"]["rank"], "forms": results,
                            "best": best_form(results), "frontier": None,
-                           "cells": _counts(fitted, with_l_base), "seed_spread": seed_spread(fitted),
+                           "cells": _counts(fitted), "seed_spread": seed_spread(fitted),
                            "excluded": excluded}
     out["frontier"] = _frontier(rows, notes)
     out["notes"] = notes
     return out
 
 
-def _counts(rows: Sequence[Mapping[str, Any]], with_l_base: bool) -> dict[str, Any]:
+def _counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     seeds = sorted({w["seed"] for w in rows if w.get("seed") is not None})
-    saturated = (sum(w["delta_loss"] >= SATURATED * w["L_base"] for w in rows) if with_l_base else None)
+    saturated = (sum(w["delta_loss"] >= SATURATED * w["L_base"] for w in rows)   # the paper's form fitted alone
+                 if rows and all(_has_l_base(w) for w in rows) else None)          # still says how many sit there
     return {"n": len(rows), "ranks": sorted({float(w["rank"]) for w in rows}),
             "lengths": sorted({float(w["length"]) for w in rows}), "seeds": seeds or None,
             "saturated": saturated}
@@ -197,4 +220,4 @@ def _frontier(rows: Sequence[Mapping[str, Any]], notes: list[str]) -> dict[str, 
         return None
 
 
-__all__ = ["fit_table", "unsaturated", "seed_spread", "best_form", "BOTH"]
+__all__ = ["fit_table", "unsaturated", "seed_spread", "best_form", "cell_errors", "BOTH"]

@@ -29,13 +29,14 @@ def build_report(rows: Sequence[Mapping[str, Any]], token_probs: Mapping[str, Se
         redact: leave out free text that could quote input (values themselves are never stored).
         source: where the rows came from, for the page header.
         law_options: passed to the law fit (`law`: "both" forms by default, `fix_b`, `saturated_below`,
-            `relative`), as `memlaw fit`.
+            `relative`, `pool`: config keys to fit across, the paper's "combined" row), as `memlaw fit`.
     """
     token_probs = dict(token_probs or {})
     rows = [r for r in rows if r.get("status", "done") == "done"]
     sections: list[Section] = []
     summary: dict[str, Any] = {"cells": len(rows), "failed": len(failed), "laws": []}
-    for experiment in experiments.group(rows):   # one law per experiment, never across ratios or objectives
+    pool = tuple((law_options or {}).get("pool") or ())
+    for experiment in experiments.group(rows, pool):   # one law per experiment, never across ratios unless pooled
         sec, fit = law_section(experiment, law_options or {})
         sections.append(sec)
         summary["laws"].append(fit)

@@ -26,17 +26,20 @@ NAMES = {"paper": "the paper's form", "bounded": "the bounded form"}
 
 def law_section(experiment, law_options: Mapping[str, Any] | None = None) -> tuple[Section, dict[str, Any]]:
     """The law fitted to one experiment (`experiments.Experiment`: cells differing only in rank, length, seed):
-    every form asked for (`law_options["law"]`, both by default) side by side on the same cells."""
+    every form asked for (`law_options["law"]`, both by default) side by side on the same cells.
+    `law_options["pool"]`: the config keys the experiment was grouped across (`experiments.group(rows, pool)`)."""
     from memlaw.fitting import fit_rows, law_rows
 
+    options = dict(law_options or {})
+    pool = tuple(options.pop("pool", None) or ())
     rows = experiment.rows
     digest = hashlib.sha256(json.dumps(experiment.config, sort_keys=True).encode()).hexdigest()[:8]
     group = (experiment.label[:40], digest)               # figure and table names: unique per experiment
     sec = Section(id=_slug("law", *group), title=f"Memory law: {experiment.label}")
     summary: dict[str, Any] = {"experiment": experiment.label, "config": experiment.config, "cells": len(rows)}
     try:
-        lrows = law_rows(rows)
-        fit = fit_rows(lrows, **{"law": "both", **(law_options or {})})
+        lrows = law_rows(rows, pool)
+        fit = fit_rows(lrows, **{"law": "both", **options})
     except (MemlawError, ValueError, FloatingPointError) as e:
         sec.paragraphs.append(f"No law fit: {e}")
         lrows, fit = [], None
@@ -49,9 +52,10 @@ def law_section(experiment, law_options: Mapping[str, Any] | None = None) -> tup
         sec.paragraphs += _law_paragraphs(fit)
     for name, form in forms.items():
         params = form["law"]["params"] if form["law"]["converged"] else None
-        sec.figures.append(FigureSpec(_slug("law-panels", name, *group), f"ΔL against rank (per length) and against "
-                                      f"length (per rank); points measured, lines {NAMES[name]} of the law"
-                                      + (" at each line's mean L_base." if name == "bounded" else "."),
+        lines = (f"lines {NAMES[name]} of the law" + (" at each line's mean L_base." if name == "bounded" else ".")
+                 if params is not None else f"no lines: {NAMES[name]} did not converge.")
+        sec.figures.append(FigureSpec(_slug("law-panels", name, *group), "ΔL against rank (per length) and against "
+                                      f"length (per rank); points measured, {lines}",
                                       plots.law_panels(lrows, params, form=name)))
         if params is not None:
             sec.figures.append(FigureSpec(_slug("predicted", name, *group), f"The prediction of {NAMES[name]} "

@@ -1,0 +1,124 @@
+"""The `memlaw runs export` CSV: the row a store cell becomes, and the file read back as store rows.
+
+An export is the results in a form that can be committed and shared (results/law-*.csv): `memlaw
+fit --csv` and `memlaw report --csv` read it as they read the store it came from. `read_export`
+gives rows shaped as `Store.load_cells` gives them (typed flat columns, config, metrics and
+versions parsed), so experiments group, and laws fit, exactly as on the store.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from typing import Any
+
+from memlaw.config import json_ready
+from memlaw.errors import ConfigError
+from memlaw.fileio import csv_text, open_input, read_csv
+
+EXPORT_EXTRA = ("em", "experiment", "ratio", "held_out", "held_out_em_rate", "locality_kl_mean", "locality_identical",
+                "locality_agreement")
+"""Derived export columns: em (= em_rate, as `memlaw fit --csv` reads it), the experiment key (cells that
+differ only in rank, length and seed share it; `fit --csv` groups by it), the benchmark options that
+split experiments most often, the held-out (generalization) EM of cells that have held-out records, and
+what the adapter costs the base model (`metrics.locality`: mean KL, greedy continuations unchanged,
+token agreement) where the cell measured it."""
+EXTRA_TYPES = {"em": "REAL", "experiment": "TEXT", "ratio": "TEXT", "held_out": "TEXT", "held_out_em_rate": "REAL",
+               "locality_kl_mean": "REAL", "locality_identical": "REAL", "locality_agreement": "REAL"}
+JSON_COLUMNS = ("config", "metrics", "versions")
+REQUIRED = ("key", "status", "rank", "length", "config")
+"""Columns that make a CSV an export (a bare law table, rank,length,delta_loss, has none of the others)."""
+LIMIT = 1 << 30
+
+
+def export_names() -> list[str]:
+    """The export's header: the store's flat columns, `EXPORT_EXTRA`, then the JSON columns."""
+    from memlaw.store import ALL_COLUMNS
+
+    flat = [c for c in ALL_COLUMNS if c not in JSON_COLUMNS]
+    return [*flat, *EXPORT_EXTRA, *JSON_COLUMNS]
+
+
+def export_row(row: dict) -> dict:
+    """A `Store.load_cells` row as an export row. A failed cell's error text is left out (it may quote a
+    record); `memlaw runs show KEY` on the store shows it."""
+    from memlaw.experiments import experiment_of
+
+    out = {k: v for k, v in row.items() if k not in JSON_COLUMNS}
+    if row.get("status") != "done":
+        out["error"] = None
+    out["em"] = row.get("em_rate")
+    experiment = json.dumps(experiment_of(row), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    out["experiment"] = hashlib.sha256(experiment.encode("utf-8")).hexdigest()[:16]
+    bench = (row.get("config") or {}).get("benchmark") or {}
+    out["ratio"], out["held_out"] = bench.get("ratio"), bench.get("held_out")
+    out["held_out_em_rate"] = ((row.get("metrics") or {}).get("held_out") or {}).get("em_rate")
+    local = (row.get("metrics") or {}).get("locality") or {}
+    for name in ("kl_mean", "identical", "agreement"):
+        out[f"locality_{name}"] = local.get(name)
+    for c in JSON_COLUMNS:
+        out[c] = json.dumps(json_ready(row[c]), sort_keys=True, ensure_ascii=False, allow_nan=False)
+    return out
+
+
+def is_export(path: str | os.PathLike) -> bool:
+    """Whether the CSV's header has the columns of a `memlaw runs export` file (`REQUIRED`)."""
+    with open_input(path, limit=LIMIT, error=ConfigError, what="a CSV file") as f:
+        first = f.readline().decode("utf-8", errors="replace")
+    header = {h.strip() for h in next(csv.reader([first]), [])}
+    return all(c in header for c in REQUIRED)
+
+
+def read_export(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The cells of a `memlaw runs export` CSV as store rows (`Store.load_cells` shape), in file order.
+
+    Flat columns are typed as the store types them (empty cells None), text cells lose the apostrophe
+    `memlaw runs export` puts before a would-be spreadsheet formula, and config, metrics and versions
+    are parsed from JSON. Every status is kept (an export made with `--failed` holds failed cells).
+
+    Raises:
+        ConfigError: "path:line: cause": not a file, not UTF-8, a missing export column, a number
+            column holding text, or a JSON column that is not a JSON object.
+    """
+    from memlaw.store import ALL_COLUMNS
+
+    types = {**ALL_COLUMNS, **EXTRA_TYPES}
+    reader = read_csv(path, kind="`memlaw runs export`", required=REQUIRED, error=ConfigError, limit=LIMIT)
+    rows = []
+    for raw in reader:
+        where = f"{path}:{reader.line_num}"
+        row: dict[str, Any] = {}
+        for name in reader.fieldnames:
+            row[name] = _cell(raw.get(name), name, types.get(name, "TEXT"), where)
+        rows.append(row)
+    return rows
+
+
+def _cell(text: str | None, name: str, typ: str, where: str) -> Any:
+    """One CSV cell typed as its store column, or parsed JSON for config, metrics and versions."""
+    if name in JSON_COLUMNS:
+        try:
+            value = json.loads(text or "")
+        except (ValueError, RecursionError):
+            raise ConfigError(f"{where}: column {name} is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: column {name} is not a JSON object")
+        return value
+    if text is None or text == "":
+        return None
+    if typ == "TEXT":
+        return csv_text(text)
+    try:
+        number = float(text)
+    except ValueError:
+        raise ConfigError(f"{where}: column {name} is not a number: {text[:40]!r}") from None
+    if typ == "INTEGER":
+        if not number.is_integer():
+            raise ConfigError(f"{where}: column {name} is not an integer: {text[:40]!r}")
+        return int(number)
+    return number
+
+
+__all__ = ["EXPORT_EXTRA", "export_names", "export_row", "is_export", "read_export"]

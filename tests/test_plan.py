@@ -125,3 +125,27 @@ def test_peft_and_axolotl_configs_are_for_lora_plans_only():
             p.config(fmt)
     with pytest.raises(ConfigError, match="format must be one of memlaw, peft, axolotl"):
         p.config("json")
+
+
+GUIDE_CELLS = [  # the 4 cells of docs/guide.md's SmolLM2 sweep (results/guide/run.txt), ΔL and L_final rounded
+    {"rank": 1, "length": 20, "delta_loss": 3.6408, "em": 1.0, "certified": 0.5, "L_final": 0.0795, "L_base": 3.7203},
+    {"rank": 4, "length": 20, "delta_loss": 3.7192, "em": 1.0, "certified": 1.0, "L_final": 0.0010, "L_base": 3.7203},
+    {"rank": 1, "length": 40, "delta_loss": 3.3002, "em": 0.25, "certified": 0.0, "L_final": 0.4980, "L_base": 3.7981},
+    {"rank": 4, "length": 40, "delta_loss": 3.7752, "em": 1.0, "certified": 1.0, "L_final": 0.0229, "L_base": 3.7981}]
+
+
+def test_a_form_that_did_not_converge_is_not_chosen_and_the_plan_says_why(capsys):
+    from memlaw.cli.plan import _print_plan
+
+    p = plan(160, GUIDE_CELLS, n_records=16, L_base=3.808)     # the paper's form with a free b diverges here
+    scores, converged = p.law_choice["held_out_mape"], p.law_choice["converged"]
+    assert converged == {"paper": False, "bounded": True} and scores["paper"] < scores["bounded"]
+    assert p.law_form == "bounded"                              # the lower score, but from a fit that diverged
+    assert len(p.notes) == len(set(p.notes)) and any("did not converge" in n for n in p.notes)
+    p.settings = {}
+    _print_plan(p, "smollm2-135m", "probe", None, "memlaw")
+    chosen = next(line for line in capsys.readouterr().out.splitlines() if "chosen for" in line)
+    assert f"paper {scores['paper']:.2f}% (did not converge)" in chosen
+    assert chosen.endswith(f"bounded {scores['bounded']:.2f}%")             # no mark on the converged form
+    fixed = plan(160, GUIDE_CELLS, n_records=16, L_base=3.808, fix_b=True)   # b = 0: it converges and is chosen
+    assert fixed.law_choice["converged"] == {"paper": True, "bounded": True} and fixed.law_form == "paper"

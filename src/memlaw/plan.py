@@ -127,7 +127,8 @@ def plan(length: int, rows: list[dict[str, Any]], *, n_records: int = 0, L_base:
     with np.errstate(all="ignore"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         p = _plan(length, rows, n_records, L_base, law, fix_b, saturated_below)
-    p.notes += [str(w.message) for w in caught if issubclass(w.category, FitWarning)]
+    # Each fit (the forms, their held-out fits, the chosen one again) warns on its own: say each thing once.
+    p.notes = list(dict.fromkeys([*p.notes, *(str(w.message) for w in caught if issubclass(w.category, FitWarning))]))
     return p
 
 
@@ -201,7 +202,8 @@ def _choose_law(rows: list[dict[str, Any]], law: str, fix_b: bool, notes: list[s
     table = fit_table(rows, law=BOTH, fix_b=fix_b)
     notes += [n for n in table["notes"] if n.startswith("bounded:")]
     choice = {"by": "held-out MAPE (mean of by rank and by length; fitted on the same cells)",
-              "held_out_mape": {name: form["held_out_mape"] for name, form in table["forms"].items()}}
+              "held_out_mape": {name: form["held_out_mape"] for name, form in table["forms"].items()},
+              "converged": {name: form["law"]["converged"] for name, form in table["forms"].items()}}
     if table["best"] is None:
         notes.append("law: no form could be held out (or none converged), so the paper's form is used")
     return table["best"] or "paper", choice

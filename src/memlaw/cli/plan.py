@@ -97,10 +97,12 @@ def _print_plan(p, model: str, kind: str, config: str | None, fmt: str) -> None:
         f"{p.measured.get('cells', 0)} cells it is fitted to (benchmark {s.get('benchmark.name', '?')})")
     say(f"law: {p.law_form}, {p.law_formula} (ΔL = L_base − L_final, the drop in mean value-token loss the "
         f"adapter buys; r the rank)")
-    scores = p.law_choice.get("held_out_mape", {})
+    scores, converged = p.law_choice.get("held_out_mape", {}), p.law_choice.get("converged", {})
     if len(scores) > 1:
-        say("  chosen for its lower held-out MAPE (mean of by rank and by length): " +
-            ", ".join(f"{name} {'-' if v is None else f'{v:.2f}%'}" for name, v in scores.items()))
+        say("  chosen for its lower held-out MAPE (mean of by rank and by length; a form whose fit did not converge "
+            "is not a candidate): " + ", ".join(f"{name} {'-' if v is None else f'{v:.2f}%'}"
+                                              f"{'' if converged.get(name, True) else ' (did not converge)'}"
+                                              for name, v in scores.items()))
     if p.rank is None:
         say("no rank: " + "; ".join(p.notes))
         return

@@ -19,7 +19,7 @@ per parameter compare with published figures (`PUBLISHED`); `frontier_bits` read
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -108,17 +108,35 @@ def upper(records: Sequence[Record], basis: str | None = None) -> ValueBits:
 
 def per_param_text(row: Mapping[str, Any], digits: int = 4) -> str:
     """Bits per parameter of a verification summary or a stored cell, as one short text: "0.0123"
-    (exact), "≤ 0.0456" (an upper bound) or "-" (unknown). A PhoneBook cell stored before bits were
-    counted per generator is recounted from its EM (`stored_bits`)."""
+    (exact), "≤ 0.0456" (an upper bound) or "-" (unknown), followed by " (recounted)" where the cell
+    was stored without its bits and they were recounted (`recounted`: an old PhoneBook cell from its
+    EM, any other from its config by `memlaw.recount.with_bits`)."""
     found = stored_bits(row)
-    n_params = _metrics(row).get("n_params", row.get("n_params"))
+    n_params = metrics_of(row).get("n_params", row.get("n_params"))
     if found is None or not n_params:
         return "-"
     value, kind = found[0] / n_params, found[1]
-    return f"{value:.{digits}f}" if kind == "exact" else f"≤ {value:.{digits}f}"
+    text = f"{value:.{digits}f}" if kind == "exact" else f"≤ {value:.{digits}f}"
+    return text + (" (recounted)" if recounted(row) else "")
 
 
 # ---------------------------------------------------------------- reading stored cells
+
+
+RECOUNTED = "bits_recounted"
+"""Metrics key marking bits recounted from a cell's config (`memlaw.recount`), not stored with the cell."""
+
+
+def has_stored_bits(row: Mapping[str, Any]) -> bool:
+    """Whether the cell was stored with its bits (metrics `bits_kind`), not recounted."""
+    m = metrics_of(row)
+    return {**row, **m}.get("bits_kind") in ("exact", "upper") and not m.get(RECOUNTED)
+
+
+def recounted(row: Mapping[str, Any]) -> bool:
+    """Whether the bits read off `row` were recounted, not stored with the cell: from its config
+    (`memlaw.recount.with_bits`), or from an old PhoneBook cell's record count (`row_bits`)."""
+    return not has_stored_bits(row) and (row_bits(row) is not None or stored_bits(row) is not None)
 
 
 def row_bits(row: Mapping[str, Any]) -> tuple[float, Kind] | None:
@@ -135,7 +153,7 @@ def _counted(row: Mapping[str, Any], name: str, legacy_count: str) -> tuple[floa
     """`name` (or `name`_upper) with its kind. Cells stored before bits were counted per generator
     carry the old per-digit count; a PhoneBook one is recounted exactly (its records times
     PHONE_BITS: `legacy_count` is how many), other old cells give None."""
-    metrics = _metrics(row)
+    metrics = metrics_of(row)
     m = {**row, **metrics}
     kind = m.get("bits_kind")
     if kind in ("exact", "upper"):
@@ -150,7 +168,8 @@ def _counted(row: Mapping[str, Any], name: str, legacy_count: str) -> tuple[floa
     return None
 
 
-def _metrics(row: Mapping[str, Any]) -> dict[str, Any]:
+def metrics_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored cell's metrics as a dict (parsed where a row carries them as JSON text; {} if none)."""
     m = row.get("metrics")
     if isinstance(m, str):
         import json
@@ -183,6 +202,8 @@ class FrontierPoint:
     """Cells at (rank, ℓ_max) with 100% EM (seeds)."""
     of: int
     """Cells at (rank, ℓ_max) in all."""
+    recounted: int = 0
+    """Of `cells`, those whose bits were recounted from their config (stored before bits were kept per cell)."""
 
     @property
     def bits_per_param(self) -> float | None:
@@ -197,14 +218,18 @@ class FrontierPoint:
         s = "" if self.kind is None else suffix(self.kind)
         return {"rank": self.rank, "length": self.length, "n_params": self.n_params, "bits_kind": self.kind,
                 f"bits{s}": self.bits, f"bits_per_param{s}": self.bits_per_param,
-                "tokens_per_param": self.tokens_per_param, "cells": self.cells, "of": self.of}
+                "tokens_per_param": self.tokens_per_param, "cells": self.cells, "of": self.of,
+                "recounted": self.recounted}
 
 
-def frontier_bits(rows: Iterable[Mapping[str, Any]]) -> list[FrontierPoint]:
+def frontier_bits(rows: Iterable[Mapping[str, Any]],
+                  recount: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> list[FrontierPoint]:
     """Per rank, the largest ℓ with 100% EM among `rows` (one experiment's stored cells) and its bits.
 
     Rows need rank, length, em_rate (or em, as CSV exports carry it), n_params, and the bits of the
-    memory (`row_bits`). Ranks with no fully recalled length are left out.
+    memory (`row_bits`). Ranks with no fully recalled length are left out. `recount` (e.g.
+    `memlaw.recount.with_bits`) gives the frontier's cells stored without bits theirs; each point
+    counts the cells whose bits were recounted.
     """
     by_rank: dict[int, list[Mapping[str, Any]]] = {}
     for r in rows:
@@ -218,19 +243,34 @@ def frontier_bits(rows: Iterable[Mapping[str, Any]]) -> list[FrontierPoint]:
         length = max(int(r["length"]) for r in full)
         at = [r for r in cells if int(r["length"]) == length]
         done = [r for r in full if int(r["length"]) == length]
+        if recount is not None:
+            done = [r if row_bits(r) is not None else recount(r) for r in done]
         counted = [b for b in (row_bits(r) for r in done) if b is not None]
         kinds = {k for _, k in counted}
         bits, kind = (None, None)
         if counted and len(kinds) == 1:
             bits, kind = math.fsum(b for b, _ in counted) / len(counted), kinds.pop()
         params = [r.get("n_params") for r in done if r.get("n_params")]
-        points.append(FrontierPoint(rank, length, int(params[0]) if params else None, bits, kind, len(done), len(at)))
+        again = sum(1 for r in done if row_bits(r) is not None and recounted(r))
+        points.append(FrontierPoint(rank, length, int(params[0]) if params else None, bits, kind, len(done), len(at),
+                                    again))
     return points
 
 
 def _em(row: Mapping[str, Any]) -> float | None:
     v = row.get("em_rate", row.get("em"))
     return None if v is None or v == "" else float(v)
+
+
+def recount_note(capacity: Mapping[str, Any] | None) -> str | None:
+    """One line saying at which ranks the frontier's bits were recounted (`capacity_summary`'s `recounted`
+    per point: from the cells' configs, or an old PhoneBook cell's record count), or None."""
+    ranks = [p for p in (capacity or {}).get("frontier", []) if p.get("recounted")]
+    if not ranks:
+        return None
+    where = ", ".join(f"{p['rank']:g} ({p['recounted']} cell{'s' if p['recounted'] != 1 else ''})" for p in ranks)
+    return (f"bits at rank{'s' if len(ranks) > 1 else ''} {where} recounted from the cells' configs (benchmark, "
+            "its options, ℓ, the model's tokenizer): the cells were stored before bits were kept per cell")
 
 
 @dataclass(frozen=True)
@@ -273,13 +313,16 @@ def csv_columns(path, names: Sequence[str] = ("n_params", "benchmark", "metrics"
     return out
 
 
-def capacity_summary(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """JSON-ready: the frontier's bits per parameter per rank and the published figures beside them."""
-    points = frontier_bits(rows)
+def capacity_summary(rows: Iterable[Mapping[str, Any]],
+                     recount: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """JSON-ready: the frontier's bits per parameter per rank (`frontier_bits`, with `recount`) and the
+    published figures beside them."""
+    points = frontier_bits(rows, recount)
     return {"frontier": [p.to_dict() for p in points],
             "published": [{"name": p.name, "low": p.low, "high": p.high, "unit": p.unit, "scope": p.scope}
                           for p in PUBLISHED]}
 
 
-__all__ = ["ValueBits", "Kind", "CLASSES", "suffix", "exact", "upper", "upper_bound", "character_class", "per_param_text", "row_bits", "stored_bits", "FrontierPoint", "frontier_bits", "Published", "PUBLISHED",
-           "capacity_summary", "csv_columns"]
+__all__ = ["ValueBits", "Kind", "CLASSES", "suffix", "exact", "upper", "upper_bound", "character_class",
+           "per_param_text", "row_bits", "stored_bits", "metrics_of", "RECOUNTED", "has_stored_bits", "recounted",
+           "FrontierPoint", "frontier_bits", "Published", "PUBLISHED", "capacity_summary", "recount_note", "csv_columns"]

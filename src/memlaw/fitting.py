@@ -72,13 +72,15 @@ def fit_cells(*, store: str | os.PathLike | None = None, csv: str | os.PathLike 
     Returns:
         {"fits": [...]}: per experiment, `fit_rows`' dict plus `experiment` (what sets it apart from
         the others), `config` (its shared settings), `source`, `n` (rows) and `capacity` (bits per
-        parameter at the frontier, per rank, beside published figures: `bits.capacity_summary`). Its
+        parameter at the frontier, per rank, beside published figures: `bits.capacity_summary`; cells
+        stored without bits get them recounted from their config, `memlaw.recount.with_bits`). Its
         `excluded` also lists the store's cells of that experiment that failed or have no ΔL.
 
     Raises:
         ConfigError: not exactly one of `store` and `csv`, `where` with a CSV, a bad law form, or no usable rows.
     """
     from memlaw.bits import capacity_summary, csv_columns
+    from memlaw.recount import with_bits
 
     if (store is None) == (csv is None):
         raise ConfigError("give exactly one of --store or --csv")
@@ -118,7 +120,7 @@ def fit_cells(*, store: str | os.PathLike | None = None, csv: str | os.PathLike 
             fit["pooled"] = list(pool)
             fit["pooled_values"] = pooled_values(experiment.rows, pool)
         fits.append({**fit, "experiment": experiment.label, "config": experiment.config, "source": source,
-                     "n": len(lrows), "capacity": capacity_summary(experiment.rows)})
+                     "n": len(lrows), "capacity": capacity_summary(experiment.rows, with_bits)})
     return json_safe({"fits": fits})
 
 

@@ -299,6 +299,43 @@ def resolve_device(device: str | torch.device = "auto") -> str:
     return str(dev)
 
 
+def load_tokenizer(name: str = "smollm2-135m", *, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of base model `name` alone, never its weights (`load_base` loads both).
+
+    Embedded models: from memlaw's cache where it is built, else read from the GGUF's metadata
+    (`ensure_cached` would dequantize the weights); `tiny`: built in code; a directory or hub id: its
+    tokenizer files (from the Hugging Face cache unless the network is allowed). The same tokenizer
+    `load_base` gives, for counting a cell's records without the model (`memlaw.recount`).
+
+    Raises:
+        ModelError: the name is neither embedded nor loadable, or a dependency is missing.
+    """
+    check_model_name(name)
+    if name == "tiny":
+        tok = build_tiny_tokenizer()
+    elif name in EMBEDDED:
+        target = cache_root(cache_dir) / "models" / name
+        if _cache_ok(target):
+            tok = AutoTokenizer.from_pretrained(target)
+        else:
+            with tempfile.TemporaryDirectory(prefix=f"memlaw-{name}-") as work:
+                path = EMBEDDED[name].gguf(Path(work))
+                if not path.is_file():
+                    raise ModelError(f"{name}: GGUF file {path} is missing; reinstall {EMBEDDED[name].package}")
+                tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    else:
+        local = Path(name).expanduser()
+        where = local if local.is_dir() else name
+        try:
+            tok = AutoTokenizer.from_pretrained(where, local_files_only=not local.is_dir() and not network_allowed())
+        except (OSError, ValueError, KeyError) as e:
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelError(f"cannot load the tokenizer of model {name!r}: {cause}") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def load_base(name: str = "smollm2-135m", *, dtype: str | torch.dtype = "auto", device: str = "cpu",
               cache_dir: str | Path | None = None) -> BaseModel:
     """Load a frozen base model for writing and recall.

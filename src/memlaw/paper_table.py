@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from memlaw.bits import recount_note
 from memlaw.experiments import flat
 from memlaw.report.document import pm
 
@@ -238,14 +239,18 @@ def target_line(fit: Mapping[str, Any], form: str, targets: Targets = TARGETS) -
 
 def capacity_table(fits: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None) -> str:
     """Bits per parameter at the capacity frontier (per rank, the largest ℓ recalled in full), one row per
-    fit and rank, and the published figures beside them; "-" where the cells carry no bit count."""
+    fit and rank, and the published figures beside them; "-" where the cells carry no bit count; a line per
+    fit whose bits were recounted from its cells' configs (`bits.recount_note`)."""
     names = list(names or labels(fits))
     lines = ["| experiment | rank | ℓ_max | cells at 100% EM | params | bits | bits/param | tokens/param |",
              "|---|--:|--:|--:|--:|--:|--:|--:|"]
-    published = None
+    published, notes = None, []
     for name, fit in zip(names, fits):
         cap = fit.get("capacity") or {}
         published = published or cap.get("published")
+        again = recount_note(cap)
+        if again:
+            notes.append(f"{_escape(name)}: {again}.")
         for p in cap.get("frontier") or []:
             upper = p.get("bits_kind") == "upper"
             bits = p.get("bits_upper") if upper else p.get("bits")
@@ -257,7 +262,7 @@ def capacity_table(fits: Sequence[Mapping[str, Any]], names: Sequence[str] | Non
                          f"{'-' if p['tokens_per_param'] is None else format(p['tokens_per_param'], '.3g')} |")
     if len(lines) == 2:
         return "No rank recalls any length in full (no cell at 100% EM): no capacity frontier.\n"
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + "".join(f"\n{n}" for n in notes)
     for p in published or []:
         span = f"{p['low']:g}" if p["low"] == p["high"] else f"{p['low']:g}–{p['high']:g}"
         text += f"\nPublished: {p['name']}: {span} {p['unit']} ({p['scope']})."

@@ -63,7 +63,8 @@ def fit(
     shorter lengths and predicts the longer; the one with the lower mean held-out MAPE is marked
     best (`memlaw plan` uses it). Also: the cells and seeds fitted, the cells left out and why, the
     spread of ΔL across seeds, and the capacity frontier with bits per parameter per rank beside
-    published figures. One law per experiment: cells that differ
+    published figures (cells stored before bits were kept per cell: recounted from their config with
+    the model's tokenizer alone, and said so). One law per experiment: cells that differ
     only in rank, length and seed. Cells that differ in anything else (noise ratio, budget, lr,
     objective, ...) are fitted separately, each labelled by what differs; pick one with --where
     (flat columns or config keys, e.g. benchmark.ratio=r100).
@@ -182,6 +183,11 @@ def _print_capacity(cap: dict | None) -> None:
     out.print(t)
     if any(p["bits_kind"] == "upper" for p in cap["frontier"]):
         out.print("note: ≤ marks an upper bound (records with no known generator), not bits", markup=False)
+    from memlaw.bits import recount_note
+
+    again = recount_note(cap)
+    if again:
+        out.print(f"note: {again}", markup=False, soft_wrap=True)
     for p in cap["published"]:
         span = f"{p['low']:g}" if p["low"] == p["high"] else f"{p['low']:g}–{p['high']:g}"
         out.print(f"published: {p['name']}: {span} {p['unit']} ({p['scope']})", markup=False, soft_wrap=True)

@@ -68,6 +68,9 @@ def report(
             source = f"store {store}" + (f" where {where}" if where else "")
         if not rows:
             raise ConfigError(f"{store or csv_file}: no finished cells" + (f" match --where {where}" if where else ""))
+        from memlaw.recount import with_bits_all
+
+        rows = with_bits_all(rows)          # cells stored before bits were kept: recounted from their config
         rep = build_report(rows, probs, failed=failed, redact=redact, source=source,
                            law_options={"law": law.value, "fix_b": fix_b, "saturated_below": saturated_below,
                                         "pool": tuple(pool or ())})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from memlaw import analysis, phase
+from memlaw import analysis, bits, phase
 from memlaw.report import plots
 from memlaw.report.document import Cell, FigureSpec, Section, Table, fmt
 from memlaw.report.document import slug as _slug
@@ -30,6 +30,11 @@ def cells_section(rows: list[Mapping[str, Any]], failed: list[Mapping[str, Any]]
                        fmt(r["stubborn"]), fmt(r["bits_per_param"]), fmt(r["time_to_certified"], 1),
                        fmt(r["wall_s"], 1)])
     sec.tables.append(t)
+    again = sum(1 for r in rows if bits.recounted(r))
+    if again:
+        sec.paragraphs.append(f"bits/param marked (recounted): {again} cell{'s' if again != 1 else ''} stored before bits "
+                              "were kept per cell; their bits were recounted from the cell's config (benchmark, its "
+                              "options, ℓ, the model's tokenizer), exact or an upper bound as a fresh cell's.")
     if failed:
         ft = Table(id="failed-table", caption=f"{len(failed)} failed cells (invalid cells, not crashes)",
                    columns=["key", "rank", "length", "error"], rows=[])

@@ -4,7 +4,8 @@ import pytest
 
 from memlaw.errors import ConfigError
 from memlaw.law import law
-from memlaw.plan import law_rows, plan
+from memlaw.fitting import law_rows
+from memlaw.plan import plan
 
 
 def rows(ranks=(1, 2, 4, 8), lengths=(20, 40, 60, 80), full=lambda r, length: length <= 10 * r):

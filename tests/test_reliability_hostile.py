@@ -231,7 +231,7 @@ def test_sweep_cell_that_diverges_stops_the_sweep_and_is_not_stored(tmp_path, mo
 
 
 def test_adapter_metadata_is_strict_json(tmp_path):
-    from memlaw.config import json_ready
+    from memlaw.fileio import json_ready
 
     assert json_ready({"a": float("nan"), "b": (1.0, float("-inf")), 3: {"c": float("inf")}}) == \
         {"a": None, "b": [1.0, None], "3": {"c": None}}

@@ -4,75 +4,25 @@ Each is frozen and keyword-only, documented field by field, and validated once i
 which raises one `ConfigError` naming every problem. `from_dict` builds any of them from a plain
 mapping (YAML, JSON) and rejects unknown keys with the nearest valid name.
 
-Every numeric field is checked by `int_problem` or `float_problem`: the right type (an integer
-field takes no float such as 2.5 and no bool such as `true`; a float field takes ints but no bool),
-finite (no NaN or infinity, which would train an all-NaN adapter), and in its range. Values quoted
-in messages go through `shown`, which bounds their size.
+Every field is checked by `memlaw.validation` (numbers of the right type, finite and in range;
+values quoted in messages bounded in size).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
-import reprlib
-import string
 import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
 from memlaw.errors import ConfigError
+from memlaw.fileio import json_ready
+from memlaw.validation import (collect, float_problem, format_problem, int_problem, margin_problem, nearest, refuse,
+                               shown)
 
 T = TypeVar("T")
 MAX_SEED = 2**63 - 1   # torch generators take 64-bit seeds; beyond that seeding overflows
 MAX_LR = 10.0          # AdamW steps by about lr; past ~1e37 its first step overflows float32 (a crash, not an error)
-
-_REPR = reprlib.Repr()
-_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxlevel = 60, 60, 6, 6, 6, 3
-
-
-def shown(value: Any) -> str:
-    """A config value as a message quotes it: its repr, bounded in size (a huge or deeply aliased
-    YAML value is never expanded in full)."""
-    return _REPR.repr(value)
-
-
-def int_problem(name: str, value: Any, *, lo: int | None = None, hi: int | None = None,
-                optional: bool = False) -> str | None:
-    """Why `value` cannot be integer setting `name` (a bool or a float is not an integer), or None."""
-    if value is None and optional:
-        return None
-    wrong_type = not isinstance(value, int) or isinstance(value, bool)
-    if wrong_type or (lo is not None and value < lo) or (hi is not None and value > hi):
-        return f"{name} must be an integer {_range(lo, hi, False, False)}, got {shown(value)}".replace(" ,", ",")
-    return None
-
-
-def float_problem(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
-                  lo_open: bool = False, hi_open: bool = False, optional: bool = False) -> str | None:
-    """Why `value` cannot be number setting `name` (not a number, a bool, NaN, infinite, out of range), or None."""
-    if value is None and optional:
-        return None
-    where = _range(lo, hi, lo_open, hi_open)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        return f"{name} must be a finite number {where}, got {shown(value)}".replace(" ,", ",")
-    if (lo is not None and (value <= lo if lo_open else value < lo)) or \
-            (hi is not None and (value >= hi if hi_open else value > hi)):
-        return f"{name} must be {where}, got {shown(value)}"
-    return None
-
-
-def _range(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
-    """'>= 1', '> 0', 'in [0, 0.5)', '<= 1' or '' (no bound)."""
-    lo, hi = (f"{x:g}" if isinstance(x, float) else x for x in (lo, hi))
-    if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f"{'>' if lo_open else '>='} {lo}"
-    if hi is not None:
-        return f"{'<' if hi_open else '<='} {hi}"
-    return ""
 
 DEFAULT_MAX_STEPS = 2000
 """The step budget of an `until='certified'` run given neither max_steps nor epochs."""
@@ -87,33 +37,6 @@ def choices(cls: type, name: str) -> tuple[str, ...]:
     return tuple(args)
 
 
-def margin_problem(margin: Any) -> str | None:
-    """What is wrong with a certificate margin (certified: every p_t > 0.5 + margin), or None."""
-    return float_problem("margin", margin, lo=0.0, hi=0.5, hi_open=True)
-
-
-def format_problem(fmt: Any) -> str | None:
-    """Why `fmt` cannot show a key: not a string, stray braces, or a field other than a plain `{key}`."""
-    if not isinstance(fmt, str):
-        return f"format must be a string containing '{{key}}', got {shown(fmt)}"
-    try:
-        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(fmt) if name is not None]
-    except ValueError as e:              # "Single '}' encountered in format string", ...
-        return f"format {shown(fmt)} is not a valid format string ({e}); write literal braces as {{{{ and }}}}"
-    if not fields or any(f != ("key", "", None) for f in fields):
-        return f"format must contain '{{key}}' and no other field (literal braces are {{{{ and }}}}), got {shown(fmt)}"
-    return None
-
-
-def _problems(*found: str | None) -> list[str]:
-    return [p for p in found if p is not None]
-
-
-def _raise(problems: list[str], what: str) -> None:
-    if problems:
-        raise ConfigError(f"{what}: " + "; ".join(problems))
-
-
 @dataclass(frozen=True, kw_only=True)
 class PromptConfig:
     template: Literal["chat", "plain"] | None = None
@@ -124,12 +47,12 @@ class PromptConfig:
     """How the key is shown: the user turn (chat) or the whole prompt (plain). Must contain `{key}`."""
 
     def __post_init__(self) -> None:
-        problems = _problems(format_problem(self.format))
+        problems = collect(format_problem(self.format))
         if self.template not in (None, "chat", "plain"):
             problems.append(f"template must be 'chat' or 'plain', got {shown(self.template)}")
         if self.system is not None and not isinstance(self.system, str):
             problems.append(f"system must be a string or null, got {shown(self.system)}")
-        _raise(problems, "prompt")
+        refuse(problems, "prompt")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,7 +73,7 @@ class AdapterConfig:
     """Restrict `lora` to these decoder layers (PEFT `layers_to_transform`); None: all."""
 
     def __post_init__(self) -> None:
-        problems = _problems(
+        problems = collect(
             int_problem("rank", self.rank, lo=1), int_problem("layer", self.layer, lo=0, optional=True),
             float_problem("dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True, optional=True),
             float_problem("lora_alpha", self.lora_alpha, lo=0.0, lo_open=True, optional=True))
@@ -164,8 +87,8 @@ class AdapterConfig:
             if not isinstance(self.lora_layers, tuple) or not self.lora_layers:
                 problems.append(f"lora_layers must be a non-empty list of layer indices, got {shown(self.lora_layers)}")
             else:
-                problems += _problems(*(int_problem("lora_layers", x, lo=0) for x in self.lora_layers))[:1]
-        _raise(problems, "adapter")
+                problems += collect(*(int_problem("lora_layers", x, lo=0) for x in self.lora_layers))[:1]
+        refuse(problems, "adapter")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,8 +132,8 @@ class ObjectiveConfig:
         names = ("sft", "memft-ot", "memft-sw", "memft-sw-curriculum")
         if self.name not in names:
             problems.append(f"objective must be one of {', '.join(names)}; got {shown(self.name)}"
-                            f"{_nearest(self.name, names)}")
-        problems += _problems(
+                            f"{nearest(self.name, names)}")
+        problems += collect(
             float_problem("tau", self.tau, lo=0.0, hi=1.0, lo_open=True),
             float_problem("kappa", self.kappa, lo=0.0, lo_open=True),
             int_problem("window", self.window, lo=1),
@@ -225,13 +148,13 @@ class ObjectiveConfig:
         if not isinstance(ratios, tuple) or not ratios:
             problems.append(f"curriculum_ratios must be a non-empty list of fractions, got {shown(ratios)}")
         else:
-            problems += _problems(*(float_problem("curriculum_ratios", x, lo=0.0, hi=1.0, lo_open=True)
+            problems += collect(*(float_problem("curriculum_ratios", x, lo=0.0, hi=1.0, lo_open=True)
                                     for x in ratios))[:1]
         if ends is not None:
             if not isinstance(ends, tuple) or not ends:
                 problems.append(f"curriculum_boundaries must be a non-empty list of epochs or null, got {shown(ends)}")
             else:
-                bad = _problems(*(float_problem("curriculum_boundaries", x, lo=0.0, lo_open=True) for x in ends))[:1]
+                bad = collect(*(float_problem("curriculum_boundaries", x, lo=0.0, lo_open=True) for x in ends))[:1]
                 if not bad and any(b <= a for a, b in zip(ends, ends[1:])):
                     bad = [f"curriculum_boundaries must increase, got {shown(ends)}"]
                 problems += bad
@@ -241,7 +164,7 @@ class ObjectiveConfig:
                             "schedule, curriculum_boundaries null, has 5 stages)")
         if not isinstance(self.equal_budget, bool):
             problems.append(f"equal_budget must be true or false, got {shown(self.equal_budget)}")
-        _raise(problems, "objective")
+        refuse(problems, "objective")
 
     def key_dict(self) -> dict[str, Any]:
         """What identifies the objective in a cell key: every field, but the curriculum's settings only
@@ -317,7 +240,7 @@ class TrainConfig:
     certificate run on the float32 weights, which are the ones saved."""
 
     def __post_init__(self) -> None:
-        problems = _problems(
+        problems = collect(
             float_problem("lr", self.lr, lo=0.0, hi=MAX_LR, lo_open=True, optional=True),
             int_problem("batch_size", self.batch_size, lo=1),
             int_problem("max_steps", self.max_steps, lo=1, optional=True),
@@ -333,7 +256,7 @@ class TrainConfig:
         for name in ("cache_prefix", "answer_logits", "shared_prompt", "early_checks"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false, got {shown(getattr(self, name))}")
-        problems += _problems(int_problem("warmup", self.warmup, lo=0),
+        problems += collect(int_problem("warmup", self.warmup, lo=0),
                               float_problem("retire_margin", self.retire_margin, lo=0.0, hi=0.5, hi_open=True,
                                             optional=True))
         if self.attention not in ("auto", "math", "model"):
@@ -342,7 +265,7 @@ class TrainConfig:
             problems.append(f"schedule must be 'linear' or 'progress', got {shown(self.schedule)}")
         if self.lora_compute not in ("auto", "float32"):
             problems.append(f"lora_compute must be 'auto' or 'float32', got {shown(self.lora_compute)}")
-        _raise(problems, "train")
+        refuse(problems, "train")
 
     def for_kind(self, kind: str) -> TrainConfig:
         """This config with `lr` set: the kind's default for the stop rule (`default_lr`) where it is None."""
@@ -410,7 +333,7 @@ class BenchmarkConfig:
         names = choices(BenchmarkConfig, "name")
         if self.name not in names:
             raise ConfigError(f"benchmark: name must be one of {', '.join(names)}, got {self.name!r}"
-                              f"{_nearest(self.name, names)}")
+                              f"{nearest(self.name, names)}")
         problems = []
         takes = self.OPTIONS[self.name]
         for option in ("path", "sha256", "ratio", "source", "held_out", "data_seed"):
@@ -428,11 +351,9 @@ class BenchmarkConfig:
             problems.append(f"ratio must be r0, r20, ..., r100 or a number in [0, 1], got {shown(self.ratio)}")
         if self.source not in (None, "own", "paper"):
             problems.append(f"source must be 'own' or 'paper', got {self.source!r}")
-        if self.held_out is not None and (not _is_int(self.held_out) or self.held_out < 0):
-            problems.append(f"held_out must be an integer >= 0, got {self.held_out!r}")
-        if self.data_seed is not None and not _is_int(self.data_seed):
-            problems.append(f"data_seed must be an integer, got {self.data_seed!r}")
-        _raise(problems, "benchmark")
+        problems += collect(int_problem("held_out", self.held_out, lo=0, optional=True),
+                            int_problem("data_seed", self.data_seed, optional=True))
+        refuse(problems, "benchmark")
 
     def options(self) -> dict[str, Any]:
         """The benchmark's own options, as `memlaw.benchmarks.build` takes them."""
@@ -446,15 +367,6 @@ class BenchmarkConfig:
         return d
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _nearest(name: str, options: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(str(name), list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def from_dict(cls: type[T], data: dict[str, Any] | None, what: str | None = None) -> T:
     """Build dataclass `cls` from a mapping; unknown keys raise `ConfigError` with the nearest name."""
     data = dict(data or {})
@@ -462,7 +374,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, what: str | None = None
     unknown = [k for k in data if k not in names]
     if unknown:
         k = unknown[0]
-        raise ConfigError(f"{what or cls.__name__}: unknown key {k!r}{_nearest(k, names)}; valid keys: {', '.join(names)}")
+        raise ConfigError(f"{what or cls.__name__}: unknown key {k!r}{nearest(k, names)}; valid keys: {', '.join(names)}")
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if isinstance(data.get(f.name), list):
             data[f.name] = tuple(data[f.name])
@@ -484,19 +396,5 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return json_ready(dataclasses.asdict(obj))
 
 
-def json_ready(x: Any) -> Any:
-    """Strict-JSON-ready: mappings with str keys, tuples as lists, numpy scalars as Python numbers,
-    NaN and infinity as None (JSON has no place for them; `json.dumps(allow_nan=False)` then holds)."""
-    if isinstance(x, Mapping):
-        return {str(k): json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_ready(v) for v in x]
-    if hasattr(x, "item") and hasattr(x, "dtype") and getattr(x, "ndim", None) == 0:   # a numpy/torch scalar
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 __all__ = ["PromptConfig", "AdapterConfig", "ObjectiveConfig", "TrainConfig", "BenchmarkConfig", "choices", "from_dict",
-           "to_dict", "field", "int_problem", "float_problem", "margin_problem", "format_problem", "shown", "MAX_SEED"]
+           "to_dict", "default_lr", "DEFAULT_LR", "CERTIFY_LR", "DEFAULT_MAX_STEPS", "MAX_SEED", "MAX_LR"]

@@ -14,9 +14,8 @@ import json
 import os
 from typing import Any
 
-from memlaw.config import json_ready
 from memlaw.errors import ConfigError
-from memlaw.fileio import csv_text, open_input, read_csv
+from memlaw.fileio import csv_text, json_ready, open_input, read_csv
 
 EXPORT_EXTRA = ("em", "experiment", "ratio", "held_out", "held_out_em_rate", "locality_kl_mean", "locality_identical",
                 "locality_agreement")

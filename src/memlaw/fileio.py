@@ -5,6 +5,9 @@ a FIFO or a directory is refused before anything is read), at most a stated numb
 of at most a stated length; YAML with the safe loader only, no duplicate keys, and bounded nesting
 and alias expansion. Every refusal is one `{path}:{line}: {cause}` error of the caller's class.
 
+Values written: `json_ready` makes one strict JSON (NaN and infinity as null), `csv_cell` a CSV cell
+that no spreadsheet runs as a formula.
+
 Atomic writes: a reader sees the previous complete file or directory, or the new one, never a torn one.
 
 A directory is built in a temp directory beside its target, named `.{name}.{pid}.{random}.tmp`, and
@@ -24,13 +27,14 @@ import csv
 import ctypes
 import errno
 import io
+import math
 import os
 import re
 import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -38,8 +42,8 @@ from typing import Any, BinaryIO
 import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-from memlaw.config import shown
 from memlaw.errors import ConfigError, OutputError
+from memlaw.validation import shown
 
 MAX_YAML_BYTES = 1 << 20      # a sweep grid is a few hundred bytes
 MAX_YAML_DEPTH = 32           # nesting levels of a YAML document
@@ -230,6 +234,19 @@ def csv_text(cell: str) -> str:
     """A text cell as `csv_cell` wrote it, read back: the apostrophe before a would-be formula removed."""
     return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_START) else cell
 
+
+def json_ready(x: Any) -> Any:
+    """Strict-JSON-ready: mappings with str keys, tuples as lists, numpy scalars as Python numbers,
+    NaN and infinity as None (JSON has no place for them; `json.dumps(allow_nan=False)` then holds)."""
+    if isinstance(x, Mapping):
+        return {str(k): json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_ready(v) for v in x]
+    if hasattr(x, "item") and hasattr(x, "dtype") and getattr(x, "ndim", None) == 0:   # a numpy/torch scalar
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def check_output_file(path: str | os.PathLike) -> Path:

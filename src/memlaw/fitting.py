@@ -12,9 +12,9 @@ import os
 import warnings
 from typing import Any
 
-from memlaw.config import json_ready
 from memlaw.errors import ConfigError, FitWarning, MemlawError
 from memlaw.experiments import config_of, experiment_of, flat, group, one_experiment, without
+from memlaw.fileio import json_ready
 from memlaw.law import BOTH, fit_table, read_law_csv
 
 OPTIONAL = ("seed", "L_base")
@@ -121,7 +121,7 @@ def fit_cells(*, store: str | os.PathLike | None = None, csv: str | os.PathLike 
             fit["pooled_values"] = pooled_values(experiment.rows, pool)
         fits.append({**fit, "experiment": experiment.label, "config": experiment.config, "source": source,
                      "n": len(lrows), "capacity": capacity_summary(experiment.rows, with_bits)})
-    return json_safe({"fits": fits})
+    return json_ready({"fits": fits})
 
 
 def pooled_values(rows: list[dict[str, Any]], pool: tuple[str, ...]) -> dict[str, list[Any]]:
@@ -157,8 +157,4 @@ def _by_experiment(rows: list[dict[str, Any]], pool: tuple[str, ...] = ()) -> di
     return out
 
 
-json_safe = json_ready
-"""Strict-JSON-ready (NaN and ±inf to None): `memlaw.config.json_ready`, under the name `memlaw.plan` exports."""
-
-
-__all__ = ["law_rows", "fit_rows", "fit_cells", "json_safe"]
+__all__ = ["law_rows", "fit_rows", "fit_cells"]

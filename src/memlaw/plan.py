@@ -33,7 +33,8 @@ import numpy as np
 
 from memlaw import recipe
 from memlaw.errors import ConfigError, FitWarning
-from memlaw.fitting import fit_cells, fit_rows, json_safe, law_rows  # noqa: F401  (the body of `memlaw fit`)
+from memlaw.fileio import json_ready
+from memlaw.fitting import law_rows
 from memlaw.law import BOTH, FORMS, Frontier, fit_table, make_law, unsaturated
 
 LAW_FORMS: dict[str, tuple[type, str]] = {name: (cls, cls.formula) for name, cls in FORMS.items()}
@@ -78,7 +79,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready and strict: NaN and ±inf become None."""
-        return json_safe(asdict(self))
+        return json_ready(asdict(self))
 
     def command(self, records: str = "RECORDS", out: str = "ADAPTER") -> list[str]:
         """argv of the `memlaw write` that realises the plan (None-free; needs a rank)."""
@@ -99,7 +100,7 @@ class Plan:
         if self.rank is None:
             raise ConfigError("the plan has no rank, so no config: " + "; ".join(self.notes))
         if fmt == "peft":
-            return json.dumps(json_safe(recipe.peft_config(self.settings, self.rank)), indent=2, allow_nan=False)
+            return json.dumps(json_ready(recipe.peft_config(self.settings, self.rank)), indent=2, allow_nan=False)
         return recipe.axolotl_config(self.settings, self.rank, records=records)
 
 
@@ -307,5 +308,4 @@ def _freeze(d: dict) -> tuple:
     return tuple(sorted(d.items()))
 
 
-__all__ = ["plan", "plan_records", "fit_cells", "Plan", "law_rows", "fit_rows", "prompt_of", "json_safe", "LAW_FORMS",
-           "AUTO"]
+__all__ = ["plan", "plan_records", "Plan", "prompt_of", "LAW_FORMS", "AUTO"]

@@ -14,11 +14,9 @@
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import json
 import logging
-import math
 import os
 import re
 import sqlite3
@@ -30,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from memlaw.config import json_ready
 from memlaw.errors import StoreError
-from memlaw.fileio import atomic_write_text, check_output_file, csv_cell
+from memlaw.fileio import atomic_write_text, check_output_file, csv_cell, json_ready
+from memlaw.validation import nearest
 
 logger = logging.getLogger(__name__)
 
@@ -377,9 +375,8 @@ def parse_where(where: str | Mapping[str, Any] | None) -> tuple[list[str], list[
             params += [f"$.{col}", _number_or_text(value)]
             continue
         if col not in filterable:
-            close = difflib.get_close_matches(col, list(filterable), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise StoreError(f"unknown column {col!r} in filter{hint}; columns: {', '.join(filterable)}, or a config "
+            raise StoreError(f"unknown column {col!r} in filter{nearest(col, filterable)}; columns: "
+                             f"{', '.join(filterable)}, or a config "
                              f"key such as benchmark.ratio or train.lr")
         if filterable[col] in ("INTEGER", "REAL"):
             try:

@@ -256,7 +256,8 @@ def capacity_note(store: str | os.PathLike | None, meta: dict, length: int, n_re
         return (f"capacity: no law available to check rank {rank} against ℓ = {length} value tokens (give --store "
                 f"with sweep results for this model and adapter kind)")
     from memlaw.errors import MemlawError
-    from memlaw.plan import law_rows, plan
+    from memlaw.fitting import law_rows
+    from memlaw.plan import plan
     from memlaw.store import open_store
 
     try:

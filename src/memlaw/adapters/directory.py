@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from memlaw.adapters.card import model_card
-from memlaw.config import AdapterConfig, PromptConfig, choices, json_ready
+from memlaw.config import AdapterConfig, PromptConfig, choices
 from memlaw.errors import AdapterError, ConfigError
-from memlaw.fileio import atomic_dir, is_temp_dir, open_input
+from memlaw.fileio import atomic_dir, is_temp_dir, json_ready, open_input
 from memlaw.records import Record, keys_sha256, load_records, records_sha256, write_records
 
 META = "memlaw.json"

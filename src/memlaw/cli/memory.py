@@ -15,14 +15,13 @@ from rich.table import Table
 
 from memlaw.cli._common import (DeviceOpt, JsonOpt, OnlineOpt, VerboseOpt, app, err, flag, go_online, nullcontext,
                                 out, print_table, run, setup_logging)
-from memlaw.cli.progress import step_lines, verify_lines
 from memlaw.cli.living import (LEAKAGE_HELP, LOCALITY_HELP, RANDOM_KEYS_HELP, SHOW_LEAKS_HELP, WATCH_HELP, leakage_exit,
                                leakage_json, locality_text, print_leakage)
 from memlaw.cli.progress import step_lines, verify_lines
-from memlaw.config import (DEFAULT_LR, DEFAULT_MAX_STEPS, AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig,
-                           margin_problem)
+from memlaw.config import DEFAULT_LR, DEFAULT_MAX_STEPS, AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig
 from memlaw.errors import AdapterError, ConfigError
 from memlaw.records import redact as redact_value
+from memlaw.validation import margin_problem
 
 
 class Kind(str, Enum):

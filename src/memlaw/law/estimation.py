@@ -4,7 +4,6 @@ errors, and the goodness of fit (R², MAPE, AIC, BIC). Pure: arrays in, numbers 
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from numpy.typing import ArrayLike
 from scipy.optimize import least_squares
 
 from memlaw.errors import ConfigError, NotFittedError
+from memlaw.validation import nearest
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +67,7 @@ def check_data(r: ArrayLike, length: ArrayLike, **ys: ArrayLike) -> tuple[np.nda
 def check_solver(loss: str, max_nfev: int | None) -> None:
     """Refuse a loss scipy does not know (naming the nearest) or a bad evaluation cap."""
     if loss not in LOSSES:
-        close = difflib.get_close_matches(str(loss), LOSSES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}{hint}")
+        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}{nearest(loss, LOSSES)}")
     if max_nfev is not None and (not isinstance(max_nfev, int) or max_nfev < 1):
         raise ConfigError(f"max_nfev must be None or an integer >= 1, got {max_nfev!r}")
 

@@ -8,7 +8,6 @@ class attributes `form`, `formula` and `needs_l_base`.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 
 import numpy as np
@@ -17,6 +16,7 @@ from numpy.typing import ArrayLike
 from memlaw.errors import ConfigError
 from memlaw.law.bounded import BoundedLaw, bounded_law
 from memlaw.law.paper import MemoryLaw, law
+from memlaw.validation import nearest
 
 FORMS: dict[str, type] = {"paper": MemoryLaw, "bounded": BoundedLaw}
 """Law forms by name (the `--law` choices)."""
@@ -25,9 +25,7 @@ FORMS: dict[str, type] = {"paper": MemoryLaw, "bounded": BoundedLaw}
 def check_form(form: str) -> str:
     """`form` if it names a law form; ConfigError with the choices (and the nearest) otherwise."""
     if form not in FORMS:
-        close = difflib.get_close_matches(str(form), FORMS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"law form must be one of {', '.join(FORMS)}, got {form!r}{hint}")
+        raise ConfigError(f"law form must be one of {', '.join(FORMS)}, got {form!r}{nearest(form, FORMS)}")
     return form
 
 

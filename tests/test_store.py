@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from memlaw.errors import StoreError
+from memlaw.exports import export_cells
 from memlaw.law import read_law_csv
 from memlaw.store import SCHEMA_VERSION, open_store, parse_where
 from memlaw.sweep import sweep_from_dict
@@ -121,16 +122,16 @@ def test_export_csv_feeds_fit_csv_and_parquet_has_the_same_rows(store, tmp_path)
     for cell in GRID.cells():
         store.add_cell(result(cell, delta_loss=cell.rank / cell.length, em_rate=1.0), sweep="a")
     store.add_cell(result(sweep_from_dict({**GRID_DICT, "ranks": [16]}).cells()[0], "failed"), sweep="a")
-    n = store.export(tmp_path / "runs.csv")
+    n = export_cells(store, tmp_path / "runs.csv")
     assert n == 6
     rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
     assert {r["status"] for r in rows} == {"done"} and rows[0]["em"] == "1.0"
     law_rows = read_law_csv(tmp_path / "runs.csv")
     assert sorted((r["rank"], r["length"]) for r in law_rows) == sorted((c.rank, c.length) for c in GRID.cells())
     pq = pytest.importorskip("pyarrow.parquet")
-    assert store.export(tmp_path / "runs.parquet", "parquet", where="rank=1") == 2
+    assert export_cells(store, tmp_path / "runs.parquet", "parquet", where="rank=1") == 2
     table = pq.read_table(tmp_path / "runs.parquet")
     assert table.num_rows == 2 and table.column("rank").to_pylist() == [1, 1]
     with pytest.raises(StoreError, match="csv or parquet"):
-        store.export(tmp_path / "x.json", "json")
+        export_cells(store, tmp_path / "x.json", "json")
 

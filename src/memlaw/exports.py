@@ -1,21 +1,29 @@
-"""The `memlaw runs export` CSV: the row a store cell becomes, and the file read back as store rows.
+"""The `memlaw runs export` file: the row a store cell becomes, the file written, and a CSV read back as store rows.
 
 An export is the results in a form that can be committed and shared (results/law-*.csv): `memlaw
-fit --csv` and `memlaw report --csv` read it as they read the store it came from. `read_export`
-gives rows shaped as `Store.load_cells` gives them (typed flat columns, config, metrics and
-versions parsed), so experiments group, and laws fit, exactly as on the store.
+fit --csv` and `memlaw report --csv` read it as they read the store it came from. `export_cells`
+writes CSV or Parquet atomically (CSV text cells never start a spreadsheet formula: `fileio.csv_cell`).
+`read_export` gives rows shaped as `Store.load_cells` gives them (typed flat columns, config,
+metrics and versions parsed), so experiments group, and laws fit, exactly as on the store.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
-from memlaw.errors import ConfigError
-from memlaw.fileio import csv_text, json_ready, open_input, read_csv
+from memlaw.errors import ConfigError, StoreError
+from memlaw.experiments import experiment_of
+from memlaw.fileio import (atomic_write_bytes, atomic_write_text, check_output_file, csv_cell, csv_text, open_input,
+                           read_csv)
+from memlaw.store import ALL_COLUMNS, JSON_COLUMNS, Store, json_text
+
+FORMATS = ("csv", "parquet")
 
 EXPORT_EXTRA = ("em", "experiment", "ratio", "held_out", "held_out_em_rate", "locality_kl_mean", "locality_identical",
                 "locality_agreement")
@@ -26,16 +34,49 @@ what the adapter costs the base model (`metrics.locality`: mean KL, greedy conti
 token agreement) where the cell measured it."""
 EXTRA_TYPES = {"em": "REAL", "experiment": "TEXT", "ratio": "TEXT", "held_out": "TEXT", "held_out_em_rate": "REAL",
                "locality_kl_mean": "REAL", "locality_identical": "REAL", "locality_agreement": "REAL"}
-JSON_COLUMNS = ("config", "metrics", "versions")
 REQUIRED = ("key", "status", "rank", "length", "config")
 """Columns that make a CSV an export (a bare law table, rank,length,delta_loss, has none of the others)."""
 LIMIT = 1 << 30
 
 
+def export_cells(store: Store, path: str | os.PathLike, format: str = "csv", *,
+                 where: str | Mapping[str, Any] | None = None, status: str | None = "done") -> int:
+    """Write the store's rows (`where`, `status` as `Store.load_cells` takes them) to CSV or Parquet.
+
+    Returns:
+        The number of rows written.
+
+    Raises:
+        StoreError: an unknown format, a bad filter, or Parquet without pyarrow.
+        OutputError: `path` is a directory, a link or a device (checked before any work).
+    """
+    if format not in FORMATS:
+        raise StoreError(f"export format must be csv or parquet, got {format!r}")
+    path = check_output_file(path)
+    rows = [export_row(r) for r in store.load_cells(where, status=status)]
+    names = export_names()
+    if format == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+        w.writeheader()
+        w.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)   # text never a live formula
+        atomic_write_text(path, buf.getvalue())
+        return len(rows)
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise StoreError("parquet export needs pyarrow: pip install pyarrow") from None
+    types = {"TEXT": pa.string(), "INTEGER": pa.int64(), "REAL": pa.float64()}
+    schema = pa.schema([(n, types[{**ALL_COLUMNS, **EXTRA_TYPES}.get(n, "TEXT")]) for n in names])
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return len(rows)
+
+
 def export_names() -> list[str]:
     """The export's header: the store's flat columns, `EXPORT_EXTRA`, then the JSON columns."""
-    from memlaw.store import ALL_COLUMNS
-
     flat = [c for c in ALL_COLUMNS if c not in JSON_COLUMNS]
     return [*flat, *EXPORT_EXTRA, *JSON_COLUMNS]
 
@@ -43,8 +84,6 @@ def export_names() -> list[str]:
 def export_row(row: dict) -> dict:
     """A `Store.load_cells` row as an export row. A failed cell's error text is left out (it may quote a
     record); `memlaw runs show KEY` on the store shows it."""
-    from memlaw.experiments import experiment_of
-
     out = {k: v for k, v in row.items() if k not in JSON_COLUMNS}
     if row.get("status") != "done":
         out["error"] = None
@@ -58,7 +97,7 @@ def export_row(row: dict) -> dict:
     for name in ("kl_mean", "identical", "agreement"):
         out[f"locality_{name}"] = local.get(name)
     for c in JSON_COLUMNS:
-        out[c] = json.dumps(json_ready(row[c]), sort_keys=True, ensure_ascii=False, allow_nan=False)
+        out[c] = json_text(row[c])
     return out
 
 
@@ -81,8 +120,6 @@ def read_export(path: str | os.PathLike) -> list[dict[str, Any]]:
         ConfigError: "path:line: cause": not a file, not UTF-8, a missing export column, a number
             column holding text, or a JSON column that is not a JSON object.
     """
-    from memlaw.store import ALL_COLUMNS
-
     types = {**ALL_COLUMNS, **EXTRA_TYPES}
     reader = read_csv(path, kind="`memlaw runs export`", required=REQUIRED, error=ConfigError, limit=LIMIT)
     rows = []
@@ -120,4 +157,5 @@ def _cell(text: str | None, name: str, typ: str, where: str) -> Any:
     return number
 
 
-__all__ = ["EXPORT_EXTRA", "export_names", "export_row", "is_export", "read_export"]
+__all__ = ["export_cells", "EXPORT_EXTRA", "EXTRA_TYPES", "FORMATS", "export_names", "export_row", "is_export",
+           "read_export"]

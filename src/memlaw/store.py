@@ -9,18 +9,17 @@
   is written to it. Read-only opens (`create=False`: runs, fit, plan, report) never write.
 - A row that cannot be read (bad JSON, text in a number column) is skipped with a warning naming
   its key, or, asked for by key, refused; SQLite errors (a garbled page) are `StoreError`s.
+
+`load_cells` filters with `parse_where` (the `--where` language); `memlaw.exports` writes rows to CSV or Parquet.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
 import re
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from memlaw.errors import StoreError
-from memlaw.fileio import atomic_write_text, check_output_file, csv_cell, json_ready
+from memlaw.fileio import json_ready
 from memlaw.validation import nearest
 
 logger = logging.getLogger(__name__)
@@ -46,7 +45,7 @@ COLUMNS: dict[str, str] = {  # flat columns of `cells`, after key/sweep/config/s
 }
 ALL_COLUMNS: dict[str, str] = {"key": "TEXT", "sweep": "TEXT", "status": "TEXT", **COLUMNS, "error": "TEXT",
                                "created": "TEXT", "config": "TEXT", "metrics": "TEXT", "versions": "TEXT"}
-_JSON_COLUMNS = ("config", "metrics", "versions")
+JSON_COLUMNS = ("config", "metrics", "versions")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -92,7 +91,7 @@ class Store:
             "model": cell.model, "benchmark": cell.benchmark.name, "kind": cell.adapter.kind,
             "rank": cell.adapter.rank, "length": m.get("length", cell.length), "objective": cell.objective.name,
             "seed": cell.seed, "error": result.error, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "config": _dumps(cell.to_dict()), "metrics": _dumps(m), "versions": _dumps(result.versions),
+            "config": json_text(cell.to_dict()), "metrics": json_text(m), "versions": json_text(result.versions),
         }
         for name in ("delta_loss", "L_base", "L_final", "em_rate", "certified_rate", "tf_acc", "free_acc",
                      "steps", "wall_s", "time_to_certified", "n_params"):
@@ -188,46 +187,6 @@ class Store:
         """Rows per status."""
         return dict(self._rows("SELECT status, COUNT(*) FROM cells GROUP BY status"))
 
-    def export(self, path: str | os.PathLike, format: str = "csv", *,
-               where: str | Mapping[str, Any] | None = None, status: str | None = "done") -> int:
-        """Write the rows to CSV or Parquet, atomically; returns the number of rows.
-
-        Columns: the flat columns, `em` (= em_rate, so `memlaw fit --csv` reads the file as it is),
-        then config, metrics and versions as JSON text.
-        """
-        if format not in ("csv", "parquet"):
-            raise StoreError(f"export format must be csv or parquet, got {format!r}")
-        path = check_output_file(path)             # before any work: not over a directory, link or device
-        from memlaw.exports import EXTRA_TYPES, export_names, export_row
-
-        rows = [export_row(r) for r in self.load_cells(where, status=status)]
-        names = export_names()
-        if format == "csv":
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
-            w.writeheader()
-            w.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)   # text never a live formula
-            atomic_write_text(path, buf.getvalue())
-            return len(rows)
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise StoreError("parquet export needs pyarrow: pip install pyarrow") from None
-        types = {"TEXT": pa.string(), "INTEGER": pa.int64(), "REAL": pa.float64()}
-        schema = pa.schema([(n, types[{**ALL_COLUMNS, **EXTRA_TYPES}.get(n, "TEXT")]) for n in names])
-        table = pa.Table.from_pylist(rows, schema=schema)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return len(rows)
-
     # ---------------------------------------------------------------- plumbing
 
     def _rows(self, sql: str, params: Iterable[Any] = (), *, names: bool = False):
@@ -308,7 +267,7 @@ def _row_problem(row: dict) -> str | None:
     """Why a `cells` row cannot be used (its JSON columns parsed in place), or None."""
     for name, typ in ALL_COLUMNS.items():
         value = row.get(name)
-        if name in _JSON_COLUMNS:
+        if name in JSON_COLUMNS:
             try:
                 row[name] = json.loads(value)
             except (TypeError, ValueError, RecursionError):
@@ -367,7 +326,7 @@ def parse_where(where: str | Mapping[str, Any] | None) -> tuple[list[str], list[
             if not m:
                 raise StoreError(f"filter clause {part.strip()!r} is not COLUMN OP VALUE (ops: = != < <= > >=)")
             items.append((m.group(1), m.group(2), m.group(3)))
-    filterable = {k: v for k, v in ALL_COLUMNS.items() if k not in _JSON_COLUMNS}
+    filterable = {k: v for k, v in ALL_COLUMNS.items() if k not in JSON_COLUMNS}
     clauses, params = [], []
     for col, op, value in items:
         if "." in col and _CONFIG_KEY.match(col):          # a key inside the config JSON
@@ -399,8 +358,9 @@ def _number_or_text(value: Any) -> Any:
     return value
 
 
-def _dumps(x: Any) -> str:
+def json_text(x: Any) -> str:
+    """A JSON column's text: strict JSON (NaN and infinity as null), keys sorted."""
     return json.dumps(json_ready(x), sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 
-__all__ = ["Store", "open_store", "parse_where", "SCHEMA_VERSION", "COLUMNS", "ALL_COLUMNS"]
+__all__ = ["Store", "open_store", "parse_where", "json_text", "SCHEMA_VERSION", "COLUMNS", "ALL_COLUMNS", "JSON_COLUMNS"]

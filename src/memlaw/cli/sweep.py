@@ -291,10 +291,11 @@ def runs_export(
     setup_logging()
 
     def go():
+        from memlaw.exports import export_cells
         from memlaw.store import open_store
 
         with open_store(store, create=False) as db:
-            n = db.export(out_file, fmt.value, where=where, status=None if failed else "done")
+            n = export_cells(db, out_file, fmt.value, where=where, status=None if failed else "done")
         out.print(f"exported {n} cells to {out_file}", markup=False, soft_wrap=True)
 
     run(go)

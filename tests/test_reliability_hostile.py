@@ -215,19 +215,38 @@ def test_weights_that_go_non_finite_on_the_last_step_are_refused(tiny_base, plai
     assert torch.isnan(next(iter(ad.parameters()))).any()
 
 
-def test_sweep_cell_that_diverges_stops_the_sweep_and_is_not_stored(tmp_path, monkeypatch):
-    import memlaw.train
+@pytest.mark.parametrize("stack", [1, 2], ids=["alone", "stacked"])
+def test_sweep_cell_that_diverges_is_stored_as_failed_and_the_next_cell_runs(tmp_path, monkeypatch, caplog, stack):
+    import torch
 
-    real = memlaw.train.weighted_loss
-    monkeypatch.setattr(memlaw.train, "weighted_loss", lambda nll, w: real(nll, w) * float("inf"))
+    import memlaw.sweep.cell
+
+    real = memlaw.sweep.cell.make_adapter
+
+    def poisoned(cfg, base, **kw):     # the rank-2 cell's probe starts with NaN weights: its first loss is NaN
+        ad = real(cfg, base, **kw)
+        if cfg.rank == 2:
+            with torch.no_grad():
+                ad.A.fill_(float("nan"))
+        return ad
+
+    monkeypatch.setattr(memlaw.sweep.cell, "make_adapter", poisoned)
     grid = tmp_path / "g.yaml"
-    grid.write_text("name: diverge\nmodel: tiny\ndtype: float32\nranks: [2]\nlengths: [20]\n"
+    grid.write_text(f"name: diverge\nmodel: tiny\ndtype: float32\nranks: [2, 8]\nlengths: [20]\nstack: {stack}\n"
                     "adapter: {kind: probe, layer: 1}\ntrain: {lr: 0.03, batch_size: 8, max_steps: 20, until: budget}\n"
                     "prompt: {template: plain}\n")
-    code, _, stderr = cli("sweep", grid, "--store", tmp_path / "runs.db", "--quiet")
-    assert code == 2 and stderr.splitlines()[-1].startswith("memlaw: error: training diverged: the loss is inf")
+    code, stdout, stderr = cli("sweep", grid, "--store", tmp_path / "runs.db", "--quiet", "--json")
+    assert code == 0 and "Traceback" not in stderr, stderr
+    summary = json.loads(stdout)
+    assert (summary["ran"], summary["failed"]) == (2, 1)
     with sqlite3.connect(tmp_path / "runs.db") as conn:
-        assert conn.execute("SELECT COUNT(*) FROM cells").fetchone() == (0,)   # not stored as done
+        rows = conn.execute("SELECT rank, status, error, steps, delta_loss, metrics FROM cells ORDER BY rank").fetchall()
+    (r2, status2, error2, steps2, _, _), (r8, status8, error8, steps8, dl8, metrics8) = rows
+    assert (r2, status2, steps2) == (2, "failed", None)
+    assert error2.startswith("training diverged: the loss is nan at step 1 (lr 0.03); nothing was saved")
+    assert (r8, status8, error8, steps8) == (8, "done", None, 20) and dl8 > 0
+    assert "stacked" not in json.loads(metrics8)     # stacked: the group fell back to one cell at a time
+    assert ("a stacked group of 2 cells stopped (training diverged" in caplog.text) is (stack == 2)
 
 
 def test_adapter_metadata_is_strict_json(tmp_path):

@@ -116,8 +116,9 @@ def sweep(
 ) -> None:
     """Write and verify every cell of GRID not yet in the store (rerun to resume after a crash).
 
-    Exit code 0 when the sweep ran (cells that did not certify are results, stored as such), 2 for
-    bad input.
+    Exit code 0 when the sweep ran (cells that did not certify are results, stored as such; a cell
+    that cannot run or whose training diverges is stored as failed with its error, and the sweep goes
+    on), 2 for bad input.
 
     Local executor: first prints what the cells still to run will cost, and refuses any that cannot work.
     """

@@ -85,8 +85,9 @@ def run_cell(cell: CellConfig, base, *, on_step: StepCallback | None = None, tok
             `metrics["locality"]` and its seconds as `locality_s`.
 
     Returns:
-        A `CellResult`; status "failed" with the error text when the cell itself is invalid (a
-        `MemlawError`, e.g. a length no prefix reaches). Other exceptions propagate.
+        A `CellResult`; status "failed" with the error text when the cell itself is invalid or its
+        write fails (a `MemlawError`, e.g. a length no prefix reaches, or a `DivergedError`: the loss
+        or the weights went non-finite). Other exceptions propagate.
     """
     prep = prepare_cell(cell, base)                       # records, encoding, L_base, a fresh adapter
     return prep if isinstance(prep, CellResult) else _write_alone(prep, base, on_step, token_probs, recall, locality)
@@ -94,9 +95,12 @@ def run_cell(cell: CellConfig, base, *, on_step: StepCallback | None = None, tok
 
 def _write_alone(prep: _Prepared, base, on_step, token_probs, recall, locality) -> CellResult:
     keeper = ProbsKeeper(token_probs)
-    done = write_and_verify(base, prep.enc, prep.adapter, prep.cell.objective, prep.cell.train,
-                            base_losses=prep.losses, held_out=prep.held_out, recall=recall, locality=locality,
-                            on_step=on_step, on_check=keeper if keeper.every else None)
+    try:
+        done = write_and_verify(base, prep.enc, prep.adapter, prep.cell.objective, prep.cell.train,
+                                base_losses=prep.losses, held_out=prep.held_out, recall=recall, locality=locality,
+                                on_step=on_step, on_check=keeper if keeper.every else None)
+    except MemlawError as e:                              # e.g. DivergedError: the loss or weights went non-finite
+        return failed(prep.cell, e)
     return cell_result(prep, base, done.train, Measured(done.verification, done.held_out, done.locality), keeper,
                        wall_s=time.perf_counter() - prep.t0)
 
@@ -110,6 +114,8 @@ def run_group(cells: list[CellConfig], base, *, on_step: StepCallback | None = N
     effect of the joint batch shape (tests/test_sweep_stack.py states the tolerance), plus
     `stacked: K` in its metrics. A cell's `write_s` is the shared training time until it stopped;
     `wall_s` adds its own preparation and verification. Results come back in the order of `cells`.
+    A group whose joint pass fails (one cell diverged) runs its cells one at a time instead, so only
+    the cell at fault is stored as failed.
     """
     preps = [prepare_cell(c, base) for c in cells]
     ready = [p for p in preps if isinstance(p, _Prepared)]
@@ -126,14 +132,17 @@ def _run_stacked(ready: list[_Prepared], base, on_step, token_probs, recall, loc
 
     K = len(ready)
     keepers = [ProbsKeeper(token_probs) for _ in ready]
-    stack = ProbeStack([p.adapter for p in ready])
-    stack.attach(base)
+    stack = ProbeStack([p.adapter for p in ready])       # copies of the fresh adapters: those stay untrained
     try:
-        trained = write_many(base, stack, [p.enc for p in ready], [p.cell.objective for p in ready],
-                             [p.cell.train for p in ready], on_step=_lead_progress(on_step, ready),
-                             on_check=(lambda k, step, probs: keepers[k](step, probs)) if keepers[0].every else None)
-    finally:
-        stack.detach()
+        with attached(stack, base):
+            trained = write_many(base, stack, [p.enc for p in ready], [p.cell.objective for p in ready],
+                                 [p.cell.train for p in ready], on_step=_lead_progress(on_step, ready),
+                                 on_check=(lambda k, step, probs: keepers[k](step, probs)) if keepers[0].every
+                                 else None)
+    except MemlawError as e:     # one cell diverged and stopped the joint pass: each runs alone, so only it fails
+        logger.warning("a stacked group of %d cells stopped (%s); running them one at a time", K, e)
+        return {id(p): _write_alone(dataclasses.replace(p, t0=time.perf_counter() - p.prep_s), base, on_step,
+                                    token_probs, recall, locality) for p in ready}
     out = {}
     for k, prep in enumerate(ready):
         t_verify = time.perf_counter()
@@ -187,9 +196,14 @@ def prepare_cell(cell: CellConfig, base) -> _Prepared | CellResult:
         adapter = make_adapter(cell.adapter, base, seed=cell.seed)
         bits = value_bits_cell(cell.benchmark, base.tokenizer, records)
     except MemlawError as e:
-        logger.warning("cell %s failed: %s", cell.key[:12], e)
-        return CellResult(cell.key, cell, "failed", versions=versions(), error=str(e))
+        return failed(cell, e)
     return _Prepared(cell, enc, held, losses, adapter, t0, time.perf_counter() - t0, bits)
+
+
+def failed(cell: CellConfig, error: MemlawError) -> CellResult:
+    """The stored row of a cell that could not be run or whose write failed (its error, no metrics)."""
+    logger.warning("cell %s failed: %s", cell.key[:12], error)
+    return CellResult(cell.key, cell, "failed", versions=versions(), error=str(error))
 
 
 class ProbsKeeper:
@@ -265,6 +279,6 @@ def comparable(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
 
 
-__all__ = ["CellResult", "run_cell", "run_group", "prepare_cell", "cell_result", "ProbsKeeper", "cell_records",
+__all__ = ["CellResult", "run_cell", "run_group", "prepare_cell", "cell_result", "failed", "ProbsKeeper", "cell_records",
            "versions", "comparable", "TIMING_KEYS", "record_columns", "probs_interval",
            "RECORD_COLUMNS"]

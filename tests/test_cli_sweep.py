@@ -229,11 +229,24 @@ def test_fit_never_mixes_experiments_two_noise_ratios_are_two_laws(tmp_path, tin
 ])
 def test_errors_are_one_line_exit_2(tmp_path, args, cause):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**GRID, "rnaks": [1]}))
-    open_store(tmp_path / "r.db").close()
+    open_store(tmp_path / "r.db").conn.close()             # an empty store (its file is made when first used)
     res = invoke(*[a.format(d=tmp_path) for a in args])
     assert res.exit_code == 2, res.output
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and cause in lines[0] and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("change,cause", [
+    ({"rnaks": [2]}, "did you mean 'ranks'"),                            # a bad grid
+    ({"model": "smollm2"}, "did you mean 'smollm2-135m'"),               # a model that is not there
+    ({"ranks": [2, 100]}, "rank 100 is more than the hidden size 64"),   # a cell that cannot work
+    ({"lengths": [20, 25]}, "PB25"),                                     # a length no prefix reaches
+], ids=["grid", "model", "rank", "length"])
+def test_a_sweep_refused_before_any_cell_leaves_no_store_behind(tmp_path, change, cause):
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump({**GRID, **change}))
+    res = invoke("sweep", tmp_path / "grid.yaml", "--store", tmp_path / "new" / "runs.db")
+    assert res.exit_code == 2 and cause in res.stderr, res.output
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.yaml"]      # no store, no -wal/-shm, no folder
 
 
 def test_help_for_every_command():

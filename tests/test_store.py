@@ -12,6 +12,7 @@ from memlaw.law import read_law_csv
 from memlaw.store import SCHEMA_VERSION, open_store, parse_where
 from memlaw.sweep import sweep_from_dict
 from memlaw.sweep.cell import CellResult
+
 GRID_DICT = {"name": "g", "model": "tiny", "ranks": [1, 2, 4], "lengths": [10, 20], "train": {"max_steps": 5}}
 GRID = sweep_from_dict(GRID_DICT)
 
@@ -55,6 +56,22 @@ def test_newer_schema_and_non_sqlite_files_are_refused(tmp_path):
         open_store(tmp_path / "junk.db")
     with pytest.raises(StoreError, match="no such store"):
         open_store(tmp_path / "missing.db", create=False)
+
+
+def test_a_new_store_is_made_when_its_first_cell_is_stored(tmp_path):
+    path = tmp_path / "new" / "runs.db"
+    with open_store(path) as store:
+        assert store.finished_keys() == set() and store.load_cells(status=None) == [] and store.count() == {}
+        assert not (tmp_path / "new").exists()                  # reading a new store makes nothing
+        assert store.add_cell(result(GRID.cells()[0]), sweep="a")
+        assert store.conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    with open_store(path, create=False) as again:
+        assert [r["key"] for r in again.load_cells()] == [GRID.cells()[0].key]
+    open_store(tmp_path / "closed").close()                     # opened and closed without a cell: no file
+    assert not (tmp_path / "closed").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="cannot make a store there"):
+        open_store(tmp_path / "file" / "runs.db")                # below a file: refused at once, not after a cell
 
 
 def test_add_cell_never_duplicates_and_never_replaces_done(store):

@@ -7,6 +7,8 @@
   replaced when the cell is run again.
 - Only memlaw stores are opened: a SQLite file without memlaw's tables is refused before anything
   is written to it. Read-only opens (`create=False`: runs, fit, plan, report) never write.
+- A new store's file is made when it is first written (its first cell): a sweep refused before
+  any cell leaves no file behind.
 - A row that cannot be read (bad JSON, text in a number column) is skipped with a warning naming
   its key, or, asked for by key, refused; SQLite errors (a garbled page) are `StoreError`s.
 
@@ -74,8 +76,15 @@ CREATE TABLE IF NOT EXISTS token_probs (
 class Store:
     """An open store. Use `open_store`; close it (or use `with`) when done."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path):
-        self.conn, self.path = conn, path
+    def __init__(self, conn: sqlite3.Connection | None, path: Path):
+        self._conn, self.path = conn, path     # None: a new store, whose file is made on first use
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection; a new store's file and schema are made here, when it is first needed."""
+        if self._conn is None:
+            self._conn = _connect(self.path, create=True)
+        return self._conn
 
     # ---------------------------------------------------------------- writing
 
@@ -191,6 +200,8 @@ class Store:
 
     def _rows(self, sql: str, params: Iterable[Any] = (), *, names: bool = False):
         """Every row of a query, fetched inside the error boundary (a garbled page fails while fetching)."""
+        if self._conn is None and not self.path.exists():
+            return ([], []) if names else []       # a new store holds nothing until its first cell is stored
         try:
             cur = self.conn.execute(sql, tuple(params))
             rows = cur.fetchall()
@@ -199,7 +210,8 @@ class Store:
         return ([d[0] for d in cur.description], rows) if names else rows
 
     def close(self) -> None:
-        self.conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -209,20 +221,38 @@ class Store:
 
 
 def open_store(path: str | os.PathLike, *, create: bool = True) -> Store:
-    """Open a store: with `create` for writing (made if needed, WAL), without it read only.
+    """Open a store: with `create` for writing (WAL; a new store's file is made when it is first
+    written), without it read only.
 
     A file that is not a memlaw store (another application's SQLite database, an empty file, not
     SQLite at all) is refused before anything is written to it; read-only opens never write.
 
     Raises:
         StoreError: the file is missing (create=False), a directory, not a memlaw store, or from a
-            newer memlaw.
+            newer memlaw; a new store where no file can be made.
     """
     path = Path(path)
     if not create and not path.is_file():
         raise StoreError(f"{path}: no such store; run `memlaw sweep GRID.yaml --store {path}` first")
     if path.is_dir():
         raise StoreError(f"{path}: is a directory, not a store file")
+    if create and not path.exists():
+        _check_creatable(path)
+        return Store(None, path)
+    return Store(_connect(path, create=create), path)
+
+
+def _check_creatable(path: Path) -> None:
+    """Refuse now a new store that could not be made later: its nearest existing folder must be writable."""
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(f"{path}: cannot make a store there ({folder} is not a folder this user can write)")
+
+
+def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
+    """A checked connection: `create` for writing (the schema made if the database has none), else read only."""
     try:
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +269,7 @@ def open_store(path: str | os.PathLike, *, create: bool = True) -> Store:
             _ensure_schema(conn, path)
     except sqlite3.Error as e:
         raise StoreError(f"{path}: not a memlaw store, or a damaged one ({e})") from e
-    return Store(conn, path)
+    return conn
 
 
 def _check_memlaw(conn: sqlite3.Connection, path: Path, *, empty_ok: bool) -> None:

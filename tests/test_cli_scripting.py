@@ -249,9 +249,9 @@ def test_the_cli_defaults_are_the_python_defaults():
     assert (params["adapter"], params["rank"], params["layer"]) == (adapter.kind, adapter.rank, adapter.layer) == \
         ("probe", 16, None)
     assert params["objective"] == ObjectiveConfig().name and params["template"] == PromptConfig().template
-    for name in ("until", "max_steps", "epochs", "lr", "batch_size", "seed", "margin"):
+    for name in ("until", "max_steps", "epochs", "lr", "batch_size", "seed"):
         assert params[name] == getattr(train, name), name
-    for name in ("model", "dtype", "device"):
+    for name in ("model", "dtype", "device", "margin"):
         assert params[name] == sig[name].default, name
     assert params["no_records"] is (not sig["save_records"].default)
 

@@ -210,7 +210,9 @@ class TrainConfig:
     check_every: int = 10
     """Certificate check interval in optimizer steps (`until='certified'`)."""
     margin: float = 0.0
-    """Certified means p_t > 0.5 + margin for every answer token."""
+    """Certified means p_t > 0.5 + margin for every answer token. 0 here (a sweep cell's certificate, as
+    the paper defines it); `write_memory`, `update_memory` and the CLI set it from `margin="auto"`
+    (0.07 in bfloat16, `memlaw.certificate.AUTO_MARGIN`) unless given a number."""
     early_checks: bool = True
     """`until='certified'`: between check steps, check a record alone as soon as its training pass puts
     every p_t near or above 0.5, and every record once none is left uncertified; the write stops at

@@ -5,18 +5,20 @@
     out = write_memory("phonebook.jsonl", model="smollm2-135m", out="pb-adapter",
                        adapter=AdapterConfig(kind="probe", rank=16),
                        train=TrainConfig(until="certified", max_steps=500))
-    out.raise_unless_certified()            # NotCertifiedError unless every record certified
+    out.raise_unless_certified()            # NotCertifiedError unless every record certified and recalled
     with Memory.open("pb-adapter") as mem:
         mem.recall(["Jerry Becerra:"])      # -> ["9100672710"]
         mem.recall_checked(["Jerry Becera:"])   # -> [Recalled(in_memory=False, certified=False, ...)]
 
 Records may be a JSONL/CSV path or a list of `Record`s or of dicts (`{"key": ..., "value": ...}`).
 The defaults are the `memlaw write` command's: a probe of rank 16, SFT, lr 1e-2, batches of 16,
-until every record is certified or 2000 steps.
+until every record is certified or 2000 steps, at `margin="auto"` (0.07 when the base runs in
+bfloat16, 0 in float32: `memlaw.certificate`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -24,23 +26,22 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from memlaw.adapters import check_out_dir, load_adapter, load_saved_records, read_meta, save_adapter
 from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig, to_dict
 from memlaw.encode import Encoded, encode, prompt_ids
-from memlaw.certificate import certified
+from memlaw.certificate import Margin, certified, margin_note, resolve_margin
 from memlaw.forward import TeacherForcer, answer_probs
 from memlaw.errors import AdapterError
 from memlaw.leakage import Leakage, check_leakage
 from memlaw.locality import NEW_TOKENS, Locality, locality as measure_locality
 
-if TYPE_CHECKING:
-    from memlaw.update import UpdateOutcome
 from memlaw.models import BaseModel, load_base
 from memlaw.engine import Written, write_and_verify
 from memlaw.records import Record, as_records, load_records, records_sha256
 from memlaw.train import StepCallback, TrainResult
+from memlaw.update import UpdateOutcome, written_margin
 from memlaw.verify import Verification, VerifyCallback, base_answer_losses, greedy, verify
 
 logger = logging.getLogger(__name__)
@@ -49,20 +50,25 @@ logger = logging.getLogger(__name__)
 @dataclass
 class WriteOutcome:
     """What `write_memory` did. Not certifying is a result, not an exception: check `certified`, or
-    call `raise_unless_certified()`."""
+    call `raise_unless_certified()`. A record certified but not recalled exactly by greedy decoding
+    does not count as certified (its certificate was not confirmed)."""
 
     out: Path | None
     train: TrainResult
     verification: Verification
     wall_s: float
+    margin: dict = field(default_factory=dict)
+    """The certificate's margin as memlaw.json states it: value, chosen ("auto" or "given"), dtype, why."""
 
     @property
     def certified(self) -> bool:
-        """Every record certified by the final verification (`memlaw write` exits 0 exactly then)."""
-        return self.verification.all_certified
+        """Every record certified by the final verification and, where greedy recall ran (the default),
+        recalled exactly (`memlaw write` exits 0 exactly then)."""
+        return self.verification.confirmed
 
     def raise_unless_certified(self) -> WriteOutcome:
-        """Return self when every record certified; else raise `NotCertifiedError` (how many did not)."""
+        """Return self when `certified`; else raise `NotCertifiedError` (how many records did not certify,
+        how many certificates greedy decoding did not confirm, and what to do)."""
         self.verification.raise_unless_certified()
         return self
 
@@ -89,8 +95,8 @@ def write_memory(records: str | os.PathLike | Sequence[Record | Mapping[str, Any
                  out: str | os.PathLike | None = None, adapter: AdapterConfig = AdapterConfig(),
                  objective: ObjectiveConfig = ObjectiveConfig(), train: TrainConfig = TrainConfig(until="certified"),
                  prompt: PromptConfig = PromptConfig(), dtype: str = "auto", device: str = "auto",
-                 save_records: bool = True, recall: bool = True, on_step: StepCallback | None = None,
-                 force: bool = False) -> WriteOutcome:
+                 margin: Margin = "auto", save_records: bool = True, recall: bool = True,
+                 on_step: StepCallback | None = None, force: bool = False) -> WriteOutcome:
     """Write records into a fresh adapter, verify them, and (if `out`) save the adapter directory.
 
     `records`: a JSONL/CSV path, or `Record`s or dicts (`{"key": ..., "value": ...}`). The defaults
@@ -98,6 +104,11 @@ def write_memory(records: str | os.PathLike | Sequence[Record | Mapping[str, Any
     borrowed: the adapter is detached again before returning. Bad records
     or an `out` that may not be written are refused before any training; nothing is written then.
     An `out` that already holds a memory is refused unless `force` (`memlaw.update` changes one).
+
+    `margin`: certified means every p_t > 0.5 + margin, for the stop rule and the verdict. "auto": 0.07
+    when the base runs in bfloat16 (where p_t moves with the batch shape), 0 in float32, or
+    `train.margin` if larger; a number replaces `train.margin`. memlaw.json states which it was.
+    Success (`certified`) also needs greedy decoding (`recall`, on by default) to return every value.
     """
     t0 = time.perf_counter()
     recs = _records(records)
@@ -105,6 +116,7 @@ def write_memory(records: str | os.PathLike | Sequence[Record | Mapping[str, Any
     if out is not None:
         check_out_dir(out, force=force)
     base = model if isinstance(model, BaseModel) else load_base(model, dtype=dtype, device=device)
+    train = dataclasses.replace(train, margin=resolve_margin(margin, base.dtype, at_least=train.margin))
     enc = encode(recs, base.tokenizer, prompt, max_length=base.context_length)
 
     def save(done: Written) -> None:
@@ -112,6 +124,7 @@ def write_memory(records: str | os.PathLike | Sequence[Record | Mapping[str, Any
                      save_records=save_records, extra={
                          "training": {"adapter": to_dict(adapter), "objective": to_dict(objective),
                                       "train": to_dict(train), "steps": done.train.steps,
+                                      "margin": margin_note(margin, base.dtype, train.margin),
                                       "device": base.device.type,
                                       "wall_s": round(done.train.wall_s, 3),
                                       "time_to_certified": done.train.time_to_certified},
@@ -121,7 +134,8 @@ def write_memory(records: str | os.PathLike | Sequence[Record | Mapping[str, Any
     done = write_and_verify(base, enc, adapter, objective, train, recall=recall, on_step=on_step,
                             while_attached=save if out is not None else None)
     result, checked = done.train, done.verification
-    return WriteOutcome(Path(out) if out is not None else None, result, checked, time.perf_counter() - t0)
+    return WriteOutcome(Path(out) if out is not None else None, result, checked, time.perf_counter() - t0,
+                        margin_note(margin, base.dtype, train.margin))
 
 
 class Memory:
@@ -186,7 +200,7 @@ class Memory:
         finished = [i for i, o in enumerate(outs) if self.terminator[0] in o]
         enc = Encoded([Record(keys[i], texts[i]) for i in finished], self.prompt, self.terminator,
                       [prompts[i] for i in finished], [values[i] for i in finished], self.base.tokenizer)
-        margin = float(self.meta.get("training", {}).get("train", {}).get("margin", 0.0))
+        margin = resolve_margin("auto", self.base.dtype, at_least=written_margin(self.meta))
         min_p: dict[int, float] = {}
         sure: dict[int, bool] = {}
         if finished:
@@ -217,9 +231,14 @@ class Memory:
         return stored, set(hashes) if isinstance(hashes, list) else None
 
     def verify(self, records: Sequence[Record] | str | os.PathLike | None = None, *, recall: bool = True,
-               margin: float = 0.0, base_losses: bool = True,
+               margin: Margin = "auto", base_losses: bool = True,
                on_progress: VerifyCallback | None = None) -> Verification:
-        """Certificate, EM and losses of `records` (default: the records saved with the adapter)."""
+        """Certificate, EM and losses of `records` (default: the records saved with the adapter).
+
+        `margin`: "auto" is 0.07 when the base runs in bfloat16, 0 in float32, or the margin the memory
+        was written (or last updated) with if larger; `Verification.confirmed` is the verdict.
+        """
+        margin = resolve_margin(margin, self.base.dtype, at_least=written_margin(self.meta))
         recs = self.records() if records is None else _records(records)
         enc = encode(recs, self.base.tokenizer, self.prompt, max_length=self.base.context_length)
         if enc.terminator != self.terminator:
@@ -263,11 +282,11 @@ class Memory:
 
     def update(self, changes: str | os.PathLike | Sequence[Record] | None = None, *, delete: Sequence[str] = (),
                delete_file: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-               **options) -> "UpdateOutcome":
+               **options) -> UpdateOutcome:
         """Add, change and delete records (`memlaw.update.update_memory`, on this memory's base model).
 
         Saved in place unless `out` names a new directory; after an in-place update this object holds
-        the updated adapter. `options`: records, objective, train, store, leakage, random_keys, on_step,
+        the updated adapter. `options`: records, objective, train, margin, store, leakage, random_keys, on_step,
         on_capacity.
         """
         from memlaw.update import update_memory

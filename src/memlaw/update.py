@@ -2,12 +2,14 @@
 
 `update_memory` checks the change set against the memory's records (`memlaw.changes.diff`), then
 warm-starts from the saved adapter and trains until every record of the updated memory certifies,
-with the same options as `write` (by default those the memory was written with). A deleted key is
+with the same options as `write` (by default those the memory was written with; the margin "auto":
+0.07 in bfloat16, 0 in float32, or the memory's own if larger, `memlaw.certificate`). A deleted key is
 trained to answer nothing: its answer is the terminator alone, certified like every record, so greedy
 decoding cannot return the old value from that key. After training, greedy decoding of every changed
 and deleted key checks that none returns its old value.
 
-Only an update whose records all certify and whose old values are all gone is saved: in place by
+Only an update whose records all certify, are recalled exactly by greedy decoding (a certificate it
+contradicts is not confirmed) and whose old values are all gone is saved: in place by
 default, atomically (a kill at any moment leaves the previous adapter or the new one), with
 `records.jsonl` and memlaw.json's `records_sha256` updated and an entry added to memlaw.json's
 `history` (counts, steps, time; never a value). Otherwise nothing is written.
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from memlaw.adapters import check_integrity, check_out_dir, load_adapter, load_saved_records, read_meta, save_adapter
+from memlaw.certificate import Margin, margin_note, not_confirmed_advice, resolve_margin
 from memlaw.changes import Delete, Diff, deletes_of, diff, load_deletes
 from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig, from_dict, to_dict
 from memlaw.errors import AdapterError, ConfigError
@@ -46,6 +49,8 @@ class UpdateOutcome:
     wall_s: float
     history: dict = field(default_factory=dict)   # the entry added to memlaw.json's history
     leakage: object = None            # Leakage of the updated memory, when asked
+    not_confirmed: int = 0            # records and deleted keys certified that greedy decoding got wrong
+    margin: dict = field(default_factory=dict)    # the certificate's margin: value, how chosen, dtype
 
     @property
     def saved(self) -> bool:
@@ -53,8 +58,25 @@ class UpdateOutcome:
 
     @property
     def certified(self) -> bool:
+        """Every record and every deleted key certified (greedy decoding aside: see `confirmed`)."""
         s = self.verification.summary()
         return s["certified"] == s["n_records"] and self.deleted_certified == self.counts["deleted"]
+
+    @property
+    def confirmed(self) -> bool:
+        """`certified`, and greedy decoding returned every value (and nothing for every deleted key)."""
+        return self.certified and self.not_confirmed == 0
+
+    def not_confirmed_text(self) -> str | None:
+        """How many certificates greedy decoding contradicted, at which margin and dtype, and what to do;
+        None when it contradicted none. Names no value."""
+        if not self.not_confirmed:
+            return None
+        n, value, dtype = self.counts["n_records"] + self.counts["deleted"], self.margin["value"], self.margin["dtype"]
+        which = "records and deleted keys" if self.counts["deleted"] else "records"
+        return (f"{self.not_confirmed} of {n} {which} certified but not recalled exactly by greedy "
+                f"decoding (certificate not confirmed at margin {value:g} in {dtype}): "
+                f"{not_confirmed_advice(value, dtype)}")
 
 
 def written_settings(meta: dict) -> tuple[AdapterConfig, ObjectiveConfig, TrainConfig]:
@@ -70,6 +92,17 @@ def written_settings(meta: dict) -> tuple[AdapterConfig, ObjectiveConfig, TrainC
     return adapter, objective, train
 
 
+def written_margin(meta: dict) -> float:
+    """The margin the memory was last certified with: its latest update's, else its write's, else 0."""
+    for entry in reversed(meta.get("history") or []):
+        margin = entry.get("train", {}).get("margin") if isinstance(entry, dict) else None
+        if isinstance(margin, (int, float)):
+            return float(margin)
+    t = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    margin = (t.get("train") or {}).get("margin", 0.0)
+    return float(margin) if isinstance(margin, (int, float)) else 0.0
+
+
 RETIRE_MARGIN = 0.2
 """An update's `TrainConfig.retire_margin` unless the memory was written with one or it is given: records
 certified with this margin (every p_t > 0.7, most of a warm start's records) leave the training batches
@@ -79,8 +112,8 @@ until a check finds them below it, so the steps go to the added, changed and del
 def update_settings(meta: dict, objective: ObjectiveConfig | None = None, **train: object
                     ) -> tuple[ObjectiveConfig, TrainConfig]:
     """The objective and train configs of an update: those the memory was written with, `until="certified"`,
-    `retire_margin` `RETIRE_MARGIN` where the write had none, and the given `train` fields (None: as
-    written) on top.
+    `retire_margin` `RETIRE_MARGIN` where the write had none, the margin of its latest update (if any), and
+    the given `train` fields (None: as written) on top.
 
     Raises:
         ConfigError: an unknown or invalid train field.
@@ -95,7 +128,7 @@ def update_settings(meta: dict, objective: ObjectiveConfig | None = None, **trai
     if given.get("epochs") is not None and "max_steps" not in given:
         given["max_steps"] = None
     retire = RETIRE_MARGIN if written_train.retire_margin is None else written_train.retire_margin
-    update = {"until": "certified", "retire_margin": retire}
+    update = {"until": "certified", "retire_margin": retire, "margin": written_margin(meta)}
     return objective or written_objective, dataclasses.replace(written_train, **{**update, **given})
 
 
@@ -130,8 +163,9 @@ def update_memory(directory: str | os.PathLike, changes: str | os.PathLike | Seq
                   out: str | os.PathLike | None = None, base=None, device: str = "auto",
                   records: str | os.PathLike | Sequence[Record] | None = None,
                   objective: ObjectiveConfig | None = None, train: TrainConfig | None = None,
-                  store: str | os.PathLike | None = None, leakage: bool = False, random_keys: int = 32,
-                  on_step=None, on_capacity: Callable[[str], None] | None = None) -> UpdateOutcome:
+                  margin: Margin = "auto", store: str | os.PathLike | None = None, leakage: bool = False,
+                  random_keys: int = 32, on_step=None, on_capacity: Callable[[str], None] | None = None
+                  ) -> UpdateOutcome:
     """Add, change and delete records of the memory in `directory`; save only if all certify (module doc).
 
     Args:
@@ -141,6 +175,8 @@ def update_memory(directory: str | os.PathLike, changes: str | os.PathLike | Seq
         base: a loaded base model (default: load the one the memory was written on, on `device`).
         records: the memory's records, for a memory saved without them (--no-records).
         objective, train: training settings (default: those the memory was written with).
+        margin: certified means every p_t > 0.5 + margin. "auto": 0.07 when the base runs in bfloat16,
+            0 in float32, or `train.margin` (default: the memory's own) if larger; a number replaces it.
         store: a sweep store; its capacity law says before training whether the rank holds the update.
         leakage: also run the leakage check (`memlaw.leakage`) on the updated memory, watching the old
             values of changed and deleted keys; its counts are in `outcome.leakage` (they do not stop the save).
@@ -177,6 +213,7 @@ def update_memory(directory: str | os.PathLike, changes: str | os.PathLike | Seq
 
     if base is None:
         base = load_base(meta["base_model"]["name"], dtype=meta["dtype"], device=device)
+    train = dataclasses.replace(train, margin=resolve_margin(margin, base.dtype, at_least=train.margin))
     prompt = PromptConfig(**meta["prompt"])
     tombstones = [Record(r.key, "", r.where) for r in d.deleted]     # deleted keys answer nothing
     enc = encode(d.final + tombstones, base.tokenizer, prompt, max_length=base.context_length)
@@ -190,13 +227,16 @@ def update_memory(directory: str | os.PathLike, changes: str | os.PathLike | Seq
         on_capacity(note)
 
     n = len(d.final)
-    outcome = UpdateOutcome(None, d.counts(), None, None, [], 0, note, 0.0)
+    outcome = UpdateOutcome(None, d.counts(), None, None, [], 0, note, 0.0,
+                            margin=margin_note(margin, base.dtype, train.margin))
 
     def check_and_save(w: Written) -> None:
         """With the trained adapter still attached (a LoRA saves from its PEFT model): the old values, the
-        leakage check if asked, and the save if every record certified and every old value is gone."""
+        leakage check if asked, and the save if every record certified, greedy decoding confirmed every
+        certificate, and every old value is gone."""
         outcome.train, outcome.verification = w.train, _first(w.verification, n, len(enc.terminator))
         outcome.deleted_certified = sum(v.certified for v in w.verification.records[n:])
+        outcome.not_confirmed = len(w.verification.not_confirmed)
         outcome.old_recalled = old_values_recalled(base, enc, d.gone)
         if leakage:
             from memlaw.leakage import check_leakage
@@ -205,7 +245,7 @@ def update_memory(directory: str | os.PathLike, changes: str | os.PathLike | Seq
                                             random_keys=random_keys)
         outcome.history = history_entry(d, outcome, meta, records_sha256(d.final), objective, train,
                                         time.perf_counter() - t0)
-        if outcome.certified and not outcome.old_recalled:
+        if outcome.confirmed and not outcome.old_recalled:
             save_adapter(target, w.adapter, base, replace=target == directory, prompt=enc.prompt,
                          terminator=enc.terminator, records=d.final, save_records=meta.get("records_saved", True),
                          extra={"created": meta.get("created"), "training": meta.get("training"),
@@ -286,8 +326,8 @@ def history_entry(d: Diff, outcome: UpdateOutcome, meta: dict, sha_after: str, o
             "steps": r.steps, "train_s": round(r.wall_s, 3), "wall_s": round(wall_s, 3), "time_to_certified": r.time_to_certified,
             "certified": outcome.certified, "old_values_recalled": len(outcome.old_recalled),
             "records_sha256_before": meta.get("records_sha256"), "records_sha256": sha_after,
-            "objective": to_dict(objective), "train": to_dict(train)}
+            "objective": to_dict(objective), "train": to_dict(train), "margin": outcome.margin}
 
 
-__all__ = ["update_memory", "UpdateOutcome", "written_settings", "current_records", "capacity_note",
-           "history_entry"]
+__all__ = ["update_memory", "UpdateOutcome", "written_settings", "written_margin", "current_records",
+           "capacity_note", "history_entry"]

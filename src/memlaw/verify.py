@@ -4,7 +4,9 @@ DESIGN §2. A record is *certified* when every answer token, terminator included
 margin: then no other token can out-score it, so greedy decoding returns the value and stops.
 `verify` checks the certificate in one batched forward pass and confirms it with real batched greedy
 decoding (KV cache); a certified record that greedy decoding gets wrong is counted as a
-`certificate_violation` (possible only through numerics: the cached decode runs other kernels).
+`certificate_violation` (possible only through numerics: the cached decode runs other kernels, and
+in bfloat16 p_t moves with the batch shape) and reported as a certificate not confirmed: a memory
+holds (`Verification.confirmed`) only when every record is certified and recalled exactly.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from transformers import DynamicCache, GenerationConfig
 
 from memlaw.bits import ValueBits, upper
 from memlaw.encode import Encoded
-from memlaw.certificate import certified, stubborn
+from memlaw.certificate import certified, dtype_name, not_confirmed_advice, stubborn
 from memlaw.errors import NotCertifiedError
 from memlaw.forward import TeacherForcer, TokenProbs, answer_probs
 from memlaw.records import redact as redact_value, shorten
@@ -150,6 +152,10 @@ class Verification:
     bits: ValueBits | None
     """Information in each value: exact under a known generator (a benchmark's), else an upper bound."""
     recalled: bool
+    margin: float = 0.0
+    """Certified means every answer token has p_t > 0.5 + margin."""
+    dtype: str | None = None
+    """The dtype the base model ran in ('bfloat16', 'float32'), where known."""
 
     def _mean(self, attr: str, weight: str) -> float | None:
         vals = [(getattr(v, attr), getattr(v, weight)) for v in self.records]
@@ -192,7 +198,7 @@ class Verification:
 
     @property
     def all_certified(self) -> bool:
-        """Every record certified: the verdict of a write (exit code 0 of `memlaw write`)."""
+        """Every record certified (whatever greedy decoding then did: see `confirmed`)."""
         return all(v.certified for v in self.records)
 
     @property
@@ -200,13 +206,41 @@ class Verification:
         """Every record recalled exactly by greedy decoding; None when recall was not run."""
         return all(bool(v.em) for v in self.records) if self.recalled else None
 
+    @property
+    def not_confirmed(self) -> list[RecordVerdict]:
+        """Records certified that greedy decoding did not recall exactly (none when recall was not run)."""
+        return [v for v in self.records if v.certified and v.em is False] if self.recalled else []
+
+    @property
+    def confirmed(self) -> bool:
+        """Every record certified and, where greedy recall ran, recalled exactly: the verdict of a write
+        or an update (exit code 0 of `memlaw write` and `memlaw update`)."""
+        return self.all_certified and not self.not_confirmed
+
+    def not_confirmed_text(self) -> str | None:
+        """One clause on the certificates greedy decoding contradicted: how many, the margin and dtype, and
+        what to do; None when there are none. Names no value."""
+        bad = self.not_confirmed
+        if not bad:
+            return None
+        dtype = self.dtype or "an unknown dtype"
+        return (f"{len(bad)} of {len(self.records)} records certified but not recalled exactly by greedy decoding "
+                f"(certificate not confirmed at margin {self.margin:g} in {dtype}; first: key {shorten(bad[0].key)}): "
+                f"{not_confirmed_advice(self.margin, dtype)}")
+
     def raise_unless_certified(self) -> Verification:
-        """Return self when every record certified; else raise `NotCertifiedError` naming how many did not."""
+        """Return self when `confirmed`; else raise `NotCertifiedError` naming how many records did not
+        certify and how many certificates greedy decoding did not confirm."""
+        parts = []
         failed = [v for v in self.records if not v.certified]
         if failed:
             worst = min(failed, key=lambda v: v.min_p)
-            raise NotCertifiedError(f"{len(failed)} of {len(self.records)} records not certified (lowest min p_t "
-                                    f"{worst.min_p:.3f}, key {shorten(worst.key)}); train longer or at a higher rank")
+            parts.append(f"{len(failed)} of {len(self.records)} records not certified (lowest min p_t "
+                         f"{worst.min_p:.3f}, key {shorten(worst.key)}); train longer or at a higher rank")
+        if (text := self.not_confirmed_text()) is not None:
+            parts.append(text)
+        if parts:
+            raise NotCertifiedError("; ".join(parts))
         return self
 
     def raise_unless_exact(self) -> Verification:
@@ -216,8 +250,9 @@ class Verification:
             return self.raise_unless_certified()
         failed = [v for v in self.records if not v.em]
         if failed:
+            text = self.not_confirmed_text()
             raise NotCertifiedError(f"{len(failed)} of {len(self.records)} records not recalled exactly "
-                                    f"(first: key {shorten(failed[0].key)})")
+                                    f"(first: key {shorten(failed[0].key)})" + (f"; {text}" if text else ""))
         return self
 
     def to_dict(self, *, redact: bool = True) -> dict:
@@ -294,7 +329,9 @@ def verify(base, adapter, enc: Encoded, *, recall: bool = True, margin: float = 
                     for v, (em, free, first, text) in zip(verdicts, scored)]
     n_params = adapter.n_params()
     bits = value_bits if value_bits is not None else upper(enc.records)
-    return Verification(verdicts, n_params, enc.length, enc.terminator_tokens, bits, recall)
+    dtype = getattr(base, "dtype", None)
+    return Verification(verdicts, n_params, enc.length, enc.terminator_tokens, bits, recall, margin,
+                        None if dtype is None else dtype_name(dtype))
 
 
 @torch.no_grad()

@@ -24,9 +24,10 @@ from rich.text import Text
 from memlaw import __version__
 from memlaw.errors import MemlawError, NotCertifiedError
 
-EXIT_CODES = ("Exit codes: 0 every record certified (write, demo), recalled exactly (verify), in memory and "
-              "certified (recall), or the command succeeded; 1 it ran, but not every record certified or was "
-              "recalled exactly, or a recalled key is not in the memory; 2 bad input (one line on stderr "
+EXIT_CODES = ("Exit codes: 0 every record certified and recalled exactly by greedy decoding (write, update, demo), "
+              "recalled exactly (verify), in memory and certified (recall), or the command succeeded; 1 it ran, but "
+              "not every record certified or was recalled exactly (a certified record greedy decoding gets wrong "
+              "is a certificate not confirmed), or a recalled key is not in the memory; 2 bad input (one line on stderr "
               "names the file:line or option and the cause; nothing is written); 130 interrupted. Network: "
               "none unless asked; embedded models, local directories and the Hugging Face cache work offline, "
               "and --online (or MEMLAW_ONLINE=1) lets write, demo, plan and sweep download a hub id.")

@@ -19,9 +19,9 @@ from memlaw.cli.living import (LEAKAGE_HELP, LOCALITY_HELP, RANDOM_KEYS_HELP, SH
                                leakage_json, locality_text, print_leakage)
 from memlaw.cli.progress import step_lines, verify_lines
 from memlaw.config import DEFAULT_LR, DEFAULT_MAX_STEPS, AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig
-from memlaw.errors import AdapterError, ConfigError
+from memlaw.certificate import AUTO_MARGIN, BF16_SHIFT, parse_margin
+from memlaw.errors import AdapterError
 from memlaw.records import redact as redact_value
-from memlaw.validation import margin_problem
 
 
 class Kind(str, Enum):
@@ -85,9 +85,11 @@ def record_table(v, redact: bool) -> Table:
 
 LR_DEFAULT = ", ".join(f"{kind} {lr:g}" for kind, lr in DEFAULT_LR.items())   # the adapter kind's
 _TRAIN = TrainConfig(until="certified")      # write_memory's default: the CLI's defaults are its (a test checks)
-MARGIN_HELP = ("Certified means p_t > 0.5 + MARGIN for every answer token. In bf16, p_t moved by up to "
-               "0.063 between batch shapes on the demo (bench/batch_shift.py): 0.07 guards a certificate "
-               "against such shifts when recall batches differently.")
+MARGIN_HELP = (f"Certified means p_t > 0.5 + MARGIN for every answer token. auto: "
+               f"{AUTO_MARGIN['bfloat16']:g} when the base model runs in bfloat16, {AUTO_MARGIN['float32']:g} in "
+               f"float32: in bf16, p_t moved by up to {BF16_SHIFT} between batch shapes on the demo "
+               f"(docs/performance.md, bench/batch_shift.py), so a certificate at margin 0 may not hold for "
+               f"greedy decoding, which batches differently. Or a number in [0, 0.5).")
 
 
 @app.command()
@@ -109,7 +111,7 @@ def write(
                                                 show_default=LR_DEFAULT)] = _TRAIN.lr,
     batch_size: Annotated[int, typer.Option(help="Records per optimizer step.")] = _TRAIN.batch_size,
     seed: Annotated[int, typer.Option(help="Seed (adapter init, order, dropout).")] = _TRAIN.seed,
-    margin: Annotated[float, typer.Option(help=MARGIN_HELP)] = _TRAIN.margin,
+    margin: Annotated[str, typer.Option(help=MARGIN_HELP)] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16 where the device has fast bf16), bfloat16 or float32.")] = "auto",
     device: DeviceOpt = "auto",
     template: Annotated[Optional[str], typer.Option(help="Prompt template: chat or plain.",
@@ -128,8 +130,9 @@ def write(
 ) -> None:
     """Write RECORDS into a new adapter, verify them, and save the adapter directory.
 
-    Exit code 0 when every record is certified, 1 when the write ran but some record is not (the
-    adapter is saved either way), 2 for bad input. Bad records, an unknown --model or an --out that
+    Exit code 0 when every record is certified and greedy decoding recalls every value exactly, 1 when
+    the write ran but some record is not certified or a certificate is not confirmed by greedy
+    decoding (the adapter is saved either way), 2 for bad input. Bad records, an unknown --model or an --out that
     is not an adapter directory are refused before any training, and nothing is written. Before
     training it prints what the write will cost (trainable parameters, size on disk, an estimated
     time from steps timed just now) and refuses an adapter that cannot work (a rank above the hidden
@@ -148,7 +151,8 @@ def write(
         # bad input is refused here, in a fraction of a second, before torch and the model load
         adapter_cfg = AdapterConfig(kind=adapter.value, rank=rank, layer=layer)
         train_cfg = TrainConfig(lr=lr, batch_size=batch_size, max_steps=max_steps, epochs=epochs,
-                                until=until.value, seed=seed, margin=margin)
+                                until=until.value, seed=seed)
+        certify_margin = parse_margin(margin, "--margin")
         prompt = PromptConfig(template=template)
         recs = load_records(records)
         check_out_dir(out_dir, force=force)
@@ -167,17 +171,18 @@ def write(
         on_step = on_step or step_lines("write", until.value)
         with bar if bar is not None else nullcontext():
             result = write_memory(recs, model=base, out=out_dir, adapter=adapter_cfg, objective=objective_cfg,
-                                  train=train_cfg, prompt=prompt, save_records=not no_records, on_step=on_step,
-                                  force=force)
+                                  train=train_cfg, prompt=prompt, margin=certify_margin,
+                                  save_records=not no_records, on_step=on_step, force=force)
         _report(result, str(out_dir), as_json, redact, extra={"cost": cost.to_dict()})
-        result.raise_unless_certified()      # NotCertifiedError: one line on stderr, exit 1
+        result.raise_unless_certified()      # NotCertifiedError (not certified, or not confirmed): exit 1
 
     run(go)
 
 
 def _report(result, name: str, as_json: bool, redact: bool, extra: dict | None = None) -> None:
     s = result.verification.summary()
-    payload = {"out": name, "steps": result.train.steps, "write_s": round(result.train.wall_s, 3),
+    payload = {"out": name, "confirmed": result.certified, "margin": result.margin,
+               "steps": result.train.steps, "write_s": round(result.train.wall_s, 3),
                "steps_per_s": round(result.train.steps_per_s, 3), "time_to_certified": result.train.time_to_certified,
                "wall_s": round(result.wall_s, 3), **s, **(extra or {})}
     if as_json:
@@ -189,7 +194,12 @@ def _report(result, name: str, as_json: bool, redact: bool, extra: dict | None =
     bound = " (upper bound: no known generator)" if s.get("bits_kind") == "upper" else ""
     out.print(f"steps {result.train.steps}  write {result.train.wall_s:.1f} s ({result.train.steps_per_s:.2f} steps/s)  "
               f"time to certified {_secs(result.train.time_to_certified)}  total {result.wall_s:.1f} s  "
-              f"params {s['n_params']:,}  bits/param {per_param_text(s)}{bound}")
+              f"params {s['n_params']:,}  bits/param {per_param_text(s)}{bound}  {margin_text(result.margin)}")
+
+
+def margin_text(note: dict) -> str:
+    """'margin 0.07 (auto, bfloat16)': the certificate's margin and how it was chosen."""
+    return f"margin {note['value']:g} ({note['chosen']}, {note['dtype']})" if note else ""
 
 
 def _secs(x) -> str:
@@ -201,7 +211,8 @@ def verify(
     directory: Annotated[Path, typer.Argument(help="Adapter directory.")],
     records: Annotated[Optional[Path], typer.Argument(help="Records to check.", show_default="the ones saved with the adapter")] = None,
     no_recall: Annotated[bool, flag("--no-recall", help="Certificate only; skip greedy decoding.")] = False,
-    margin: Annotated[float, typer.Option(help=MARGIN_HELP)] = 0.0,
+    margin: Annotated[str, typer.Option(help=MARGIN_HELP + " auto is also at least the margin the memory "
+                                               "was written (or last updated) with.")] = "auto",
     device: DeviceOpt = "auto",
     per_record: Annotated[bool, flag("--per-record", help=(
         "Also print a row per record with its greedy output, which is the value itself when recalled: "
@@ -230,8 +241,7 @@ def verify(
         from memlaw.adapters import check_integrity, read_meta
         from memlaw.records import load_records, records_sha256
 
-        if (problem := margin_problem(margin)) is not None:
-            raise ConfigError(problem)
+        certify_margin = parse_margin(margin, "--margin")
         meta = read_meta(directory)
         problems = check_integrity(directory, meta)
         if problems:
@@ -242,7 +252,7 @@ def verify(
 
         t0 = time.perf_counter()
         with Memory.open(directory, device=device) as mem:
-            v = mem.verify(recs, recall=not no_recall, margin=margin, on_progress=verify_lines())
+            v = mem.verify(recs, recall=not no_recall, margin=certify_margin, on_progress=verify_lines())
             leaks = mem.leakage(watched=watched, random_keys=random_keys, records=recs) if leakage else None
             local = mem.locality() if locality else None
         wall = time.perf_counter() - t0
@@ -251,7 +261,7 @@ def verify(
         if as_json:
             out.print_json(json.dumps({"adapter": str(directory), "wall_s": round(wall, 3), "integrity": "ok",
                                        "records_match": same, "exact": v.all_exact,
-                                       "all_certified": v.all_certified, **v.to_dict(redact=hide),
+                                       "all_certified": v.all_certified, "margin": v.margin, "dtype": v.dtype, **v.to_dict(redact=hide),
                                        **leakage_json(leaks, show_leaks and not redact),
                                        **({} if local is None else {"locality": local.summary()})}))
         else:
@@ -286,7 +296,7 @@ def demo(
 ) -> None:
     """Write a PhoneBook into the embedded SmolLM2 until every entry certifies, then verify by greedy decoding.
 
-    Exit code 0 when every entry is certified, 1 when not.
+    Exit code 0 when every entry is certified and recalled exactly by greedy decoding, 1 when not.
     """
     setup_logging()
     go_online(online)

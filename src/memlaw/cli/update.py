@@ -12,8 +12,9 @@ import typer
 from memlaw.cli._common import (DeviceOpt, JsonOpt, VerboseOpt, app, err, flag, nullcontext, out, run,
                                 setup_logging)
 from memlaw.cli.living import RANDOM_KEYS_HELP, SHOW_LEAKS_HELP, leakage_exit, leakage_json, print_leakage
-from memlaw.cli.memory import MARGIN_HELP, Objective, progress_bar, summary_table
+from memlaw.cli.memory import MARGIN_HELP, Objective, margin_text, progress_bar, summary_table
 from memlaw.cli.progress import duration, step_lines
+from memlaw.certificate import parse_margin
 
 AS_WRITTEN = "as the memory was written"
 
@@ -39,7 +40,8 @@ def update(
                                                   show_default=AS_WRITTEN)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Records per optimizer step.", show_default=AS_WRITTEN)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed (order, dropout).", show_default=AS_WRITTEN)] = None,
-    margin: Annotated[Optional[float], typer.Option(help=MARGIN_HELP, show_default=AS_WRITTEN)] = None,
+    margin: Annotated[str, typer.Option(help=MARGIN_HELP + " auto is also at least the margin the memory was "
+                                               "written (or last updated) with.")] = "auto",
     device: DeviceOpt = "auto",
     store: Annotated[Optional[Path], typer.Option(help=(
         "A sweep store: its capacity law says, before training, whether the adapter's rank holds the update."),
@@ -58,8 +60,9 @@ def update(
     Records the adapter already holds with margin (every p_t > 0.7) rest while the added, changed and
     deleted ones train; a check that finds one below that margin puts it back.
 
-    Deleted keys are trained to answer nothing. The update is saved only when every record certifies and
-    every old value is gone (exit 0); otherwise nothing is written (exit 1). Refused with exit 2 and nothing
+    Deleted keys are trained to answer nothing. The update is saved only when every record certifies,
+    greedy decoding recalls every value exactly (a certificate it contradicts is not confirmed), and every
+    old value is gone (exit 0); otherwise nothing is written (exit 1). Refused with exit 2 and nothing
     written: a delete of a key the memory does not hold, a change to a key's current value, malformed
     changes, records or a base model that are not the memory's. memlaw.json keeps a history of updates
     (counts, steps, time; never values).
@@ -82,8 +85,9 @@ def update(
             from memlaw.config import ObjectiveConfig
 
             obj = ObjectiveConfig(name=objective.value)
+        certify_margin = parse_margin(margin, "--margin")
         obj, train = update_settings(meta, obj, lr=lr, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
-                                     seed=seed, margin=margin)
+                                     seed=seed)
         current = current_records(directory, meta, records)
         new = load_records(changes) if changes is not None else []
         deletes = deletes_of(delete or []) + (load_deletes(delete_file) if delete_file is not None else [])
@@ -95,7 +99,8 @@ def update(
         on_step = on_step or step_lines("update", "certified")
         with bar if bar is not None else nullcontext():
             result = update_memory(directory, new, delete=delete or [], delete_file=delete_file, out=out_dir,
-                                   device=device, records=current, objective=obj, train=train, store=store,
+                                   device=device, records=current, objective=obj, train=train,
+                                   margin=certify_margin, store=store,
                                    leakage=leakage, random_keys=random_keys, on_step=on_step,
                                    on_capacity=lambda line: err.print(line, markup=False, soft_wrap=True))
         _report(result, directory, as_json, show_leaks)
@@ -114,6 +119,8 @@ def _why_not_saved(r) -> str:
         return (f"the update did not certify every record within {r.train.steps} steps (records {s['certified']}/"
                 f"{s['n_records']}, deleted keys answering nothing {r.deleted_certified}/{r.counts['deleted']}); "
                 f"raise --max-steps or write a memory with a larger rank")
+    if not r.confirmed:
+        return r.not_confirmed_text()
     return f"{len(r.old_recalled)} changed or deleted keys still return their old value"
 
 
@@ -122,7 +129,8 @@ def _report(r, directory: Path, as_json: bool, show_leaks: bool) -> None:
     c = r.counts
     facts = {"adapter": str(directory), "out": None if r.out is None else str(r.out), "saved": r.saved, **c,
              "steps": r.train.steps, "train_s": round(r.train.wall_s, 3), "time_to_certified": r.train.time_to_certified,
-             "wall_s": round(r.wall_s, 3), "certified": r.certified, "old_values_recalled": len(r.old_recalled),
+             "wall_s": round(r.wall_s, 3), "certified": r.certified, "confirmed": r.confirmed,
+             "not_confirmed": r.not_confirmed, "margin": r.margin, "old_values_recalled": len(r.old_recalled),
              "deleted_answering_nothing": r.deleted_certified, "capacity": r.capacity}
     if as_json:
         out.print_json(json.dumps({**facts, "summary": s, **leakage_json(r.leakage, False)}))
@@ -132,7 +140,8 @@ def _report(r, directory: Path, as_json: bool, show_leaks: bool) -> None:
     out.print(f"update: {c['added']} added, {c['changed']} changed, {c['deleted']} deleted ({c['n_records_before']} -> "
               f"{c['n_records']} records); {r.train.steps} steps, training {duration(r.train.wall_s)}, total "
               f"{duration(r.wall_s)}; old values recalled {len(r.old_recalled)}/{c['changed'] + c['deleted']}; "
-              f"deleted keys answering nothing {r.deleted_certified}/{c['deleted']}; {where}", markup=False,
+              f"deleted keys answering nothing {r.deleted_certified}/{c['deleted']}; {margin_text(r.margin)}; {where}",
+              markup=False,
               soft_wrap=True)
     print_leakage(r.leakage, show_leaks)
 

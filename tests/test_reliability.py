@@ -189,7 +189,7 @@ def good_records(tmp_path_factory, tiny_records):
     (["--lr", "inf"], "train", "lr must be a finite number in (0, 10], got inf"),
     (["--lr", "nan"], "train", "lr must be a finite number in (0, 10], got nan"),
     (["--lr", "1e38"], "train", "lr must be in (0, 10], got 1e+38"),
-    (["--margin", "nan"], "train", "margin must be a finite number in [0, 0.5), got nan"),
+    (["--margin", "nan"], "--margin", "margin must be a finite number in [0, 0.5), got nan"),
     (["--seed", "100000000000000000000"], "train", "seed must be an integer in [0, 9223372036854775807]"),
     (["--template", "chat", "--batch-size", "-3"], "train", "batch_size must be an integer >= 1, got -3"),
 ], ids=["rank 0", "max-steps 0", "negative lr", "unknown template", "unknown dtype", "layer out of range",

@@ -111,7 +111,7 @@ def write(
                                                 show_default=LR_DEFAULT)] = _TRAIN.lr,
     batch_size: Annotated[int, typer.Option(help="Records per optimizer step.")] = _TRAIN.batch_size,
     seed: Annotated[int, typer.Option(help="Seed (adapter init, order, dropout).")] = _TRAIN.seed,
-    margin: Annotated[str, typer.Option(help=MARGIN_HELP)] = "auto",
+    margin: Annotated[str, typer.Option(metavar="auto|M", help=MARGIN_HELP)] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16 where the device has fast bf16), bfloat16 or float32.")] = "auto",
     device: DeviceOpt = "auto",
     template: Annotated[Optional[str], typer.Option(help="Prompt template: chat or plain.",
@@ -211,7 +211,7 @@ def verify(
     directory: Annotated[Path, typer.Argument(help="Adapter directory.")],
     records: Annotated[Optional[Path], typer.Argument(help="Records to check.", show_default="the ones saved with the adapter")] = None,
     no_recall: Annotated[bool, flag("--no-recall", help="Certificate only; skip greedy decoding.")] = False,
-    margin: Annotated[str, typer.Option(help=MARGIN_HELP + " auto is also at least the margin the memory "
+    margin: Annotated[str, typer.Option(metavar="auto|M", help=MARGIN_HELP + " auto is also at least the margin the memory "
                                                "was written (or last updated) with.")] = "auto",
     device: DeviceOpt = "auto",
     per_record: Annotated[bool, flag("--per-record", help=(

@@ -40,7 +40,7 @@ def update(
                                                   show_default=AS_WRITTEN)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Records per optimizer step.", show_default=AS_WRITTEN)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed (order, dropout).", show_default=AS_WRITTEN)] = None,
-    margin: Annotated[str, typer.Option(help=MARGIN_HELP + " auto is also at least the margin the memory was "
+    margin: Annotated[str, typer.Option(metavar="auto|M", help=MARGIN_HELP + " auto is also at least the margin the memory was "
                                                "written (or last updated) with.")] = "auto",
     device: DeviceOpt = "auto",
     store: Annotated[Optional[Path], typer.Option(help=(

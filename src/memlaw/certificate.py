@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from memlaw.validation import margin_problem
 from memlaw.errors import ConfigError
+from memlaw.validation import margin_problem
 
 THRESHOLD = 0.5
 """p_t above it: the target is the argmax, whatever the other tokens."""

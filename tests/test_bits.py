@@ -128,7 +128,9 @@ def test_long_context_bits_count_the_random_tokens_the_value_holds(tok, ratio, l
     k = max(j for j in range(len(rec.value) * 4) if rec.value.startswith(tok.decode(noisy[:j])))
     n_noise = sum(p < k for p in positions)
     assert covered_tokens(tok, doc.ids, rec.value) == k
-    assert counted.kind == "exact" and counted.total == pytest.approx(n_noise * draw_bits(tok))
+    # up to r50 random tokens sit between text tokens; above, neighbours can join as text: a bound
+    assert counted.kind == ("exact" if ratio == "r20" else "upper")
+    assert counted.total == pytest.approx(n_noise * draw_bits(tok))
     assert 0 < n_noise <= length
 
 

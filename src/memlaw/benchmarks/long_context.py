@@ -291,7 +291,7 @@ def value_bits(tokenizer, records: list[Record], *, ratio: str | float = "r100",
     A token cut by the end of the value is not counted. `source='paper'` (noise drawn in Qwen3's
     token space, not countable under another tokenizer) gives an upper bound (`memlaw.bits.upper`).
     """
-    name = parse_ratio(ratio)[0]
+    name, fraction = parse_ratio(ratio)
     if source == "paper":
         return bits.upper(records, f"upper bound: the paper's {name} file holds noise drawn in Qwen3's token space")
     doc = document(tokenizer, ratio, source=source, seed=data_seed)
@@ -302,8 +302,12 @@ def value_bits(tokenizer, records: list[Record], *, ratio: str | float = "r100",
         return bits.upper(records, f"upper bound: a {name} value does not align with the document's tokens")
     noise = [bisect.bisect_left(doc.noise_positions, k) for k in covered]
     per = draw_bits(tokenizer)
-    return bits.exact([n * per for n in noise], f"long-context {name}: {sum(noise)} random tokens × {per:.3f} bits "
-                      f"(a uniform draw from {len(_pool(tokenizer)):,} regular tokens, as text); the source text 0 bits")
+    basis = (f"long-context {name}: {sum(noise)} random tokens × {per:.3f} bits (a uniform draw from "
+             f"{len(_pool(tokenizer)):,} regular tokens, as text); the source text 0 bits")
+    if fraction > 0.5:                    # neighbouring draws can join across their boundary: a bound
+        return bits.ValueBits(tuple(float(n * per) for n in noise), "upper",
+                              f"upper bound (neighbouring random tokens can join as text): {basis}")
+    return bits.exact([n * per for n in noise], basis)
 
 
 def covered_tokens(tokenizer, ids: tuple[int, ...] | list[int], value: str, *, back: int = 4 * SEARCH) -> int | None:

@@ -131,3 +131,12 @@ def test_bad_device_is_refused(written, tmp_path, device, cause):
         assert res.exit_code == 2, res.output
         assert cause in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_choices_are_the_config_literals():
+    from memlaw.cli.memory import Kind, Objective, Until
+    from memlaw.config import AdapterConfig, ObjectiveConfig, TrainConfig, choices
+    assert [k.value for k in Kind] == list(choices(AdapterConfig, "kind")) == ["probe", "lora"]
+    assert [o.value for o in Objective] == list(choices(ObjectiveConfig, "name"))
+    assert "memft-sw-curriculum" in [o.value for o in Objective] and Objective.sft.value == "sft"
+    assert [u.value for u in Until] == list(choices(TrainConfig, "until"))

@@ -151,13 +151,13 @@ def test_repeated_record_is_kept_once_and_logged_without_value(tmp_path, caplog)
 
 
 def test_paper_phonebook_loads_fast():
-    start = time.perf_counter()
+    start = time.process_time()              # CPU seconds: wall time on a loaded machine says nothing
     records = load_records(PHONEBOOK)
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
     assert len(records) == 32_000 == len({r.key for r in records}) == len({r.value for r in records})
     assert records[0] == Record("Jerry Becerra:", "9100672710")
     assert all(len(r.value) == 10 and r.value.isdigit() for r in records)
-    assert seconds < 2.0  # about 0.2 s here
+    assert seconds < 2.0  # about 0.2 CPU-s here
 
 
 @pytest.mark.parametrize("name", ["random", "sample_0_tok29709_noise_0", "sample_0_tok29709_noise_60"])

@@ -18,27 +18,21 @@ from memlaw.cli._common import (DeviceOpt, JsonOpt, OnlineOpt, VerboseOpt, app, 
 from memlaw.cli.living import (LEAKAGE_HELP, LOCALITY_HELP, RANDOM_KEYS_HELP, SHOW_LEAKS_HELP, WATCH_HELP, leakage_exit,
                                leakage_json, locality_text, print_leakage)
 from memlaw.cli.progress import step_lines, verify_lines
-from memlaw.config import DEFAULT_LR, DEFAULT_MAX_STEPS, AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig
+from memlaw.config import (DEFAULT_LR, DEFAULT_MAX_STEPS, AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig,
+                           choices)
 from memlaw.certificate import AUTO_MARGIN, BF16_SHIFT, parse_margin
 from memlaw.errors import AdapterError
 from memlaw.records import redact as redact_value
 
 
-class Kind(str, Enum):
-    probe = "probe"
-    lora = "lora"
+def _config_enum(name: str, cls: type, field: str) -> type[Enum]:
+    """A CLI choice of a config `Literal` field's values (`config.choices`: the one list of them)."""
+    return Enum(name, {v.replace("-", "_"): v for v in choices(cls, field)}, type=str)
 
 
-class Objective(str, Enum):
-    sft = "sft"
-    memft_ot = "memft-ot"
-    memft_sw = "memft-sw"
-    memft_sw_curriculum = "memft-sw-curriculum"
-
-
-class Until(str, Enum):
-    budget = "budget"
-    certified = "certified"
+Kind = _config_enum("Kind", AdapterConfig, "kind")
+Objective = _config_enum("Objective", ObjectiveConfig, "name")
+Until = _config_enum("Until", TrainConfig, "until")
 
 
 def progress_bar(enabled: bool):

@@ -11,7 +11,6 @@ holds (`Verification.confirmed`) only when every record is certified and recalle
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -24,8 +23,9 @@ from transformers import DynamicCache, GenerationConfig
 from memlaw.bits import ValueBits, upper
 from memlaw.encode import Encoded
 from memlaw.certificate import certified, dtype_name, not_confirmed_advice, stubborn
+from memlaw.certify import certificate_probs
 from memlaw.errors import NotCertifiedError
-from memlaw.forward import TeacherForcer, TokenProbs, answer_probs
+from memlaw.forward import TeacherForcer, TokenProbs, cache_arg, answer_probs, lm_logits
 from memlaw.records import redact as redact_value, shorten
 
 LN2 = math.log(2.0)
@@ -100,25 +100,26 @@ def _greedy_batch(base, ids: Tensor, n_new: int, stop_id: int) -> list[list[int]
     """Argmax decoding of equal-length prompts (B, P): one prefill, then one cached step per token.
 
     The same model calls `generate` makes (no padding, so no attention mask; positions from the
-    cache), without its per-step logits processors and stopping criteria. Returns (B, ≤ n_new) tokens.
+    cache), without its per-step logits processors and stopping criteria. The LM head runs on the
+    last position's hidden states (B, D) as one matmul: the model's own `logits_to_keep=1` slices
+    them out of (B, P, D) as a strided 3-D input, which torch turns into a batched matmul that first
+    copies the head's weight once per row (3.6 GB at batch 64 on SmolLM2; 6 s of every prefill on this
+    CPU). Returns (B, ≤ n_new) tokens.
     """
     if n_new <= 0:
         return [[] for _ in range(len(ids))]
-    model = base.model
-    params = inspect.signature(model.forward).parameters
-    kw = {"cache" if "cache" in params else "past_key_values": DynamicCache(config=model.config), "use_cache": True}
-    if "logits_to_keep" in params:                                # the LM head on the last position only
-        kw["logits_to_keep"] = 1
-    logits = model(input_ids=ids, **kw).logits[:, -1]
+    decoder = base.model.model
+    kw = {cache_arg(decoder): DynamicCache(config=base.model.config), "use_cache": True}
+    hidden = decoder(input_ids=ids, **kw).last_hidden_state[:, -1]
     done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
     steps: list[Tensor] = []
     for t in range(n_new):
-        token = logits.float().argmax(-1)                         # (B,)
+        token = lm_logits(base, hidden).float().argmax(-1)        # (B,)
         steps.append(token)
         done |= token == stop_id
         if t == n_new - 1 or bool(done.all()):                    # a sync point, once per token
             break
-        logits = model(input_ids=token[:, None], **kw).logits[:, -1]
+        hidden = decoder(input_ids=token[:, None], **kw).last_hidden_state[:, -1]
     return torch.stack(steps, 1).tolist()
 
 
@@ -309,14 +310,18 @@ def verify(base, adapter, enc: Encoded, *, recall: bool = True, margin: float = 
         margin: certified means p_t > 0.5 + margin.
         base_losses: per record (value-token loss, terminator-inclusive loss) of the base model, from
             `base_answer_losses`; computed once per memory, not here.
-        fast: use the cached-prefix/answer-logits pass (same numbers as the plain pass for the layers run).
+        fast: the certificate's pass (`memlaw.certify`: length-bucketed rows, the shared prompt run once,
+            answer-only logits; the plain pass's numbers); False: the plain full-model pass itself.
         on_progress: called after each chunk of the certificate pass and each batch of greedy recall.
         value_bits: the values' information under their generator (`benchmarks.value_bits`); None:
             an upper bound from the values alone (`memlaw.bits.upper`), reported as one.
     """
     adapter.eval()
-    tf = TeacherForcer(base, enc, start_layer=adapter.first_layer, cache_prefix=fast, answer_logits=fast)
-    probs = answer_probs(tf, chunk=batch_size, on_chunk=_certificate_progress(on_progress, margin))
+    on_chunk = _certificate_progress(on_progress, margin)
+    if fast:
+        probs = certificate_probs(base, enc, batch_size=batch_size, on_chunk=on_chunk)
+    else:
+        probs = answer_probs(TeacherForcer(base, enc, plain=True), chunk=batch_size, on_chunk=on_chunk)
     verdicts = [record_verdict(r.key, probs[i], len(enc.value_ids[i]), margin) for i, r in enumerate(enc.records)]
     if base_losses is not None:
         verdicts = [replace(v, loss_base=b[0], loss_base_all=b[1]) for v, b in zip(verdicts, base_losses)]

@@ -1,38 +1,53 @@
-"""Verify throughput: certify 1,000 PhoneBook records and greedy-recall them, batched and one at a time.
+"""Verify throughput: certify 1,000 PhoneBook records and greedy-recall them, against the paths they replaced.
 
-The adapter is a random nonzero probe (rank 16 at the model's default layer, B ~ N(0, 0.02²)):
-certifying costs the same whether a record certifies or not (one teacher-forced pass), and greedy
-decoding is asked for exactly the answer's length, as `verify` does; the table shows how many
-tokens were generated per record, so an early terminator would be visible.
+The adapter is a probe (rank 16 at the model's default layer) with a random nonzero B ~ N(0, 0.02²);
+`--write K` first trains it on the first K records for `--write-steps` steps, so that some records
+sit near the certificate's threshold. Certifying costs the same whether a record certifies or not
+(one teacher-forced pass), and greedy decoding is asked for exactly the answer's length, as
+`verify` does.
 
-Rows, each timed in this one process on one resident model:
-- certify, batched: `verify(recall=False)`, batches of `--batch` (cached prefix, answer-only logits);
-- certify, one at a time: one full forward pass per record (a subset of `--single` records);
-- greedy, batched: `verify.greedy`, the KV-cache loop, prompts of equal length batched;
-- greedy, batched, HF generate: the same batches through transformers' `generate` (same tokens);
-- greedy, one at a time: one record per call (the subset), with the loop and with `generate`;
-- verify, batched: certify + greedy recall, what `memlaw verify` and every sweep cell run.
+Timed rows, each `--repeats` times at every `--threads` count, interleaved, in this one process on one
+resident model (medians):
+- certify, before: the padded pass `verify` ran before issue 15.4 (cached prefix, every prompt
+  token in every row, chunks of `--batch`, vocabulary statistics on whole chunks);
+- certify: the certificate's pass `verify` runs now (`memlaw.certify.certificate_probs`);
+- greedy, before: `verify.greedy` with the model's own `logits_to_keep=1` prefill (as before issue 15.4),
+  on the first `--greedy-n` records;
+- greedy: `verify.greedy` now, on the same records;
+- verify (certify + recall): `verify(recall=True)`, what `memlaw verify` and every sweep cell run (once).
 
-    python bench/verify_speed.py                     # SmolLM2-135M
-    python bench/verify_speed.py --model tiny        # the tiny random model (shows it works)
+Checks printed above the table:
+- p_t of the certificate's pass against the pass before it on every answer token (max |Δp_t|,
+  tokens bit-identical) and the certified sets of both;
+- against the plain pass of a float32 copy of the base on the first `--f32-n` records (bf16 models
+  only): max |Δp_t| and the certified sets;
+- greedy tokens: now, before and HF `generate` on the `--greedy-n` records.
+
+    OMP_WAIT_POLICY=PASSIVE python bench/verify_speed.py --threads 1 2 --write 16   # SmolLM2-135M
+    python bench/verify_speed.py --model tiny --n 40 --f32-n 40    # the tiny random model (shows it works)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
-from pathlib import Path
 
 import torch
+from transformers import DynamicCache
 
+import memlaw.verify as verify_module
 from machine import machine
 from memlaw.adapters import make_adapter
 from memlaw.benchmarks.phonebook import phonebook
-from memlaw.config import AdapterConfig, PromptConfig
+from memlaw.certificate import certified
+from memlaw.certify import certificate_probs
+from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig
 from memlaw.encode import encode
-from memlaw.forward import TeacherForcer
+from memlaw.forward import TeacherForcer, TokenProbs, answer_probs
 from memlaw.models import load_base, resolve_device
-from memlaw.forward import answer_probs
+from memlaw.train import write
 from memlaw.verify import greedy, verify
 
 
@@ -46,15 +61,63 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+@torch.no_grad()
+def certify_before(base, enc, start_layer: int, chunk: int) -> dict[int, TokenProbs]:
+    """The certificate pass `verify` ran before issue 15.4: padded chunks, every prompt token in every row,
+    log-softmax and a bf16 argmax on the whole (B, T, V) logits."""
+    tf = TeacherForcer(base, enc, start_layer=start_layer)
+    out = {}
+    for part in tf.batches(range(len(enc)), chunk):
+        logits, batch = tf.logits(part)
+        nll = -torch.log_softmax(logits.float(), dim=-1).gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+        correct = logits.argmax(-1) == batch.targets
+        for b, i in enumerate(part):
+            n = int(batch.mask[b].sum())
+            out[i] = TokenProbs(torch.exp(-nll[b, :n]), nll[b, :n], correct[b, :n])
+    return out
+
+
+def _greedy_batch_before(base, ids, n_new: int, stop_id: int) -> list[list[int]]:
+    """`verify._greedy_batch` before issue 15.4: the model's forward with logits_to_keep=1."""
+    model = base.model
+    kw = {verify_module.cache_arg(model.model): DynamicCache(config=model.config), "use_cache": True,
+          "logits_to_keep": 1}
+    logits = model(input_ids=ids, **kw).logits[:, -1]
+    done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+    steps = []
+    for t in range(n_new):
+        token = logits.float().argmax(-1)
+        steps.append(token)
+        done |= token == stop_id
+        if t == n_new - 1 or bool(done.all()):
+            break
+        logits = model(input_ids=token[:, None], **kw).logits[:, -1]
+    return torch.stack(steps, 1).tolist()
+
+
+def greedy_before(*args, **kwargs):
+    now = verify_module._greedy_batch
+    verify_module._greedy_batch = _greedy_batch_before
+    try:
+        return greedy(*args, **kwargs)
+    finally:
+        verify_module._greedy_batch = now
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--n", type=int, default=1000, help="PhoneBook records")
-    ap.add_argument("--single", type=int, default=50, help="records timed one at a time")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--greedy-n", type=int, default=128, help="records the greedy before/now rows decode")
+    ap.add_argument("--f32-n", type=int, default=128, help="records checked against a float32 plain pass")
+    ap.add_argument("--write", type=int, default=0, help="train the probe on the first K records first")
+    ap.add_argument("--write-steps", type=int, default=60)
     args = ap.parse_args()
     device = resolve_device(args.device)
     base = load_base(args.model, dtype=args.dtype, device=device)
@@ -65,76 +128,121 @@ def main() -> None:
     with torch.no_grad():
         adapter.B.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(0))
     adapter.attach(base)
+    wrote = ""
+    if args.write:
+        part = encode(phonebook(args.n)[: args.write], base.tokenizer, prompt, max_length=base.context_length)
+        _, s = timed(lambda: write(base, adapter, part, ObjectiveConfig(), TrainConfig(
+            until="budget", max_steps=args.write_steps, lr=4e-2, batch_size=16)))
+        wrote = f"; probe trained on the first {args.write} records for {args.write_steps} steps (lr 4e-2, {s:.0f} s)"
     adapter.eval()
     stop = enc.terminator[0]
     limits = [len(enc.answer_ids(i)) for i in range(len(enc))]
-    sub = list(range(min(args.single, len(enc))))
-    rows = []   # (what, records, seconds, tokens generated or None)
+    sub = list(range(min(args.greedy_n, len(enc))))
+    sub_prompts, sub_limits = [enc.prompt_ids[i] for i in sub], [limits[i] for i in sub]
 
     warm = [next(i for i in range(len(enc)) if len(enc.prompt_ids[i]) == n) for n in set(map(len, enc.prompt_ids))]
     greedy(base, [enc.prompt_ids[i] for i in warm], [limits[i] for i in warm], stop)   # warm-up: every prompt length
-    _, s = timed(lambda: verify(base, adapter, enc, recall=False, batch_size=args.batch))
-    rows.append(("certify, batched", len(enc), s, None))
-    tf = TeacherForcer(base, enc, start_layer=adapter.first_layer, cache_prefix=False)
-    _, s = timed(lambda: [answer_probs(tf, [i], chunk=1) for i in sub])
-    rows.append(("certify, one at a time", len(sub), s, None))
-    loop, s = timed(lambda: greedy(base, enc.prompt_ids, limits, stop, batch_size=args.batch))
-    rows.append(("greedy, batched", len(enc), s, sum(map(len, loop))))
-    hf, s = timed(lambda: greedy(base, enc.prompt_ids, limits, stop, batch_size=args.batch, hf_generate=True))
-    rows.append(("greedy, batched, HF generate", len(enc), s, sum(map(len, hf))))
-    one, s = timed(lambda: [greedy(base, [enc.prompt_ids[i]], limits[i], stop)[0] for i in sub])
-    rows.append(("greedy, one at a time", len(sub), s, sum(map(len, one))))
-    one_hf, s = timed(lambda: [greedy(base, [enc.prompt_ids[i]], limits[i], stop, hf_generate=True)[0] for i in sub])
-    rows.append(("greedy, one at a time, HF generate", len(sub), s, sum(map(len, one_hf))))
-    _, s = timed(lambda: verify(base, adapter, enc, recall=True, batch_size=args.batch))
-    rows.append(("verify (certify + recall), batched", len(enc), s, None))
-    same = loop == hf and one == loop[: len(sub)] and one_hf == loop[: len(sub)]
-    pairs = {"loop vs HF generate, batched": (loop, hf), "batched vs one at a time, loop": (loop[: len(sub)], one),
-             "batched vs one at a time, HF": (hf[: len(sub)], one_hf), "loop vs HF, one at a time": (one, one_hf)}
-    divergences = {what: diverging(base, enc, a, b) for what, (a, b) in pairs.items()}   # adapter still attached
+    times: dict[tuple[str, int], list[float]] = {}
+    keep: dict[str, object] = {}
+    rows = {
+        "certify, before": (len(enc), lambda: certify_before(base, enc, adapter.first_layer, args.batch)),
+        "certify": (len(enc), lambda: certificate_probs(base, enc, batch_size=args.batch)),
+        "greedy, before": (len(sub), lambda: greedy_before(base, sub_prompts, sub_limits, stop, args.batch)),
+        "greedy": (len(sub), lambda: greedy(base, sub_prompts, sub_limits, stop, args.batch)),
+    }
+    load = [os.getloadavg()]
+    for _ in range(args.repeats):
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for what, (_, fn) in rows.items():
+                keep[what], s = timed(fn)
+                times.setdefault((what, threads), []).append(s)
+    load.append(os.getloadavg())
+    once = {
+        "verify (certify + recall)": (len(enc), lambda: verify(base, adapter, enc, recall=True, batch_size=args.batch)),
+    }
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for what, (_, fn) in once.items():
+            keep[what], s = timed(fn)
+            times[(what, threads)] = [s]
+    load.append(os.getloadavg())
+    hf = greedy(base, sub_prompts, sub_limits, stop, args.batch, hf_generate=True)
+    checks = compare(keep, hf)
     adapter.detach()
-    rate = {what: n / s for what, n, s, _ in rows}
-    print(f"\nmachine: {machine(device)}")
+    if base.dtype != torch.float32 and args.f32_n:
+        checks += float32_check(args, enc, adapter, keep["certify, before"], keep["certify"])
+    counts = {**rows, **once}
+
+    print(f"\nmachine: {machine(device)} (the table's threads: {', '.join(map(str, args.threads))}; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
+    print(f"load average (1, 5, 15 min) before, after the repeats, at the end: "
+          + "; ".join(", ".join(f"{x:.2f}" for x in la) for la in load))
     print(f"model {args.model} ({base.dtype}, {device}); PhoneBook {len(enc)} records, "
-          f"{len(set(map(len, enc.prompt_ids)))} "
-          f"distinct prompt lengths, answers of {min(limits)}-{max(limits)} tokens; random nonzero probe r={args.rank} "
-          f"at layer {adapter.first_layer}; batch {args.batch}; one-at-a-time rows on the first {len(sub)} records")
-    print(f"greedy tokens identical across loop / HF generate / batched / one at a time: {'yes' if same else 'NO'}")
-    for what, gaps in divergences.items():
-        n = len(pairs[what][0])
-        worst = f"; top-2 probability gap at the first divergence: max {max(gaps):.2e}" if gaps else ""
-        print(f"  {what}: {len(gaps)} of {n} records differ{worst}")
+          f"{len(set(map(len, enc.prompt_ids)))} distinct prompt lengths, answers of {min(limits)}-{max(limits)} "
+          f"tokens; probe r={args.rank} at layer {adapter.first_layer}, random nonzero B{wrote}; batch {args.batch}; "
+          f"medians of {args.repeats}")
+    for line in checks:
+        print(line)
     print()
-    head = f"{'':36} {'records':>8} {'seconds':>8} {'records/s':>10} {'tokens/rec':>10} {'× one at a time':>16}"
+    head = f"{'':28} {'threads':>7} {'records':>8} {'seconds':>8} {'records/s':>10} {'× before':>9}"
     print(head)
     print("-" * len(head))
-    single = {"certify": rate["certify, one at a time"], "greedy": rate["greedy, one at a time"],
-              "verify": rate["certify, one at a time"] * rate["greedy, one at a time"]
-              / (rate["certify, one at a time"] + rate["greedy, one at a time"])}
-    for what, n, s, tokens in rows:
-        ratio = rate[what] / single[what.split(" ")[0].rstrip(",")]
-        tok = "-" if tokens is None else f"{tokens / n:.1f}"
-        print(f"{what:36} {n:8d} {s:8.2f} {rate[what]:10.1f} {tok:>10} {ratio:15.2f}×")
-    print("\n(verify's one-at-a-time reference combines the two one-at-a-time rates: 1 / (1/certify + 1/greedy))")
+    for threads in args.threads:
+        for what, (n, _) in counts.items():
+            s = statistics.median(times[(what, threads)])
+            ref = {"certify": "certify, before", "greedy": "greedy, before"}.get(what)
+            ratio = f"{statistics.median(times[(ref, threads)]) / s:8.2f}×" if ref else "-"
+            print(f"{what:28} {threads:7d} {n:8d} {s:8.2f} {n / s:10.1f} {ratio:>9}")
+    print("\n(all timings: " + "; ".join(f"{w} @{t}: " + ", ".join(f"{x:.2f}" for x in v)
+                                        for (w, t), v in times.items()) + ")")
 
 
-@torch.no_grad()
-def diverging(base, enc, a: list[list[int]], b: list[list[int]]) -> list[float]:
-    """For each record whose two greedy outputs differ, the gap between the top two next-token
-    probabilities at the first differing position (teacher-forced on the shared prefix, batch 1).
+def _certified(probs, rows) -> set[int]:
+    return {i for i in rows if certified(probs[i].p)}
 
-    A near-zero gap is a tie that batch-shape-dependent bf16 rounding may break either way; a
-    certificate (p > 0.5 on every target token) leaves no such tie on the target path.
-    """
-    gaps = []
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x == y:
-            continue
-        t = next((k for k, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
-        ids = torch.tensor([list(enc.prompt_ids[i]) + x[:t]], device=base.device)
-        top = torch.softmax(base.model(input_ids=ids).logits[0, -1].float(), -1).topk(2).values
-        gaps.append(float(top[0] - top[1]))
-    return gaps
+
+def _max_dp(a, b, rows) -> float:
+    return max(float((a[i].p - b[i].p).abs().max()) for i in rows)
+
+
+def compare(keep, hf) -> list[str]:
+    """The checks: p_t and certified sets of the certificate's pass against the pass before it; greedy tokens."""
+    before, now = keep["certify, before"], keep["certify"]
+    rows = sorted(before)
+    same = sum(torch.equal(before[i].p, now[i].p) and torch.equal(before[i].correct, now[i].correct) for i in rows)
+    near = sum(abs(float(now[i].p.min()) - 0.5) < 0.05 for i in rows)
+    lines = [
+        f"p_t, certificate's pass vs the pass before it: max |Δp_t| {_max_dp(before, now, rows):.2e} over "
+        f"{sum(len(before[i].p) for i in rows)} answer tokens; {same} of {len(rows)} records bit-identical "
+        f"(p_t and argmax)",
+        f"certified: before {len(_certified(before, rows))}, now {len(_certified(now, rows))}, same set: "
+        f"{'yes' if _certified(before, rows) == _certified(now, rows) else 'NO'} "
+        f"({near} records with min p_t within 0.05 of 0.5)",
+    ]
+    verified = keep["verify (certify + recall)"].summary()
+    lines.append(f"verify (certify + recall): certified {verified['certified']}, EM {verified['em']}, "
+                 f"certificate violations {verified['certificate_violations']}")
+    loop, old = keep["greedy"], keep["greedy, before"]
+    lines.append(f"greedy tokens on {len(loop)} records, now vs before: {sum(a != b for a, b in zip(loop, old))} differ; "
+                 f"now vs HF generate: {sum(a != b for a, b in zip(loop, hf))} differ")
+    return lines
+
+
+def float32_check(args, enc, adapter, before, now) -> list[str]:
+    """The plain full-model pass of a float32 copy of the base against both bf16 passes, first `--f32-n` records."""
+    f32 = load_base(args.model, dtype="float32", device=resolve_device(args.device))
+    rows = list(range(min(args.f32_n, len(enc))))
+    adapter.attach(f32)
+    try:
+        ref = answer_probs(TeacherForcer(f32, enc, plain=True), rows, chunk=args.batch)
+    finally:
+        adapter.detach()
+    cert = _certified(ref, rows)
+    flips = {name: len(cert ^ _certified(p, rows)) for name, p in (("before", before), ("now", now))}
+    return [f"float32 plain pass, first {len(rows)} records: certified {len(cert)}; records whose verdict differs "
+            f"from it: before {flips['before']}, now {flips['now']}; max |Δp_t| against it: before "
+            f"{_max_dp(ref, before, rows):.2e}, now {_max_dp(ref, now, rows):.2e}"]
 
 
 if __name__ == "__main__":

@@ -224,7 +224,8 @@ def compare(keep, hf) -> list[str]:
     lines.append(f"verify (certify + recall): certified {verified['certified']}, EM {verified['em']}, "
                  f"certificate violations {verified['certificate_violations']}")
     loop, old = keep["greedy"], keep["greedy, before"]
-    lines.append(f"greedy tokens on {len(loop)} records, now vs before: {sum(a != b for a, b in zip(loop, old))} differ; "
+    lines.append(f"greedy tokens on {len(loop)} records, now vs before: {sum(a != b for a, b in zip(loop, old))} "
+                 f"differ; "
                  f"now vs HF generate: {sum(a != b for a, b in zip(loop, hf))} differ")
     return lines
 

@@ -52,7 +52,8 @@ def trained(tiny_base):
         enc = encode(_records(), tiny_base.tokenizer, prompt)
         ad = make_adapter(AdapterConfig(kind="probe", rank=8, layer=1), tiny_base, seed=1)
         ad.attach(tiny_base)
-        write(tiny_base, ad, enc, ObjectiveConfig(), TrainConfig(until="budget", max_steps=steps, lr=3e-2, batch_size=8))
+        train = TrainConfig(until="budget", max_steps=steps, lr=3e-2, batch_size=8)
+        write(tiny_base, ad, enc, ObjectiveConfig(), train)
         ad.detach()
         out[name] = enc, ad.eval()
     return out

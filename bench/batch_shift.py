@@ -5,9 +5,9 @@ In bf16, kernels block a batch of 32 differently from a batch of 1, so p_t moves
 batch shape; a token whose p_t is closer to 0.5 than that shift could decode differently in
 another batch shape. This prints, for the adapter's own records:
 
-- the max |Δp_t| between the certificate's pass (cached prefix, chunks of 64) and the same pass
-  one record at a time, a plain full-model pass one record at a time, and the shared-prompt pass
-  training uses (`TrainConfig.shared_prompt`);
+- the max |Δp_t| between the certificate's pass (`memlaw.certify`) and the padded pass it replaced
+  (cached prefix, chunks of 64), that pass one record at a time, a plain full-model pass one record
+  at a time, and the shared-prompt pass training uses (`TrainConfig.shared_prompt`);
 - how far each of those passes is from recall's own numerics: p_t read off a KV-cache decode that
   is fed the true answer tokens (greedy decoding's model calls, batched as `verify.greedy` batches);
 - the smallest p_t (the certificate's tightest margin is that minus 0.5);
@@ -27,6 +27,7 @@ from transformers import DynamicCache
 
 from machine import machine
 from memlaw.encode import encode
+from memlaw.certify import certificate_probs
 from memlaw.forward import TeacherForcer, answer_probs
 from memlaw.memory import Memory
 from memlaw.verify import greedy, score_recall
@@ -72,8 +73,9 @@ def main() -> None:
     recs = mem.records()
     enc = encode(recs, base.tokenizer, mem.prompt, max_length=base.context_length)
     cached = TeacherForcer(base, enc, start_layer=adapter.first_layer)
-    batched = answer_probs(cached, chunk=64)
+    batched = certificate_probs(base, enc)
     shifts = {
+        "padded pass, chunks of 64": answer_probs(cached, chunk=64),
         "cached prefix, one at a time": answer_probs(cached, chunk=1),
         "plain full pass, one at a time": answer_probs(TeacherForcer(base, enc, plain=True), chunk=1),
         "shared-prompt pass, chunks of 64": answer_probs(
@@ -100,7 +102,7 @@ def main() -> None:
         d = max(float((batched[i].p - probs[i].p).abs().max()) for i in batched)
         print(f"max |Δp_t|, certificate pass vs {what:32} {d:.4f}")
     print()
-    for what, probs in {"certificate pass (chunks of 64)": batched, **shifts}.items():
+    for what, probs in {"certificate pass": batched, **shifts}.items():
         d = max(float((recall[i] - probs[i].p).abs().max()) for i in batched)
         print(f"max |Δp_t| against the cached decode, {what:32} {d:.4f}")
     for what, outs in decoded.items():

@@ -7,7 +7,8 @@ sit near the certificate's threshold. Certifying costs the same whether a record
 `verify` does.
 
 Timed rows, each `--repeats` times at every `--threads` count, interleaved, in this one process on one
-resident model (medians):
+resident model; wall and process CPU seconds, medians, and "× before" as the median of the ratios
+within each repeat:
 - certify, before: the padded pass `verify` ran before issue 15.4 (cached prefix, every prompt
   token in every row, chunks of `--batch`, vocabulary statistics on whole chunks);
 - certify: the certificate's pass `verify` runs now (`memlaw.certify.certificate_probs`);
@@ -38,7 +39,7 @@ import torch
 from transformers import DynamicCache
 
 import memlaw.verify as verify_module
-from machine import machine
+from machine import machine, matmul_rate
 from memlaw.adapters import make_adapter
 from memlaw.benchmarks.phonebook import phonebook
 from memlaw.certificate import certified
@@ -52,13 +53,26 @@ from memlaw.verify import greedy, verify
 
 
 def timed(fn):
+    """fn's result, wall seconds and this process's CPU seconds (all its threads). On a shared machine the
+    CPU seconds are the steadier measure of the work; the wall seconds are what a user waits."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return out, time.perf_counter() - t0
+    return out, (time.perf_counter() - t0, time.process_time() - c0)
+
+
+def layer_matmul_rate() -> float:
+    """bf16 GFLOP/s of one thread at an MLP matmul's shape (1408 × 576 × 1536), median of 5: how much
+    of the CPU this process gets at the moment."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return matmul_rate(1408, 576, 1536, torch.bfloat16, reps=5, stat=statistics.median) / 1e9
+    finally:
+        torch.set_num_threads(threads)
 
 
 @torch.no_grad()
@@ -131,7 +145,7 @@ def main() -> None:
     wrote = ""
     if args.write:
         part = encode(phonebook(args.n)[: args.write], base.tokenizer, prompt, max_length=base.context_length)
-        _, s = timed(lambda: write(base, adapter, part, ObjectiveConfig(), TrainConfig(
+        _, (s, _) = timed(lambda: write(base, adapter, part, ObjectiveConfig(), TrainConfig(
             until="budget", max_steps=args.write_steps, lr=4e-2, batch_size=16)))
         wrote = f"; probe trained on the first {args.write} records for {args.write_steps} steps (lr 4e-2, {s:.0f} s)"
     adapter.eval()
@@ -142,7 +156,7 @@ def main() -> None:
 
     warm = [next(i for i in range(len(enc)) if len(enc.prompt_ids[i]) == n) for n in set(map(len, enc.prompt_ids))]
     greedy(base, [enc.prompt_ids[i] for i in warm], [limits[i] for i in warm], stop)   # warm-up: every prompt length
-    times: dict[tuple[str, int], list[float]] = {}
+    times: dict[tuple[str, int], list[tuple[float, float]]] = {}
     keep: dict[str, object] = {}
     rows = {
         "certify, before": (len(enc), lambda: certify_before(base, enc, adapter.first_layer, args.batch)),
@@ -150,7 +164,7 @@ def main() -> None:
         "greedy, before": (len(sub), lambda: greedy_before(base, sub_prompts, sub_limits, stop, args.batch)),
         "greedy": (len(sub), lambda: greedy(base, sub_prompts, sub_limits, stop, args.batch)),
     }
-    load = [os.getloadavg()]
+    load, rate = [os.getloadavg()], [layer_matmul_rate()]
     for _ in range(args.repeats):
         for threads in args.threads:
             torch.set_num_threads(threads)
@@ -158,6 +172,7 @@ def main() -> None:
                 keep[what], s = timed(fn)
                 times.setdefault((what, threads), []).append(s)
     load.append(os.getloadavg())
+    rate.append(layer_matmul_rate())
     once = {
         "verify (certify + recall)": (len(enc), lambda: verify(base, adapter, enc, recall=True, batch_size=args.batch)),
     }
@@ -167,6 +182,7 @@ def main() -> None:
             keep[what], s = timed(fn)
             times[(what, threads)] = [s]
     load.append(os.getloadavg())
+    rate.append(layer_matmul_rate())
     hf = greedy(base, sub_prompts, sub_limits, stop, args.batch, hf_generate=True)
     checks = compare(keep, hf)
     adapter.detach()
@@ -178,6 +194,8 @@ def main() -> None:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
     print(f"load average (1, 5, 15 min) before, after the repeats, at the end: "
           + "; ".join(", ".join(f"{x:.2f}" for x in la) for la in load))
+    print("one thread's bf16 matmul rate at an MLP shape (1408×576×1536), at the same three points: "
+          + ", ".join(f"{r:.0f}" for r in rate) + " GFLOP/s")
     print(f"model {args.model} ({base.dtype}, {device}); PhoneBook {len(enc)} records, "
           f"{len(set(map(len, enc.prompt_ids)))} distinct prompt lengths, answers of {min(limits)}-{max(limits)} "
           f"tokens; probe r={args.rank} at layer {adapter.first_layer}, random nonzero B{wrote}; batch {args.batch}; "
@@ -185,17 +203,23 @@ def main() -> None:
     for line in checks:
         print(line)
     print()
-    head = f"{'':28} {'threads':>7} {'records':>8} {'seconds':>8} {'records/s':>10} {'× before':>9}"
+    head = (f"{'':26} {'threads':>7} {'records':>7} {'wall s':>7} {'records/s':>9} {'× before':>8} "
+            f"{'CPU s':>7} {'rec/CPU-s':>9} {'× before':>8}")
     print(head)
     print("-" * len(head))
     for threads in args.threads:
         for what, (n, _) in counts.items():
-            s = statistics.median(times[(what, threads)])
+            runs = times[(what, threads)]
+            wall, cpu = (statistics.median(x[k] for x in runs) for k in (0, 1))
             ref = {"certify": "certify, before", "greedy": "greedy, before"}.get(what)
-            ratio = f"{statistics.median(times[(ref, threads)]) / s:8.2f}×" if ref else "-"
-            print(f"{what:28} {threads:7d} {n:8d} {s:8.2f} {n / s:10.1f} {ratio:>9}")
-    print("\n(all timings: " + "; ".join(f"{w} @{t}: " + ", ".join(f"{x:.2f}" for x in v)
-                                        for (w, t), v in times.items()) + ")")
+            ratios = ["-", "-"]
+            if ref:       # median of the ratios within each repeat: the load drifts between repeats
+                pairs = list(zip(times[(ref, threads)], runs))
+                ratios = [f"{statistics.median(a[k] / b[k] for a, b in pairs):7.2f}×" for k in (0, 1)]
+            print(f"{what:26} {threads:7d} {n:7d} {wall:7.1f} {n / wall:9.1f} {ratios[0]:>8} "
+                  f"{cpu:7.1f} {n / cpu:9.1f} {ratios[1]:>8}")
+    print("\n(wall, CPU seconds of every run: " + "; ".join(
+        f"{w} @{t}: " + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in v) for (w, t), v in times.items()) + ")")
 
 
 def _certified(probs, rows) -> set[int]:

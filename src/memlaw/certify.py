@@ -7,11 +7,11 @@ less work:
 - rows of equal length run together, so nothing is padded. The length is prompt + answer − 1: the
   last answer token is a target only, and its input position predicts nothing;
 - the prompt tokens every record shares (the chat template's head, `shared_prompt_len`: 14 of
-  PhoneBook's 37 tokens on SmolLM2) run once per length, inside one full row of that length, and
-  the rows of that length continue from its key/value cache. A full row, not the head alone: sdpa's
-  CPU kernel rounds a causal sequence shorter than 16 tokens differently from the same positions of
-  a longer one, so a head run alone moved bf16 p_t by up to 0.025 on SmolLM2; matmuls give a row
-  the same numbers in any batch;
+  PhoneBook's 37 tokens on SmolLM2) run once per call, inside one full row of `HEAD_ROW` tokens, and
+  every row continues from its key/value cache. Inside a longer row, not alone: sdpa's CPU kernel
+  rounds a causal sequence shorter than 16 tokens differently from the same positions of a longer
+  one, and a head run alone moved bf16 p_t by up to 0.025 on SmolLM2; inside the row they get the
+  numbers every full row gives them (matmuls give a row the same numbers in any batch);
 - the LM head runs at answer positions only, and the vocabulary-sized work (float32 copy,
   log-softmax, argmax) a few positions at a time, so it stays in cache (`forward.token_stats`).
 
@@ -40,10 +40,27 @@ def _lengths(enc: Encoded, rows: Sequence[int]) -> dict[int, list[int]]:
     return dict(sorted(out.items()))
 
 
-def _shared_for(base, shared: int, length: int) -> int:
-    """Shared positions usable at this row length: none where a sliding-window cache would drop some."""
+HEAD_ROW = 64
+"""Length of the one row the shared head's keys and values are taken from: the head's tokens, then any
+tokens (causal attention keeps them from the head). Fixed, so the head's numbers are the same
+whichever rows a call checks, and past the 16 tokens under which sdpa rounds a sequence differently."""
+
+
+def _head(base, enc: Encoded, shared: int) -> list[tuple[Tensor, Tensor]] | None:
+    """Per layer the keys and values (1, heads, shared, head_dim) of the `shared` prompt tokens every
+    record starts with, from a full pass of one row; None where a sliding-window cache would drop some."""
+    length = max(HEAD_ROW, shared)
+    longest = max(len(p) + len(enc.answer_ids(i)) for i, p in enumerate(enc.prompt_ids))
     window = getattr(base.model.config, "sliding_window", None)
-    return 0 if (window is not None and length > window) else shared
+    if shared == 0 or (window is not None and max(length, longest) > window):
+        return None
+    first = enc.prompt_ids[0] + enc.answer_ids(0)                  # after the head, any tokens do
+    tokens = (first * (length // len(first) + 1))[:length]
+    decoder = base.model.model
+    cache = DynamicCache(config=base.model.config)
+    decoder(input_ids=torch.tensor([tokens], device=base.device), **{cache_arg(decoder): cache},
+            use_cache=True)
+    return [(layer.keys[:, :, :shared], layer.values[:, :, :shared]) for layer in cache.layers]
 
 
 @torch.no_grad()
@@ -60,12 +77,11 @@ def certificate_probs(base, enc: Encoded, rows: Sequence[int] | None = None, bat
     """
     rows = list(range(len(enc))) if rows is None else list(rows)
     decoder, dev = base.model.model, base.device
-    cache_kw, shared_all = cache_arg(decoder), shared_prompt_len(enc)
+    head = _head(base, enc, shared_prompt_len(enc))
+    shared = 0 if head is None else head[0][0].shape[2]
     out: dict[int, TokenProbs] = {}
     for length, idx in _lengths(enc, rows).items():
         ids = torch.tensor([(enc.prompt_ids[i] + enc.answer_ids(i))[:length] for i in idx], device=dev)
-        shared = _shared_for(base, shared_all, length)
-        head = _head(base, ids[:1], shared) if shared else None
         for lo in range(0, len(idx), batch_size):
             part, tail = idx[lo: lo + batch_size], ids[lo: lo + batch_size]
             if head is None:
@@ -75,21 +91,12 @@ def certificate_probs(base, enc: Encoded, rows: Sequence[int] | None = None, bat
                 for n, (k, v) in enumerate(head):
                     cache.update(k.expand(len(tail), -1, -1, -1), v.expand(len(tail), -1, -1, -1), n)
                 positions = torch.arange(shared, length, device=dev)[None]
-                hidden = decoder(input_ids=tail[:, shared:], **{cache_kw: cache}, position_ids=positions,
+                hidden = decoder(input_ids=tail[:, shared:], **{cache_arg(decoder): cache}, position_ids=positions,
                                  use_cache=True).last_hidden_state
             out.update(_answer_stats(base, enc, part, hidden, shared))
             if on_chunk is not None:
                 on_chunk(out, len(rows))
     return out
-
-
-def _head(base, row: Tensor, shared: int) -> list[tuple[Tensor, Tensor]]:
-    """Per layer the keys and values (1, heads, shared, head_dim) of the first `shared` positions,
-    from a full pass of one row (1, length): the numbers those positions get in any row of that length."""
-    decoder = base.model.model
-    cache = DynamicCache(config=base.model.config)
-    decoder(input_ids=row, **{cache_arg(decoder): cache}, use_cache=True)
-    return [(layer.keys[:, :, :shared], layer.values[:, :, :shared]) for layer in cache.layers]
 
 
 def _answer_stats(base, enc: Encoded, part: list[int], hidden: Tensor, shared: int) -> dict[int, TokenProbs]:

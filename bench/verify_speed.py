@@ -132,6 +132,8 @@ def main() -> None:
     ap.add_argument("--f32-n", type=int, default=128, help="records checked against a float32 plain pass")
     ap.add_argument("--write", type=int, default=0, help="train the probe on the first K records first")
     ap.add_argument("--write-steps", type=int, default=60)
+    ap.add_argument("--profile", action="store_true",
+                    help="instead: the operator profile of one certify pass, before and now, and one greedy batch")
     args = ap.parse_args()
     device = resolve_device(args.device)
     base = load_base(args.model, dtype=args.dtype, device=device)
@@ -151,6 +153,8 @@ def main() -> None:
     adapter.eval()
     stop = enc.terminator[0]
     limits = [len(enc.answer_ids(i)) for i in range(len(enc))]
+    if args.profile:
+        return profile(base, enc, adapter, args, limits)
     sub = list(range(min(args.greedy_n, len(enc))))
     sub_prompts, sub_limits = [enc.prompt_ids[i] for i in sub], [limits[i] for i in sub]
 
@@ -220,6 +224,32 @@ def main() -> None:
                   f"{cpu:7.1f} {n / cpu:9.1f} {ratios[1]:>8}")
     print("\n(wall, CPU seconds of every run: " + "; ".join(
         f"{w} @{t}: " + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in v) for (w, t), v in times.items()) + ")")
+
+
+def profile(base, enc, adapter, args, limits) -> None:
+    """Where a pass's time goes: torch.profiler's operators by self CPU time, with matmul GFLOP/s."""
+    n = min(args.greedy_n, len(enc))
+    prompts = [enc.prompt_ids[i] for i in range(len(enc)) if len(enc.prompt_ids[i]) == len(enc.prompt_ids[0])][:n]
+    passes = {
+        f"certify, before ({len(enc)} records)": lambda: certify_before(base, enc, adapter.first_layer, args.batch),
+        f"certify ({len(enc)} records)": lambda: certificate_probs(base, enc, batch_size=args.batch),
+        f"greedy ({len(prompts)} prompts of one length)": lambda: greedy(base, prompts, limits[0], enc.terminator[0],
+                                                                        args.batch),
+    }
+    print(f"machine: {machine(str(base.device))}; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for what, fn in passes.items():
+        fn()                                                    # warm-up
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as prof:
+            _, (wall, cpu) = timed(fn)
+        ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in ops)
+        mm = [e for e in ops if e.key in ("aten::mm", "aten::bmm", "aten::addmm")]
+        mm_s, mm_flop = sum(e.self_cpu_time_total for e in mm) / 1e6, sum(e.flops for e in mm)
+        print(f"\n{what}: {wall:.1f} s wall, {cpu:.1f} CPU s (profiled); matmuls {mm_s / (total / 1e6):.0%} of operator "
+              f"time at {mm_flop / mm_s / 1e9:.0f} GFLOP/s, {mm_flop / 1e12:.2f} TFLOP")
+        print(f"  {'operator':48} {'self s':>7} {'share':>6} {'calls':>6}")
+        for e in ops[:12]:
+            print(f"  {e.key:48} {e.self_cpu_time_total / 1e6:7.2f} {e.self_cpu_time_total / total:6.1%} {e.count:6d}")
 
 
 def _certified(probs, rows) -> set[int]:

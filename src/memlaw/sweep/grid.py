@@ -66,7 +66,8 @@ class CellConfig:
 
     def key_dict(self) -> dict[str, Any]:
         """What identifies the cell: every field (a `records` file by its sha256, not its path; the
-        curriculum's settings only where the objective is the curriculum)."""
+        curriculum's settings only where the objective is the curriculum; training settings added
+        later only where they differ from their old value, `TrainConfig.KEY_SINCE`)."""
         return {**self.to_dict(), "benchmark": self.benchmark.key_dict(), "objective": self.objective.key_dict(),
                 "train": self.train.key_dict()}
 

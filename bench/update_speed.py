@@ -31,7 +31,7 @@ from pathlib import Path
 from machine import machine
 from memlaw.benchmarks import phonebook
 from memlaw.benchmarks.phonebook import generate_phonebook
-from memlaw.config import DEFAULT_LR, AdapterConfig, TrainConfig
+from memlaw.config import AdapterConfig, TrainConfig, default_lr
 from memlaw.memory import Memory, write_memory
 from memlaw.models import load_base
 from memlaw.records import Record
@@ -130,7 +130,7 @@ def run_kind(kind: str, args, base, work: Path) -> list[dict]:
 
 
 def table(kind: str, rows: list[dict], rank: int, lr: float | None) -> str:
-    lines = [f"\n{kind}, rank {rank}, lr {lr or DEFAULT_LR[kind]:g}, until certified",
+    lines = [f"\n{kind}, rank {rank}, lr {lr or default_lr(kind, 'certified'):g}, until certified",
              "| step | steps | time (s) | certified | EM | old values recalled | fresh write of the same records: "
              "steps, time (s) | update / fresh | load |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -153,7 +153,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--updates", type=int, default=5)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=None, help="Default: the adapter kind's (config.DEFAULT_LR).")
+    ap.add_argument("--lr", type=float, default=None, help="Default: the adapter kind's for writes until certified (config.CERTIFY_LR).")
     ap.add_argument("--max-steps", type=int, default=2000)
     ap.add_argument("--random-keys", type=int, default=32)
     ap.add_argument("--model", default="smollm2-135m")

@@ -106,6 +106,26 @@ def test_bad_sweeps_raise_config_error_naming_the_problem(change, message):
         tiny_sweep(**change)
 
 
+@pytest.mark.parametrize("change,quoted", [
+    ({"dtype": "fp16" * 500}, "got 'fp16fp16"),
+    ({"ranks": [1.5, *range(2, 500)]}, "ranks must be integers, got [1.5, 2, 3, 4, 5, 6, ...]"),
+    ({"objectives": [["sft"] * 500]}, "objectives[0] must be a mapping, got ['sft', 'sft',"),
+    ({"adapter": "probe\n" * 500}, "adapter must be a mapping, got 'probe\\nprobe"),
+    ({"token_probs": "x" * 500}, "token_probs must be true, false or an interval in steps >= 1, got 'xxx"),
+])
+def test_bad_sweep_values_are_quoted_on_one_bounded_line(change, quoted):
+    """A bad value is quoted as every config message quotes one (validation.shown): repr, one line, bounded."""
+    with pytest.raises(ConfigError) as e:
+        tiny_sweep(**change)
+    message = str(e.value)
+    assert quoted in message and "\n" not in message and len(message) < 300, message
+
+
+def test_repeated_grid_values_are_named():
+    with pytest.raises(ConfigError, match=r"ranks has repeated values: \[2, 8\]$"):
+        tiny_sweep(ranks=[*range(1, 40), 8, 2])
+
+
 def test_yaml_errors_name_the_file_and_line(tmp_path):
     bad = tmp_path / "g.yaml"
     bad.write_text("name: x\nmodel: tiny\nranks: [1, 2\n")

@@ -32,6 +32,7 @@ from memlaw.config import (AdapterConfig, BenchmarkConfig, ObjectiveConfig, Prom
                            to_dict)
 from memlaw.errors import ConfigError
 from memlaw.fileio import load_yaml
+from memlaw.validation import collect, int_problem, shown
 
 DTYPES = ("auto", "bfloat16", "bf16", "float32", "fp32")
 
@@ -146,11 +147,9 @@ class SweepConfig:
     resumed sweep may group differently), and a crash loses the group's unfinished training."""
 
     def __post_init__(self) -> None:
-        problems = []
-        if not isinstance(self.stack, int) or isinstance(self.stack, bool) or self.stack < 1:
-            problems.append(f"stack must be an integer >= 1, got {self.stack!r}")
+        problems = collect(int_problem("stack", self.stack, lo=1))
         if not isinstance(self.locality, bool):
-            problems.append(f"locality must be true or false, got {self.locality!r}")
+            problems.append(f"locality must be true or false, got {shown(self.locality)}")
         for axis in ("benchmarks", "objectives"):
             values = getattr(self, axis)
             if not isinstance(values, tuple) or not values:
@@ -160,13 +159,14 @@ class SweepConfig:
         for axis in ("ranks", "lengths", "seeds"):
             values = getattr(self, axis)
             if not isinstance(values, tuple) or not values:
-                problems.append(f"{axis} must be a non-empty list")
+                problems.append(f"{axis} must be a non-empty list" + ("" if values == () else f", got {shown(values)}"))
             elif any(not isinstance(v, int) or isinstance(v, bool) for v in values):
-                problems.append(f"{axis} must be integers, got {list(values)}")
+                problems.append(f"{axis} must be integers, got {shown(list(values))}")
             elif len(set(values)) != len(values):
-                problems.append(f"{axis} has repeated values: {list(values)}")
+                repeated = sorted(v for v in set(values) if values.count(v) > 1)
+                problems.append(f"{axis} has repeated values: {shown(repeated)}")
             elif axis != "seeds" and min(values) < 1:
-                problems.append(f"{axis} must be >= 1, got {list(values)}")
+                problems.append(f"{axis} must be >= 1, got {shown(list(values))}")
         if not self.name or not isinstance(self.name, str):
             problems.append("name must be a non-empty string")
         if not self.model or not isinstance(self.model, str):
@@ -176,7 +176,7 @@ class SweepConfig:
         except ConfigError as e:
             problems.append(str(e))
         if self.dtype not in DTYPES:
-            problems.append(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            problems.append(f"dtype must be one of {', '.join(DTYPES)}, got {shown(self.dtype)}")
         if problems:
             raise ConfigError("sweep: " + "; ".join(problems))
 
@@ -198,7 +198,7 @@ def probs_interval(token_probs: bool | int) -> int:
     if isinstance(token_probs, bool):
         return int(token_probs)
     if not isinstance(token_probs, int) or token_probs < 1:
-        raise ConfigError(f"token_probs must be true, false or an interval in steps >= 1, got {token_probs!r}")
+        raise ConfigError(f"token_probs must be true, false or an interval in steps >= 1, got {shown(token_probs)}")
     return token_probs
 
 
@@ -245,7 +245,7 @@ def sweep_from_dict(data: dict[str, Any], where: str = "sweep") -> SweepConfig:
             data[many] = (_part(part, data.pop(one), f"{where}: {one}"),)
         elif many in data:
             if not isinstance(data[many], list) or not data[many]:
-                raise ConfigError(f"{where}: {many} must be a non-empty list of mappings, got {data[many]!r}")
+                raise ConfigError(f"{where}: {many} must be a non-empty list of mappings, got {shown(data[many])}")
             data[many] = tuple(_part(part, x, f"{where}: {many}[{i}]") for i, x in enumerate(data[many]))
     for name, part in (("adapter", AdapterConfig), ("train", TrainConfig), ("prompt", PromptConfig)):
         if name in data:
@@ -260,7 +260,7 @@ def sweep_from_dict(data: dict[str, Any], where: str = "sweep") -> SweepConfig:
 
 def _part(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {data!r}")
+        raise ConfigError(f"{where} must be a mapping, got {shown(data)}")
     return _floats(from_dict(cls, data, where))
 
 

@@ -1,6 +1,8 @@
 """The CLI end to end on the tiny model: write, recall, verify, errors (one line, exit 2)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -131,6 +133,19 @@ def test_bad_device_is_refused(written, tmp_path, device, cause):
         assert res.exit_code == 2, res.output
         assert cause in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_law_choices_are_the_law_forms_and_the_cli_starts_without_numpy():
+    from memlaw.cli.fit import FitLaw
+    from memlaw.cli.plan import LawForm
+    from memlaw.law import FORMS, fit_table
+    assert [f.value for f in FitLaw] == ["both", *FORMS] and [f.value for f in LawForm] == ["auto", *FORMS]
+    assert {name: cls.form for name, cls in FORMS.items()} == {"paper": "paper", "bounded": "bounded"}
+    rows = [{"rank": r, "length": n, "delta_loss": 2.0 * r ** 0.5 * n ** -0.4, "L_base": 3.0, "em": 0.5}
+            for r in (1, 2, 4, 8) for n in (10, 20, 40, 80)]
+    assert set(fit_table(rows, law=FitLaw.both.value)["forms"]) == set(FORMS)      # what --law both fits
+    code = "import sys, memlaw.cli; heavy = {'numpy', 'scipy', 'torch'} & set(sys.modules); assert not heavy, heavy"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_cli_choices_are_the_config_literals():

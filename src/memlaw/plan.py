@@ -36,12 +36,11 @@ from memlaw.errors import ConfigError, FitWarning
 from memlaw.fileio import json_ready
 from memlaw.fitting import law_rows
 from memlaw.law import BOTH, FORMS, Frontier, fit_table, make_law, unsaturated
+from memlaw.law_names import AUTO
 
 LAW_FORMS: dict[str, tuple[type, str]] = {name: (cls, cls.formula) for name, cls in FORMS.items()}
 """Law forms `plan` can fit, by name: (class with fit/predict/rank_for/summary, formula). A new form plugs in
 `memlaw.law.FORMS`."""
-AUTO = "auto"
-"""`plan(law=AUTO)`: fit every form on the same cells and use the one with the lower held-out MAPE."""
 
 
 @dataclass

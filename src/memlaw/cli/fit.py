@@ -14,16 +14,15 @@ from rich.table import Table
 
 from memlaw.cli._common import JsonOpt, app, flag, out, run, setup_logging
 from memlaw.cli.sweep import WhereOpt, _f
+from memlaw.law_names import BOTH, FORM_NAMES
 
 SYMBOLS = {"C": "C", "alpha": "α", "beta": "β", "b": "b"}
 SHOWN_EXCLUDED = 8
 """Excluded cells listed one by one in the text output (--json lists them all)."""
 
 
-class FitLaw(str, Enum):
-    both = "both"
-    paper = "paper"
-    bounded = "bounded"
+FitLaw = Enum("FitLaw", {name: name for name in (BOTH, *FORM_NAMES)}, type=str)
+"""`--law` choices: every form side by side, or one (`memlaw.law_names`, so the CLI starts without numpy)."""
 
 
 @app.command()

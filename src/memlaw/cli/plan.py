@@ -13,12 +13,11 @@ import typer
 from memlaw.cli._common import DeviceOpt, JsonOpt, OnlineOpt, app, flag, go_online, out, run, setup_logging
 from memlaw.cli.sweep import DEFAULT_STORE, StoreOpt, WhereOpt, _f
 from memlaw.errors import ConfigError
+from memlaw.law_names import AUTO, FORM_NAMES
 
 
-class LawForm(str, Enum):
-    auto = "auto"
-    paper = "paper"
-    bounded = "bounded"
+LawForm = Enum("LawForm", {name: name for name in (AUTO, *FORM_NAMES)}, type=str)
+"""`--law` choices: the form that predicts held-out cells better, or one (`memlaw.law_names`: no numpy)."""
 
 
 class PlanFormat(str, Enum):

@@ -16,10 +16,12 @@ from numpy.typing import ArrayLike
 from memlaw.errors import ConfigError
 from memlaw.law.bounded import BoundedLaw, bounded_law
 from memlaw.law.paper import MemoryLaw, law
+from memlaw.law_names import FORM_NAMES
 from memlaw.validation import nearest
 
-FORMS: dict[str, type] = {"paper": MemoryLaw, "bounded": BoundedLaw}
-"""Law forms by name (the `--law` choices)."""
+FORMS: dict[str, type] = {cls.form: cls for cls in (MemoryLaw, BoundedLaw)}
+"""Law forms by name (the `--law` choices): the estimators of `memlaw.law_names.FORM_NAMES`."""
+assert tuple(FORMS) == FORM_NAMES, f"memlaw.law_names.FORM_NAMES {FORM_NAMES} must name the forms {tuple(FORMS)}"
 
 
 def check_form(form: str) -> str:

@@ -20,9 +20,7 @@ from memlaw.law.bounded import SATURATED
 from memlaw.law.forms import FORMS, check_form, make_law
 from memlaw.law.frontier import Frontier
 from memlaw.law.held_out import SPLITS, held_out_mape
-
-BOTH = "both"
-"""`law=` value that fits every form in `FORMS` on the same cells."""
+from memlaw.law_names import BOTH
 
 
 def unsaturated(rows: Sequence[Mapping[str, Any]], below: float) -> list[Mapping[str, Any]]:

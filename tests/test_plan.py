@@ -142,7 +142,8 @@ def test_a_form_that_did_not_converge_is_not_chosen_and_the_plan_says_why(capsys
     scores, converged = p.law_choice["held_out_mape"], p.law_choice["converged"]
     assert converged == {"paper": False, "bounded": True} and scores["paper"] < scores["bounded"]
     assert p.law_form == "bounded"                              # the lower score, but from a fit that diverged
-    assert len(p.notes) == len(set(p.notes)) and any("did not converge" in n for n in p.notes)
+    assert len(p.notes) == len(set(p.notes)) and not any("did not converge" in n for n in p.notes)  # bounded did
+    assert any(n.startswith("memory-law fit") and "did not converge" in n for n in p.law_choice["notes"])
     p.settings = {}
     _print_plan(p, "smollm2-135m", "probe", None, "memlaw")
     chosen = next(line for line in capsys.readouterr().out.splitlines() if "chosen for" in line)
@@ -150,3 +151,28 @@ def test_a_form_that_did_not_converge_is_not_chosen_and_the_plan_says_why(capsys
     assert chosen.endswith(f"bounded {scores['bounded']:.2f}%")             # no mark on the converged form
     fixed = plan(160, GUIDE_CELLS, n_records=16, L_base=3.808, fix_b=True)   # b = 0: it converges and is chosen
     assert fixed.law_choice["converged"] == {"paper": True, "bounded": True} and fixed.law_form == "paper"
+
+
+def test_notes_are_about_the_law_used_and_the_compared_fits_are_labelled(capsys):
+    """The held-out fits (2 cells each on this 2×2 grid) and the form not used warn of themselves: those
+    warnings sit in law_choice["notes"] under their own heading, not among the notes on the law used."""
+    from memlaw.cli.plan import _print_plan
+
+    held_out = "only n=2 points"                                  # a held-out fit trains on one rank or length
+    for p in (plan(160, GUIDE_CELLS, n_records=16, L_base=3.808),
+              plan(160, GUIDE_CELLS, n_records=16, L_base=3.808, fix_b=True)):
+        assert not any(held_out in n for n in p.notes), p.notes
+        assert sum(held_out in n for n in p.law_choice["notes"]) == 4          # 2 forms × by rank, by length
+        assert not set(p.notes) & set(p.law_choice["notes"])
+        used = "bounded-law fit" if p.law_form == "bounded" else "memory-law fit"
+        assert all(n.startswith((used, "frontier")) for n in p.notes), p.notes
+        p.settings = {}
+        _print_plan(p, "smollm2-135m", "probe", None, "memlaw")
+        lines = capsys.readouterr().out.splitlines()
+        heading = next(i for i, line in enumerate(lines) if line.startswith("  warnings of the fits compared"))
+        labelled = lines[heading + 1:heading + 1 + len(p.law_choice["notes"])]
+        assert [line.strip() for line in labelled] == p.law_choice["notes"]
+        assert not any(held_out in line for line in lines if line.startswith("note:"))
+    given = plan(160, GUIDE_CELLS, n_records=16, L_base=3.808, law="paper")      # no choice, no compared fits
+    assert given.law_choice == {} and not any(held_out in n for n in given.notes)
+    assert any("did not converge" in n for n in given.notes)                      # now it is the law used

@@ -63,7 +63,9 @@ class Plan:
     law_form: str = "paper"
     law_formula: str = LAW_FORMS["paper"][1]
     law_choice: dict[str, Any] = field(default_factory=dict)
-    """How the form was chosen (law=auto): {"by", "held_out_mape": {form: % or None}}; {} when it was given."""
+    """How the form was chosen (law=auto): {"by", "held_out_mape": {form: % or None}, "converged": {form: bool},
+    "notes": what the fits compared warned (each form on all cells, and held out by rank and by length) that the
+    law used did not; those are not about it}; {} when the form was given."""
     extrapolating: list[str] = field(default_factory=list)
     extrapolation: dict[str, float] = field(default_factory=dict)
     """How far outside the measured grid: {"length": ℓ / nearest measured length, "rank": ...}, > 1."""
@@ -127,9 +129,17 @@ def plan(length: int, rows: list[dict[str, Any]], *, n_records: int = 0, L_base:
     with np.errstate(all="ignore"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         p = _plan(length, rows, n_records, L_base, law, fix_b, saturated_below)
-    # Each fit (the forms, their held-out fits, the chosen one again) warns on its own: say each thing once.
-    p.notes = list(dict.fromkeys([*p.notes, *(str(w.message) for w in caught if issubclass(w.category, FitWarning))]))
+    # The notes are about the law used, its frontier and rank: the fits that chose the form (every form, and
+    # each held out by rank and by length) warned apart, into law_choice, and what the law used says too is said once.
+    p.notes = list(dict.fromkeys([*p.notes, *_fit_warnings(caught)]))
+    if "notes" in p.law_choice:
+        p.law_choice["notes"] = [n for n in p.law_choice["notes"] if n not in p.notes]
     return p
+
+
+def _fit_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The FitWarnings' messages, each once, in order."""
+    return list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, FitWarning)))
 
 
 def _plan(length, rows, n_records, L_base, law_form, fix_b, saturated_below) -> Plan:
@@ -199,11 +209,14 @@ def _choose_law(rows: list[dict[str, Any]], law: str, fix_b: bool, notes: list[s
     """The form to use: `law` itself, or (auto) the one `fit_table` finds with the lower held-out MAPE."""
     if law != AUTO:
         return law, {}
-    table = fit_table(rows, law=BOTH, fix_b=fix_b)
+    with warnings.catch_warnings(record=True) as caught:        # kept apart from the notes on the law used
+        warnings.simplefilter("always")
+        table = fit_table(rows, law=BOTH, fix_b=fix_b)
     notes += [n for n in table["notes"] if n.startswith("bounded:")]
     choice = {"by": "held-out MAPE (mean of by rank and by length; fitted on the same cells)",
               "held_out_mape": {name: form["held_out_mape"] for name, form in table["forms"].items()},
-              "converged": {name: form["law"]["converged"] for name, form in table["forms"].items()}}
+              "converged": {name: form["law"]["converged"] for name, form in table["forms"].items()},
+              "notes": _fit_warnings(caught)}
     if table["best"] is None:
         notes.append("law: no form could be held out (or none converged), so the paper's form is used")
     return table["best"] or "paper", choice

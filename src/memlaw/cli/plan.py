@@ -102,6 +102,11 @@ def _print_plan(p, model: str, kind: str, config: str | None, fmt: str) -> None:
             "is not a candidate): " + ", ".join(f"{name} {'-' if v is None else f'{v:.2f}%'}"
                                               f"{'' if converged.get(name, True) else ' (did not converge)'}"
                                               for name, v in scores.items()))
+        if compared := p.law_choice.get("notes"):
+            say("  warnings of the fits compared (each form on all cells, and held out by rank and by length), "
+                "not of the law used:")
+            for note in compared:
+                say(f"    {note}")
     if p.rank is None:
         say("no rank: " + "; ".join(p.notes))
         return

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from memlaw.adapters import check_integrity, load_adapter, read_meta
 from memlaw.cli import app
 from memlaw.errors import AdapterError
-from memlaw.fileio import exchange, is_temp_dir
+from memlaw.atomic import exchange, is_temp_dir
 from memlaw.records import write_records
 
 TINY = ["--model", "tiny", "--rank", "8", "--layer", "1", "--template", "plain", "--lr", "0.03", "--batch-size", "8",
@@ -50,7 +50,7 @@ def _arm(point: str, out: Path) -> None:
     """Make this process SIGKILL itself at `point` of saving the adapter (monkeypatching: it dies anyway)."""
     import memlaw.adapters.directory as adapters
     import memlaw.adapters.probe as probe
-    import memlaw.fileio as fileio
+    import memlaw.atomic as atomic
 
     if point in ("tensors torn", "after tensors"):
         real_save = probe.save_file
@@ -65,21 +65,21 @@ def _arm(point: str, out: Path) -> None:
         real_write = adapters.write_records
         adapters.write_records = lambda *a, **k: (real_write(*a, **k), _die())
     elif point == "after memlaw.json":
-        fileio._fsync_tree = lambda root: _die()
+        atomic._fsync_tree = lambda root: _die()
     elif point == "before swap":
-        fileio.exchange = lambda a, b: _die()
+        atomic.exchange = lambda a, b: _die()
     elif point == "after swap":
-        real_exchange = fileio.exchange
-        fileio.exchange = lambda a, b: (real_exchange(a, b), _die())
+        real_exchange = atomic.exchange
+        atomic.exchange = lambda a, b: (real_exchange(a, b), _die())
     elif point == "between renames":  # a file system that cannot swap: the fallback's window
         real_replace = os.replace
-        fileio.exchange = lambda a, b: False
+        atomic.exchange = lambda a, b: False
 
         def replace(src, dst):
             real_replace(src, dst)
             if Path(src) == out:
                 _die()
-        fileio.os.replace = replace
+        atomic.os.replace = replace
     else:
         raise ValueError(point)
 

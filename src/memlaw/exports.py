@@ -17,10 +17,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from memlaw.atomic import atomic_write_bytes, atomic_write_text, check_output_file
 from memlaw.errors import ConfigError, StoreError
 from memlaw.experiments import experiment_of
-from memlaw.fileio import (atomic_write_bytes, atomic_write_text, check_output_file, csv_cell, csv_text, open_input,
-                           read_csv)
+from memlaw.fileio import csv_cell, csv_text, open_input, read_csv
 from memlaw.store import ALL_COLUMNS, JSON_COLUMNS, Store, json_text
 
 FORMATS = ("csv", "parquet")

@@ -17,8 +17,8 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
                           PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 
+from memlaw.atomic import atomic_dir
 from memlaw.errors import ModelError
-from memlaw.fileio import atomic_dir
 from memlaw.model_names import EMBEDDED_NAMES, check_model_name, network_allowed
 
 logger = logging.getLogger(__name__)

@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from memlaw.atomic import atomic_write_text
 from memlaw.errors import RecordError
-from memlaw.fileio import atomic_write_text, bounded_lines, open_input
+from memlaw.fileio import bounded_lines, open_input
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 An adapter directory holds `memlaw.json` (what was written, onto which base, how prompts render)
 plus the tensors (`adapter.safetensors` for `probe`, a plain PEFT adapter for `lora`) and, unless
-asked not to, `records.jsonl`. It is written atomically (`memlaw.fileio.atomic_dir`). Integrity:
+asked not to, `records.jsonl`. It is written atomically (`memlaw.atomic.atomic_dir`). Integrity:
 memlaw.json records the sha256 of every tensor file, of the records, and of its own other fields
 (`meta_sha256`), so an edit to any of them is reported, never silently used; loading also checks the
 base model's fingerprint, and never unpickles anything.
@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from memlaw.adapters.card import model_card
+from memlaw.atomic import atomic_dir, is_temp_dir
 from memlaw.config import AdapterConfig, PromptConfig, choices
 from memlaw.errors import AdapterError, ConfigError
-from memlaw.fileio import atomic_dir, is_temp_dir, json_ready, open_input
+from memlaw.fileio import json_ready, open_input
 from memlaw.records import Record, keys_sha256, load_records, records_sha256, write_records
 
 META = "memlaw.json"

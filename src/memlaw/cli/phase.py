@@ -51,7 +51,7 @@ def runs_records(
     setup_logging()
 
     def go():
-        from memlaw.fileio import atomic_write_text, check_output_file
+        from memlaw.atomic import atomic_write_text, check_output_file
         from memlaw.phase import record_csv, record_table
 
         path = check_output_file(out_file)          # before any work: not over a directory, link or device

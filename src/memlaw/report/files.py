@@ -6,8 +6,9 @@ import json
 import os
 from pathlib import Path
 
+from memlaw.atomic import atomic_write_bytes, atomic_write_text
 from memlaw.errors import ConfigError
-from memlaw.fileio import atomic_write_bytes, atomic_write_text, json_ready
+from memlaw.fileio import json_ready
 from memlaw.report import html, plots
 from memlaw.report.document import Report
 

@@ -30,7 +30,6 @@ continuation or record value is returned or logged.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 import weakref
@@ -44,8 +43,9 @@ from transformers import DynamicCache
 
 from memlaw.config import PromptConfig
 from memlaw.encode import Encoded, prompt_ids, resolve_prompt
-from memlaw.forward import TeacherForcer
+from memlaw.forward import TeacherForcer, cache_arg
 from memlaw.records import Record
+from memlaw.verify import greedy_steps
 
 logger = logging.getLogger(__name__)
 
@@ -153,11 +153,10 @@ def greedy_padded(base, prompts: Sequence[Sequence[int]], new_tokens: int, stop_
 
     `memlaw.verify.greedy` batches only prompts of equal length (no padding at all, the numerics recall
     is certified under); neutral prompts all differ in length, and one batch per length made the
-    locality check several times slower. Each output is cut after its first `stop_id`.
+    locality check several times slower. The LM head and the argmax loop are greedy recall's
+    (`memlaw.verify.greedy_steps`). Each output is cut after its first `stop_id`.
     """
-    model = base.model
-    params = inspect.signature(model.forward).parameters
-    cache_arg = "cache" if "cache" in params else "past_key_values"
+    decoder = base.model.model
     pad = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else stop_id
     outputs: list[list[int]] = []
     for lo in range(0, len(prompts), batch_size):
@@ -170,25 +169,24 @@ def greedy_padded(base, prompts: Sequence[Sequence[int]], new_tokens: int, stop_
             mask[b, P - len(p):] = 1
         ids, mask = ids.to(base.device), mask.to(base.device)
         position = (mask.cumsum(1) - 1).clamp(min=0)
-        kw = {cache_arg: DynamicCache(config=model.config), "use_cache": True}
-        if "logits_to_keep" in params:
-            kw["logits_to_keep"] = 1
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position, **kw).logits[:, -1]
-        position = position[:, -1:]
-        done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-        steps: list[torch.Tensor] = []
-        for t in range(new_tokens):
-            token = logits.float().argmax(-1)                           # (B,)
-            steps.append(token)
-            done |= token == stop_id
-            if t == new_tokens - 1 or bool(done.all()):                 # a sync point, once per token
-                break
-            mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
-            position = position + 1
-            logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, **kw).logits[:, -1]
-        for row in torch.stack(steps, 1).tolist():
+        kw = {cache_arg(decoder): DynamicCache(config=base.model.config), "use_cache": True}
+        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=position, **kw).last_hidden_state[:, -1]
+        step = _padded_step(decoder, kw, mask, position[:, -1:])
+        for row in greedy_steps(base, hidden, new_tokens, stop_id, step).tolist():
             outputs.append(row[: row.index(stop_id) + 1] if stop_id in row else row)
     return outputs
+
+
+def _padded_step(decoder, kw: dict, mask: torch.Tensor, position: torch.Tensor):
+    """`step` for `greedy_steps` on left-padded rows: each new token extends the attention mask (B, T)
+    and takes the next position id after its row's last one (B, 1)."""
+    def step(token: torch.Tensor) -> torch.Tensor:
+        nonlocal mask, position
+        mask = torch.cat([mask, mask.new_ones(len(token), 1)], 1)
+        position = position + 1
+        return decoder(input_ids=token[:, None], attention_mask=mask, position_ids=position,
+                       **kw).last_hidden_state[:, -1]
+    return step
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:

@@ -96,22 +96,17 @@ def greedy(base, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequenc
     return outputs
 
 
-def _greedy_batch(base, ids: Tensor, n_new: int, stop_id: int) -> list[list[int]]:
-    """Argmax decoding of equal-length prompts (B, P): one prefill, then one cached step per token.
+def greedy_steps(base, hidden: Tensor, n_new: int, stop_id: int, step: Callable[[Tensor], Tensor]) -> Tensor:
+    """Argmax decoding from the prompts' last hidden states (B, D), after the decoder's prefill.
 
-    The same model calls `generate` makes (no padding, so no attention mask; positions from the
-    cache), without its per-step logits processors and stopping criteria. The LM head runs on the
-    last position's hidden states (B, D) as one matmul: the model's own `logits_to_keep=1` slices
-    them out of (B, P, D) as a strided 3-D input, which torch turns into a batched matmul that first
-    copies the head's weight once per row (3.6 GB at batch 64 on SmolLM2; 6 s of every prefill on this
-    CPU). Returns (B, ≤ n_new) tokens.
+    The LM head runs on those (B, D) states as one matmul (`lm_logits`): the model's own
+    `logits_to_keep=1` slices them out of (B, P, D) as a strided 3-D input, which torch turns into a
+    batched matmul that first copies the head's weight once per row (3.6 GB at batch 64 on SmolLM2;
+    6 s of every prefill on this CPU). `step(token)` runs the cached decoder on the tokens just chosen,
+    shape (B,), and returns the next hidden states (B, D). Stops once every row has emitted `stop_id`,
+    or after `n_new` tokens (n_new >= 1). Returns the tokens, (B, ≤ n_new).
     """
-    if n_new <= 0:
-        return [[] for _ in range(len(ids))]
-    decoder = base.model.model
-    kw = {cache_arg(decoder): DynamicCache(config=base.model.config), "use_cache": True}
-    hidden = decoder(input_ids=ids, **kw).last_hidden_state[:, -1]
-    done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+    done = torch.zeros(len(hidden), dtype=torch.bool, device=hidden.device)
     steps: list[Tensor] = []
     for t in range(n_new):
         token = lm_logits(base, hidden).float().argmax(-1)        # (B,)
@@ -119,8 +114,23 @@ def _greedy_batch(base, ids: Tensor, n_new: int, stop_id: int) -> list[list[int]
         done |= token == stop_id
         if t == n_new - 1 or bool(done.all()):                    # a sync point, once per token
             break
-        hidden = decoder(input_ids=token[:, None], **kw).last_hidden_state[:, -1]
-    return torch.stack(steps, 1).tolist()
+        hidden = step(token)
+    return torch.stack(steps, 1)
+
+
+def _greedy_batch(base, ids: Tensor, n_new: int, stop_id: int) -> list[list[int]]:
+    """Argmax decoding of equal-length prompts (B, P): one prefill, then one cached step per token.
+
+    The same model calls `generate` makes (no padding, so no attention mask; positions from the
+    cache), without its per-step logits processors and stopping criteria. Returns (B, ≤ n_new) tokens.
+    """
+    if n_new <= 0:
+        return [[] for _ in range(len(ids))]
+    decoder = base.model.model
+    kw = {cache_arg(decoder): DynamicCache(config=base.model.config), "use_cache": True}
+    hidden = decoder(input_ids=ids, **kw).last_hidden_state[:, -1]
+    return greedy_steps(base, hidden, n_new, stop_id,
+                        lambda token: decoder(input_ids=token[:, None], **kw).last_hidden_state[:, -1]).tolist()
 
 
 def _generate_batch(base, ids: Tensor, n_new: int, stop_id: int) -> list[list[int]]:

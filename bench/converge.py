@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import time
 
 from machine import machine
@@ -28,6 +27,7 @@ from memlaw.benchmarks import mixed, phonebook
 from memlaw.config import AdapterConfig, ObjectiveConfig, TrainConfig
 from memlaw.memory import write_memory
 from memlaw.models import load_base
+from runs import git_commit, keep, print_head, resumed, saved
 
 
 def records(name: str):
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--table", nargs="+", default=None, help="only print the table of these saved runs")
     args = ap.parse_args()
     if args.table:
-        table([json.loads(line) for path in args.table for line in open(path) if line.strip()])
+        table(saved(args.table))
         return
     variants = {}
     if args.variants:
@@ -105,11 +105,8 @@ def main() -> None:
         name, _, spec = v.partition("=")
         variants[name] = json.loads(spec or "{}")
     base = load_base("smollm2-135m")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    rows = []
-    if args.out and os.path.exists(args.out):           # resume: runs already in --out are not run again
-        with open(args.out) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+    commit = git_commit()
+    rows = resumed(args.out)
     done = {(r["set"], r["adapter"], r["variant"], r["seed"]) for r in rows}
     for seed in args.seeds:
         for name in args.sets:
@@ -124,12 +121,9 @@ def main() -> None:
                         continue
                     r = {"set": name, "adapter": spec, "variant": vname, "seed": seed, "spec": variant, "commit": commit,
                          **one(base, name, kind, int(rank), variant, seed, variant.get("cap", args.cap))}
-                    rows.append(r)
-                    print(f"  {name} {spec} {vname} seed {seed}: steps {r['steps']} certified {r['n_certified']}/"
-                          f"{r['n_records']} wall {r['wall_s']:.1f} s ({r['steps_per_s'] or 0:.2f} steps/s)", flush=True)
-                    if args.out:
-                        with open(args.out, "a") as f:
-                            f.write(json.dumps(r) + "\n")
+                    keep(r, rows, args.out, f"  {name} {spec} {vname} seed {seed}: steps {r['steps']} certified "
+                         f"{r['n_certified']}/{r['n_records']} wall {r['wall_s']:.1f} s "
+                         f"({r['steps_per_s'] or 0:.2f} steps/s)")
     print(f"\nmachine: {machine()}; commit {commit}; cap {args.cap} steps\n")
     table([r for r in rows if r["seed"] in args.seeds])
 
@@ -140,8 +134,7 @@ def table(rows: list[dict]) -> None:
           "load: median 1-minute load average at the runs' starts (2 cores)\n")
     head = (f"{'set':7} {'adapter':9} {'variant':16} {'certified':>9} {'steps':>6} {'seconds':>8} {'steps/s':>8} "
             f"{'load':>5}  steps per seed")
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for name in dict.fromkeys(r["set"] for r in rows):
         for spec in dict.fromkeys(r["adapter"] for r in rows if r["set"] == name):
             for vname in dict.fromkeys(r["variant"] for r in rows if (r["set"], r["adapter"]) == (name, spec)):

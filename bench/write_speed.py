@@ -30,10 +30,8 @@ got (records certified at its last check) and the ratios become lower bounds ('>
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import time
 
 import torch
@@ -46,6 +44,7 @@ from memlaw.config import CERTIFY_LR, DEFAULT_MAX_STEPS, AdapterConfig, PromptCo
 from memlaw.encode import encode
 from memlaw.memory import write_memory
 from memlaw.models import load_base
+from runs import git_commit, keep, print_head, resumed, saved
 
 PAPER_LR, PAPER_EPOCHS = 1e-2, 200
 RANK = {"probe": 16, "lora": 8}
@@ -169,8 +168,7 @@ def table(runs: list[dict]) -> None:
     med = statistics.median
     head = (f"{'n':>3} {'adapter':8} {'row':22} {'certified':>9} {'seconds':>8} {'steps':>6} {'steps/s':>8} "
             f"{'speed-up':>9} {'per step':>9} {'steps ×':>8} {'load':>5}")
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for n in sorted({r["n"] for r in runs}):
         for kind in dict.fromkeys(r["kind"] for r in runs):
             mine = [r for r in runs if (r["n"], r["kind"], r["row"]) == (n, kind, "memlaw")]
@@ -216,17 +214,12 @@ def main() -> None:
     ap.add_argument("--table", nargs="+", default=None, help="only print the table of these saved runs")
     args = ap.parse_args()
     if args.table:
-        runs = [json.loads(line) for path in args.table for line in open(path) if line.strip()]
-        table(runs)
+        table(saved(args.table))
         return
     peaks = {"bf16": matmul_peak(torch.bfloat16, args.device), "fp32": matmul_peak(torch.float32, args.device)}
     base = load_base("smollm2-135m", device=args.device)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    runs = []
-    if args.out and os.path.exists(args.out):           # resume: runs already in --out are not run again
-        with open(args.out) as f:
-            runs = [r for r in map(json.loads, filter(str.strip, f)) if r["n"] in args.n and r["kind"] in args.kinds
-                    and r["seed"] in args.seeds]
+    commit = git_commit()
+    runs = [r for r in resumed(args.out) if r["n"] in args.n and r["kind"] in args.kinds and r["seed"] in args.seeds]
     done = {(r["n"], r["kind"], r["row"], r["seed"]) for r in runs}
     for n in args.n:
         cap = args.cap or paper_budget(n, args.batch)
@@ -243,12 +236,8 @@ def main() -> None:
                     else:
                         r = baseline(kind, n, args.batch, cap, seed, CERTIFY_LR[kind], DEFAULT_MAX_STEPS, args.device)
                     r = {"n": n, "kind": kind, "row": row, "seed": seed, "load": load, "commit": commit, **r}
-                    runs.append(r)
-                    print(f"  n {n} {kind} {row} seed {seed}: {r['certified']}/{n} certified, {r['steps']} steps, "
-                          f"{r['wall_s']:.1f} s ({r['steps_per_s']:.3f} steps/s), load {load:.1f}", flush=True)
-                    if args.out:
-                        with open(args.out, "a") as f:
-                            f.write(json.dumps(r) + "\n")
+                    keep(r, runs, args.out, f"  n {n} {kind} {row} seed {seed}: {r['certified']}/{n} certified, "
+                         f"{r['steps']} steps, {r['wall_s']:.1f} s ({r['steps_per_s']:.3f} steps/s), load {load:.1f}")
     print(f"\nmachine: {machine(args.device)}; matmul peak bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s, "
           f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s (measured now); commit {commit}")
     print(f"PhoneBook {args.n}, batch {args.batch}, medians over seeds {args.seeds}; memlaw {base.dtype}, lr "

@@ -62,6 +62,14 @@ def changes(current: list[Record], pool: list[Record], n_add: int, n_change: int
     return added, changed
 
 
+def entries(n: int, spare: int) -> tuple[list[Record], list[Record], list[str]]:
+    """The memory's first `n` PhoneBook entries, `spare` more to add later, and numbers no entry holds
+    (new values for changed keys)."""
+    book = phonebook(n + spare)
+    taken = {r.value for r in book}
+    return book[:n], book[n:], [r.value for r in generate_phonebook(200, seed=1) if r.value not in taken]
+
+
 class Rows(list):
     """The rows of one kind; each is also printed to stderr as it comes (a long run shows its progress) and
     appended to `path` (a run cut off keeps its rows)."""
@@ -89,10 +97,7 @@ def timed_update(mem: Path, base, **options) -> tuple[object, float]:
 def run_kind(kind: str, args, base, work: Path) -> list[dict]:
     train = TrainConfig(until="certified", lr=args.lr, max_steps=args.max_steps, batch_size=16, seed=0)
     rng = random.Random(0)
-    book = phonebook(args.n + args.updates * round(0.10 * args.n) + 8)
-    current, pool = book[: args.n], book[args.n:]
-    taken = {r.value for r in book}
-    numbers = [r.value for r in generate_phonebook(200, seed=1) if r.value not in taken]
+    current, pool, numbers = entries(args.n, args.updates * round(0.10 * args.n) + 8)
     mem = work / kind / "memory"
     rows = Rows(kind, args.rows)
     rows.append({"what": f"write {args.n}", **fresh(current, base, kind, args.rank, train, mem)})

@@ -5,8 +5,8 @@ more entries, change 5% of the values) and time that against a fresh write of th
 such updates in a row (a memory certified after each?); then delete 5% of the records, time that
 against a fresh write of what is left, and run the leakage check watching the deleted values. After
 every update the memory is re-opened from disk and verified independently (certificate and greedy EM).
-Updates run with memlaw's update settings (those the memory was written with, records certified with
-margin resting: `memlaw.update.RETIRE_MARGIN`); `--compare-every-record` also times update 1 with every
+Updates run with memlaw's update settings (those the memory was written with at a quarter of its lr,
+`memlaw.update.UPDATE_LR_FACTOR`; records certified with margin resting: `memlaw.update.RETIRE_MARGIN`); `--compare-every-record` also times update 1 with every
 record training (`retire_margin` None), from a copy of the same memory.
 One process, one base model; times exclude loading it. Each row also holds the load average when it
 ended (a shared machine: compare times as ratios within one run). Values are never printed.
@@ -35,7 +35,7 @@ from memlaw.config import AdapterConfig, TrainConfig, default_lr
 from memlaw.memory import Memory, write_memory
 from memlaw.models import load_base
 from memlaw.records import Record
-from memlaw.update import update_memory, written_settings
+from memlaw.update import UPDATE_LR_FACTOR, update_memory, written_settings
 
 
 def fresh(records, base, kind: str, rank: int, train: TrainConfig, out: Path) -> dict:
@@ -135,7 +135,9 @@ def run_kind(kind: str, args, base, work: Path) -> list[dict]:
 
 
 def table(kind: str, rows: list[dict], rank: int, lr: float | None) -> str:
-    lines = [f"\n{kind}, rank {rank}, lr {lr or default_lr(kind, 'certified'):g}, until certified",
+    write_lr = lr or default_lr(kind, "certified")
+    lines = [f"\n{kind}, rank {rank}, writes at lr {write_lr:g}, updates at {write_lr * UPDATE_LR_FACTOR:g} "
+             f"(UPDATE_LR_FACTOR {UPDATE_LR_FACTOR:g}), until certified",
              "| step | steps | time (s) | certified | EM | old values recalled | fresh write of the same records: "
              "steps, time (s) | update / fresh | load |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -158,7 +160,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--updates", type=int, default=5)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=None, help="Default: the adapter kind's for writes until certified (config.CERTIFY_LR).")
+    ap.add_argument("--lr", type=float, default=None, help="The writes' lr (updates take UPDATE_LR_FACTOR of it). "
+                    "Default: the kind's for writes until certified (config.CERTIFY_LR).")
     ap.add_argument("--max-steps", type=int, default=2000)
     ap.add_argument("--random-keys", type=int, default=32)
     ap.add_argument("--model", default="smollm2-135m")

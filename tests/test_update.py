@@ -40,6 +40,14 @@ def copy(memory, tmp_path):
     return tmp_path / "ad"
 
 
+def at_write_lr(directory: Path):
+    """The update's train config at the write's lr. `UPDATE_LR_FACTOR` is measured on SmolLM2; the tiny random
+    model's update certifies in 83 steps at the write's lr and not within the fixture's 400 at a quarter of it."""
+    from memlaw.update import update_settings
+
+    return update_settings(read_meta(directory), lr=0.03)[1]
+
+
 def changed_value(tiny_records):
     return Record(tiny_records[0].key, "999999" if tiny_records[0].value != "999999" else "888888")
 
@@ -50,7 +58,8 @@ def test_update_in_place_certifies_and_forgets(copy, tiny_base, tiny_records):
     change = changed_value(tiny_records)
     before = read_meta(copy)
     with Memory.open(copy, base=tiny_base) as mem:
-        outcome = mem.update([change, NEW], delete=[tiny_records[1].key], leakage=True, random_keys=8)
+        outcome = mem.update([change, NEW], delete=[tiny_records[1].key], leakage=True, random_keys=8,
+                             train=at_write_lr(copy))
         assert outcome.saved and outcome.out == copy and outcome.certified and outcome.old_recalled == []
         assert outcome.counts == {"added": 1, "changed": 1, "deleted": 1, "n_records_before": 8, "n_records": 8}
         # the Memory now holds the updated adapter: recall it, independently of the outcome's own check
@@ -163,11 +172,15 @@ def test_an_old_value_that_still_comes_back_is_not_saved(copy, tiny_base, tiny_r
 
 
 def test_update_settings_inherit_what_was_written(memory):
-    from memlaw.update import RETIRE_MARGIN, update_settings
+    from memlaw.config import CERTIFY_LR
+    from memlaw.update import RETIRE_MARGIN, UPDATE_LR_FACTOR, update_settings
 
     meta = read_meta(memory)
     obj, train = update_settings(meta)
-    assert (train.lr, train.batch_size, train.max_steps, train.until) == (0.03, 8, 400, "certified")
+    assert (train.batch_size, train.max_steps, train.until) == (8, 400, "certified")
+    assert train.lr == pytest.approx(0.03 * UPDATE_LR_FACTOR) and UPDATE_LR_FACTOR == 0.25   # a quarter of the write's
+    unset = {**meta, "training": {**meta["training"], "train": {**meta["training"]["train"], "lr": None}}}
+    assert update_settings(unset)[1].lr == pytest.approx(CERTIFY_LR[meta["kind"]] / 4)     # the kind's default, / 4
     assert read_meta(memory)["training"]["train"]["retire_margin"] is None and train.retire_margin == RETIRE_MARGIN
     obj, train = update_settings(meta, lr=0.01, epochs=5, retire_margin=0.0)
     assert (train.lr, train.epochs, train.max_steps, train.retire_margin) == (0.01, 5, None, 0.0)
@@ -238,7 +251,8 @@ def test_records_held_with_margin_rest_while_the_changes_train(copy, tiny_base, 
         return rows
 
     monkeypatch.setattr(memlaw.train._Run, "next_rows", spy)
-    outcome = update_memory(copy, [changed_value(tiny_records), NEW], delete=[tiny_records[1].key], base=tiny_base)
+    outcome = update_memory(copy, [changed_value(tiny_records), NEW], delete=[tiny_records[1].key], base=tiny_base,
+                            train=at_write_lr(copy))
     assert outcome.saved and outcome.certified
     old = set(range(1, 7))      # the final order: the changed record, the 6 kept ones, NEW, then the deleted key
     assert any(resting & old for _, resting in drawn), "no old record rested"

@@ -108,17 +108,24 @@ RETIRE_MARGIN = 0.2
 certified with this margin (every p_t > 0.7, most of a warm start's records) leave the training batches
 until a check finds them below it, so the steps go to the added, changed and deleted records."""
 
+UPDATE_LR_FACTOR = 0.25
+"""An update's learning rate as a fraction of the one the memory was written with, unless `lr` is given. A warm
+start sits near the write's minimum, which the write's own lr overshoots: on 32 SmolLM2 PhoneBook entries
+(results/update-lr, one seed) the probe's update took 277 steps at the write's 4e-2 and 61 at 1e-2, LoRA's
+70 steps at the write's 2e-3 and 18 at 5e-4."""
+
 
 def update_settings(meta: dict, objective: ObjectiveConfig | None = None, **train: object
                     ) -> tuple[ObjectiveConfig, TrainConfig]:
     """The objective and train configs of an update: those the memory was written with, `until="certified"`,
+    `UPDATE_LR_FACTOR` times the write's lr (its kind's default, `TrainConfig.for_kind`, where it set none),
     `retire_margin` `RETIRE_MARGIN` where the write had none, the margin of its latest update (if any), and
     the given `train` fields (None: as written) on top.
 
     Raises:
         ConfigError: an unknown or invalid train field.
     """
-    _, written_objective, written_train = written_settings(meta)
+    adapter, written_objective, written_train = written_settings(meta)
     given = {k: v for k, v in train.items() if v is not None}
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown := sorted(set(given) - names):
@@ -128,7 +135,8 @@ def update_settings(meta: dict, objective: ObjectiveConfig | None = None, **trai
     if given.get("epochs") is not None and "max_steps" not in given:
         given["max_steps"] = None
     retire = RETIRE_MARGIN if written_train.retire_margin is None else written_train.retire_margin
-    update = {"until": "certified", "retire_margin": retire, "margin": written_margin(meta)}
+    lr = written_train.for_kind(adapter.kind).lr * UPDATE_LR_FACTOR
+    update = {"until": "certified", "lr": lr, "retire_margin": retire, "margin": written_margin(meta)}
     return objective or written_objective, dataclasses.replace(written_train, **{**update, **given})
 
 
@@ -329,5 +337,5 @@ def history_entry(d: Diff, outcome: UpdateOutcome, meta: dict, sha_after: str, o
             "objective": to_dict(objective), "train": to_dict(train), "margin": outcome.margin}
 
 
-__all__ = ["update_memory", "UpdateOutcome", "written_settings", "written_margin", "current_records",
+__all__ = ["update_memory", "UpdateOutcome", "written_settings", "written_margin", "UPDATE_LR_FACTOR", "current_records",
            "capacity_note", "history_entry"]

@@ -33,7 +33,8 @@ def update(
     records: Annotated[Optional[Path], typer.Option(help="The memory's current records, for one written with "
                                                          "--no-records.", show_default="records.jsonl")] = None,
     objective: Annotated[Optional[Objective], typer.Option(help="Training objective.", show_default=AS_WRITTEN)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate.", show_default=AS_WRITTEN)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate.",
+                                                 show_default="a quarter of the memory's")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Step budget (a cap: an update stops when every record "
                                                           "certifies).", show_default=AS_WRITTEN)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epoch budget instead of --max-steps.",

@@ -200,6 +200,30 @@ def test_linear_rule_split_is_disjoint_seeded_and_correct():
         linear_rule(9_950, 100)
 
 
+def test_linear_rule_coefficients_change_values_not_pairs_and_keep_old_keys(tok):
+    from memlaw.benchmarks import build
+    from memlaw.config import BenchmarkConfig
+
+    paper, plus = linear_rule(50, 20, seed=1), linear_rule(50, 20, seed=1, coefficients=(1, 1, 0))
+    assert [r.key for r in plus.train + plus.held_out] == [r.key for r in paper.train + paper.held_out]
+    for r in plus.train + plus.held_out:
+        x, y = map(int, r.key.split(", "))
+        assert r.value == str(x + y)
+    records, held = build("linear-rule", tok, 40, held_out=5, rule=[2, -1, 0])
+    assert all(r.value == str(2 * int(r.key.split(", ")[0]) - int(r.key.split(", ")[1])) for r in records + held)
+    # the paper's rule, spelled or not, is the key cells were stored under before `rule` existed
+    old = {"name": "linear-rule", "path": None, "sha256": None, "ratio": None, "source": None, "held_out": 100,
+           "data_seed": 0}
+    assert BenchmarkConfig(name="linear-rule").key_dict() == old
+    assert BenchmarkConfig(name="linear-rule", rule=(3, 5, 7)).key_dict() == old
+    assert BenchmarkConfig(name="linear-rule", rule=[1, 1, 0]).key_dict() == {**old, "rule": [1, 1, 0]}
+    assert "rule" not in BenchmarkConfig(name="phonebook").key_dict()
+    with pytest.raises(ConfigError, match="rule must be three integers"):
+        BenchmarkConfig(name="linear-rule", rule=[1, 1])
+    with pytest.raises(ConfigError, match="rule is not an option of benchmark 'phonebook'"):
+        BenchmarkConfig(name="phonebook", rule=[1, 1, 0])
+
+
 # ---- the registry, and method comparisons as sweeps on the tiny model ----
 
 @pytest.mark.parametrize("name, options, held", [("phonebook", {}, 0), ("long-context", {"ratio": "r20"}, 0),

@@ -305,8 +305,8 @@ class BenchmarkConfig:
     name: Literal["phonebook", "long-context", "linear-rule", "records"] = "phonebook"
     """`phonebook`: the paper's list, the first entries holding exactly ℓ value tokens (PB<ℓ>).
     `long-context`: one record, the first ℓ tokens of a document with noise `ratio`.
-    `linear-rule`: pairs "x, y" -> 3x + 5y + 7, the first training pairs holding ℓ value tokens, and
-    `held_out` pairs for generalization. `records`: a JSONL/CSV file, the first records holding ℓ."""
+    `linear-rule`: pairs "x, y" -> 3x + 5y + 7 (or `rule`), the first training pairs holding ℓ value
+    tokens, and `held_out` pairs for generalization. `records`: a JSONL/CSV file, the first records holding ℓ."""
     path: str | None = None
     """`records`: the file (JSONL or CSV, as `memlaw write` reads). Where to find it, not what it is:
     the cell key holds `sha256`, so moving the file keeps the key and editing it changes the key."""
@@ -322,11 +322,14 @@ class BenchmarkConfig:
     data_seed: int | None = None
     """`long-context` (noise positions and tokens) and `linear-rule` (the shuffle): default 0. Data,
     not training randomness: the cell's seed does not change it."""
+    rule: tuple[int, int, int] | None = None
+    """`linear-rule`: the coefficients (a, b, c) of f(x, y) = a·x + b·y + c (default the paper's
+    (3, 5, 7)). Left out of the cell key at its default, so cells stored before it existed keep theirs."""
 
     OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
         "phonebook": {},
         "long-context": {"ratio": "r100", "source": "own", "data_seed": 0},
-        "linear-rule": {"held_out": 100, "data_seed": 0},
+        "linear-rule": {"held_out": 100, "data_seed": 0, "rule": (3, 5, 7)},
         "records": {"path": None, "sha256": None},
     }
     """Each benchmark's options and their defaults (None: required)."""
@@ -338,7 +341,7 @@ class BenchmarkConfig:
                               f"{nearest(self.name, names)}")
         problems = []
         takes = self.OPTIONS[self.name]
-        for option in ("path", "sha256", "ratio", "source", "held_out", "data_seed"):
+        for option in ("path", "sha256", "ratio", "source", "held_out", "data_seed", "rule"):
             value = getattr(self, option)
             if option not in takes:
                 if value is not None:
@@ -353,6 +356,12 @@ class BenchmarkConfig:
             problems.append(f"ratio must be r0, r20, ..., r100 or a number in [0, 1], got {shown(self.ratio)}")
         if self.source not in (None, "own", "paper"):
             problems.append(f"source must be 'own' or 'paper', got {self.source!r}")
+        if self.rule is not None:
+            if isinstance(self.rule, list):
+                object.__setattr__(self, "rule", tuple(self.rule))
+            if (not isinstance(self.rule, tuple) or len(self.rule) != 3
+                    or any(isinstance(v, bool) or not isinstance(v, int) for v in self.rule)):
+                problems.append(f"rule must be three integers [a, b, c] for a·x + b·y + c, got {shown(self.rule)}")
         problems += collect(int_problem("held_out", self.held_out, lo=0, optional=True),
                             int_problem("data_seed", self.data_seed, optional=True))
         refuse(problems, "benchmark")
@@ -366,6 +375,8 @@ class BenchmarkConfig:
         d = to_dict(self)
         if self.sha256 is not None:
             d.pop("path")
+        if self.rule is None or tuple(self.rule) == self.OPTIONS["linear-rule"]["rule"]:
+            d.pop("rule")
         return d
 
 

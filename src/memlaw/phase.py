@@ -32,7 +32,7 @@ import numpy as np
 
 from memlaw.analysis import TokenProbRows, final_probs, record_rows
 from memlaw.certificate import stubborn
-from memlaw.config import ObjectiveConfig, to_dict
+from memlaw.config import BenchmarkConfig, ObjectiveConfig, to_dict
 from memlaw.errors import ConfigError
 from memlaw.experiments import config_of
 from memlaw.rho import INCLUSIONS, Correlation, RhoOptions, correlate, inclusion
@@ -63,8 +63,9 @@ def benchmark_label(row: Mapping[str, Any], cfg: Mapping[str, Any] | None = None
     """`phonebook`, `long-context ratio=r100 source=own data_seed=0`, `records sha256=0123456789ab`."""
     bench = ((cfg if cfg is not None else config_of(row)) or {}).get("benchmark") or {}
     name = bench.get("name", row.get("benchmark"))
+    default_rule = list(BenchmarkConfig.OPTIONS["linear-rule"]["rule"])
     opts = [f"{k}={str(v)[:12] if k == 'sha256' else v}" for k, v in bench.items()
-            if k not in ("name", "path") and v is not None]
+            if k not in ("name", "path") and v is not None and not (k == "rule" and list(v) == default_rule)]
     return " ".join([str(name), *opts]) if name is not None else None
 
 

@@ -67,6 +67,16 @@ def test_groups_are_the_cells_model_and_benchmark_with_its_options():
                                    "path": None}, "objective": {"name": "memft-ot", "tau": 0.6}}}
     assert phase.benchmark_label(lc) == "long-context ratio=r20 source=own data_seed=0"
     assert phase.objective_label(lc) == "memft-ot tau=0.6"
+    # an SFT row stored under the old curriculum defaults is the same cell as a new one: one label
+    old_sft = {"config": {"objective": {"name": "sft", "curriculum_boundaries": [0.1, 0.2, 0.3, 0.4, 1.0]}}}
+    assert phase.objective_label(old_sft) == phase.objective_label({"config": {"objective": {"name": "sft"}}}) == "sft"
+    old_curriculum = {"config": {"objective": {"name": "memft-sw-curriculum",
+                                               "curriculum_boundaries": [0.1, 0.2, 0.3, 0.4, 1.0]}}}
+    assert phase.objective_label(old_curriculum) == "memft-sw-curriculum curriculum_boundaries=[0.1, 0.2, 0.3, 0.4, 1.0]"
+    rules = [{"config": {"benchmark": {"name": "linear-rule", "held_out": 100, "data_seed": 0, "rule": r}}}
+             for r in ([3, 5, 7], [1, 1, 0])]
+    assert [phase.benchmark_label(r) for r in rules] == ["linear-rule held_out=100 data_seed=0",
+                                                         "linear-rule held_out=100 data_seed=0 rule=[1, 1, 0]"]
     with pytest.raises(ConfigError, match="not one of"):
         phase.study(rows, by=("lr",))
     with pytest.raises(ConfigError, match="draws must be"):

@@ -32,7 +32,7 @@ import numpy as np
 
 from memlaw.analysis import TokenProbRows, final_probs, record_rows
 from memlaw.certificate import stubborn
-from memlaw.config import BenchmarkConfig, ObjectiveConfig, to_dict
+from memlaw.config import BenchmarkConfig, ObjectiveConfig, from_dict, to_dict
 from memlaw.errors import ConfigError
 from memlaw.experiments import config_of
 from memlaw.rho import INCLUSIONS, Correlation, RhoOptions, correlate, inclusion
@@ -74,7 +74,11 @@ def objective_label(row: Mapping[str, Any], cfg: Mapping[str, Any] | None = None
     obj = ((cfg if cfg is not None else config_of(row)) or {}).get("objective") or {}
     if not obj:
         return row.get("objective")
-    default = to_dict(ObjectiveConfig())
+    try:                                   # as the cell key sees it: the curriculum's settings only where it reads them
+        cfg_obj = from_dict(ObjectiveConfig, obj, "objective")
+        obj, default = cfg_obj.key_dict(), ObjectiveConfig(name=cfg_obj.name).key_dict()
+    except ConfigError:
+        default = to_dict(ObjectiveConfig())
     return " ".join([str(obj.get("name")), *(f"{k}={v}" for k, v in obj.items()
                                               if k != "name" and k in default and v != default[k])])
 

@@ -1,5 +1,6 @@
 """Benchmarks: PhoneBook (PB<N>, generator), long-context (paper files, builder), linear rule, methods grid."""
 
+import csv
 import json
 import math
 import re
@@ -218,6 +219,9 @@ def test_linear_rule_coefficients_change_values_not_pairs_and_keep_old_keys(tok)
     assert BenchmarkConfig(name="linear-rule", rule=(3, 5, 7)).key_dict() == old
     assert BenchmarkConfig(name="linear-rule", rule=[1, 1, 0]).key_dict() == {**old, "rule": [1, 1, 0]}
     assert "rule" not in BenchmarkConfig(name="phonebook").key_dict()
+    assert [BenchmarkConfig(name="linear-rule", rule=r).rule_text() for r in (None, [1, 1, 0], [2, -1, 0])] == [
+        "3x+5y+7", "1x+1y+0", "2x-1y+0"]                         # the export's rule column
+    assert BenchmarkConfig(name="phonebook").rule_text() is None
     with pytest.raises(ConfigError, match="rule must be three integers"):
         BenchmarkConfig(name="linear-rule", rule=[1, 1])
     with pytest.raises(ConfigError, match="rule is not an option of benchmark 'phonebook'"):
@@ -289,6 +293,7 @@ def test_mixed_set_covers_its_kinds_and_encodes(tiny_base, plain):
                                                     "memft-sw-curriculum")])
 def test_method_comparison_is_a_sweep_with_an_objectives_axis(tiny_base, tmp_path, benchmark, length, sw):
     from memlaw.experiments import compare
+    from memlaw.exports import export_cells
     from memlaw.store import open_store
     from memlaw.sweep import run_local, sweep_from_dict
 
@@ -308,6 +313,11 @@ def test_method_comparison_is_a_sweep_with_an_objectives_axis(tiny_base, tmp_pat
         assert all(r["metrics"]["held_out"]["n_records"] == 4 for r in rows)
     else:
         assert all("held_out" not in r["metrics"] for r in rows)
+    with open_store(tmp_path / "runs.db") as store:
+        export_cells(store, tmp_path / "runs.csv")
+    exported = list(csv.DictReader(open(tmp_path / "runs.csv", encoding="utf-8")))
+    rule = "3x+5y+7" if benchmark["name"] == "linear-rule" else ""   # the paper's rule, named though default
+    assert len(exported) == 12 and {r["rule"] for r in exported} == {rule}
     [table] = compare(rows)
     assert table.objectives == ["sft", "memft-ot", sw] and table.columns == [(2, length), (8, length)]
     for name in table.objectives:

@@ -370,6 +370,13 @@ class BenchmarkConfig:
         """The benchmark's own options, as `memlaw.benchmarks.build` takes them."""
         return {k: getattr(self, k) for k in self.OPTIONS[self.name]}
 
+    def rule_text(self) -> str | None:
+        """`linear-rule`: the rule as `ax+by+c` (the paper's `3x+5y+7` where `rule` is None); else None."""
+        if self.name != "linear-rule":
+            return None
+        a, b, c = self.rule or self.OPTIONS["linear-rule"]["rule"]
+        return f"{a}x{b:+d}y{c:+d}"
+
     def key_dict(self) -> dict[str, Any]:
         """What identifies the memory: all fields but `path` where the content's sha256 is known."""
         d = to_dict(self)

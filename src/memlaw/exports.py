@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from memlaw.atomic import atomic_write_bytes, atomic_write_text, check_output_file
+from memlaw.config import BenchmarkConfig
 from memlaw.errors import ConfigError, StoreError
 from memlaw.experiments import experiment_of
 from memlaw.fileio import csv_cell, csv_text, open_input, read_csv
@@ -25,14 +26,15 @@ from memlaw.store import ALL_COLUMNS, JSON_COLUMNS, Store, json_text
 
 FORMATS = ("csv", "parquet")
 
-EXPORT_EXTRA = ("em", "experiment", "ratio", "held_out", "held_out_em_rate", "locality_kl_mean", "locality_identical",
-                "locality_agreement")
+EXPORT_EXTRA = ("em", "experiment", "ratio", "held_out", "rule", "held_out_em_rate", "locality_kl_mean",
+                "locality_identical", "locality_agreement")
 """Derived export columns: em (= em_rate, as `memlaw fit --csv` reads it), the experiment key (cells that
 differ only in rank, length and seed share it; `fit --csv` groups by it), the benchmark options that
-split experiments most often, the held-out (generalization) EM of cells that have held-out records, and
+split experiments most often (the linear rule as `ax+by+c`), the held-out (generalization) EM of cells that have held-out records, and
 what the adapter costs the base model (`metrics.locality`: mean KL, greedy continuations unchanged,
 token agreement) where the cell measured it."""
-EXTRA_TYPES = {"em": "REAL", "experiment": "TEXT", "ratio": "TEXT", "held_out": "TEXT", "held_out_em_rate": "REAL",
+EXTRA_TYPES = {"em": "REAL", "experiment": "TEXT", "ratio": "TEXT", "held_out": "TEXT", "rule": "TEXT",
+               "held_out_em_rate": "REAL",
                "locality_kl_mean": "REAL", "locality_identical": "REAL", "locality_agreement": "REAL"}
 REQUIRED = ("key", "status", "rank", "length", "config")
 """Columns that make a CSV an export (a bare law table, rank,length,delta_loss, has none of the others)."""
@@ -81,6 +83,14 @@ def export_names() -> list[str]:
     return [*flat, *EXPORT_EXTRA, *JSON_COLUMNS]
 
 
+def rule_text(bench: Mapping[str, Any]) -> str | None:
+    """A stored linear-rule benchmark's rule as `ax+by+c` (`3x+5y+7` where the config predates the
+    option); None for other benchmarks."""
+    if bench.get("name") != "linear-rule":
+        return None
+    return BenchmarkConfig(name="linear-rule", rule=bench.get("rule")).rule_text()
+
+
 def export_row(row: dict) -> dict:
     """A `Store.load_cells` row as an export row. A failed cell's error text is left out (it may quote a
     record); `memlaw runs show KEY` on the store shows it."""
@@ -92,6 +102,7 @@ def export_row(row: dict) -> dict:
     out["experiment"] = hashlib.sha256(experiment.encode("utf-8")).hexdigest()[:16]
     bench = (row.get("config") or {}).get("benchmark") or {}
     out["ratio"], out["held_out"] = bench.get("ratio"), bench.get("held_out")
+    out["rule"] = rule_text(bench)
     out["held_out_em_rate"] = ((row.get("metrics") or {}).get("held_out") or {}).get("em_rate")
     local = (row.get("metrics") or {}).get("locality") or {}
     for name in ("kl_mean", "identical", "agreement"):

@@ -215,7 +215,7 @@ def _stored_keys(store: Path) -> set[str]:
 
 def _bench_label(b) -> str:
     opts = {k: v for k, v in b.options().items() if k in ("ratio", "source") and v is not None}
-    rule = "" if "rule" not in b.key_dict() else " {}x+{}y+{}".format(*b.rule)   # the paper's rule: not shown
+    rule = "" if "rule" not in b.key_dict() else f" {b.rule_text()}"   # the paper's rule: not shown
     return b.name + "".join(f" {v}" for v in opts.values()) + rule
 
 

@@ -241,7 +241,7 @@ def phase_figure(points: Sequence[Mapping[str, Any]], summary: Mapping[str, int]
 def methods_figure(comparison, *, metric: str = "score", title: str = "") -> Figure:
     """MemFT vs SFT: grouped bars with error bars (sd over seeds), one group per (rank, length), one bar per objective."""
     columns = comparison.columns
-    fig, (ax,) = _figure(max(5.0, 1.2 + 1.1 * len(columns)), 3.8)
+    fig, (ax,) = _figure(max(5.0, 1.2 + 1.1 * len(columns)) + 2.6, 3.8)   # + the legend beside the bars
     width = 0.8 / max(1, len(comparison.objectives))
     x = np.arange(len(columns))
     for k, (name, color) in enumerate(zip(comparison.objectives, _colors(len(comparison.objectives), "tab10"))):
@@ -255,7 +255,7 @@ def methods_figure(comparison, *, metric: str = "score", title: str = "") -> Fig
     ax.set_ylabel(metric)
     ax.set_ylim(0, 115)
     ax.set_title(title or comparison.label)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # never over a bar
     ax.grid(alpha=0.3, axis="y")
     return fig
 

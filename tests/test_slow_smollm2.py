@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from memlaw.benchmarks import phonebook
+from memlaw.certify import certificate_probs
 from memlaw.config import AdapterConfig, TrainConfig
 from memlaw.encode import encode
-from memlaw.forward import TeacherForcer
 from memlaw.memory import Memory, write_memory
 from memlaw.models import ensure_cached, load_base
-from memlaw.forward import answer_probs
 from memlaw.verify import greedy
 
 pytestmark = pytest.mark.slow
@@ -62,10 +61,13 @@ def test_reloaded_probe_gives_same_p_t_and_greedy_outputs(smol, records, probe_d
     out, res = probe_dir
     with Memory.open(out, base=smol) as mem:
         enc = encode(records, smol.tokenizer, mem.prompt)
-        probs = answer_probs(TeacherForcer(smol, enc, start_layer=mem.adapter.first_layer))
+        # the pass `verify` certified with, so equal bit for bit when the saved probe is the written one. Not
+        # another pass (padded rows, the cached prefix): with AMX, bf16 kernels block other batch shapes
+        # differently, and p_t moved by up to 0.049 here (docs/performance.md: up to 0.063)
+        again = certificate_probs(smol, enc)
         recalled = mem.recall([r.key for r in records])
     for i, r in enumerate(res.verification.records):
-        assert float(probs[i].p.min()) == pytest.approx(r.min_p, abs=0)
+        assert float(again[i].p.min()) == pytest.approx(r.min_p, abs=0)
     assert recalled == [r.output for r in res.verification.records]
 
 

@@ -30,12 +30,12 @@ EXPORT_EXTRA = ("em", "experiment", "ratio", "held_out", "rule", "held_out_em_ra
                 "locality_identical", "locality_agreement")
 """Derived export columns: em (= em_rate, as `memlaw fit --csv` reads it), the experiment key (cells that
 differ only in rank, length and seed share it; `fit --csv` groups by it), the benchmark options that
-split experiments most often (the linear rule as `ax+by+c`), the held-out (generalization) EM of cells that have held-out records, and
-what the adapter costs the base model (`metrics.locality`: mean KL, greedy continuations unchanged,
-token agreement) where the cell measured it."""
+split experiments most often (the linear rule as `ax+by+c`), the held-out (generalization) EM of cells
+that have held-out records, and what the adapter costs the base model (`metrics.locality`: mean KL,
+greedy continuations unchanged, token agreement) where the cell measured it."""
 EXTRA_TYPES = {"em": "REAL", "experiment": "TEXT", "ratio": "TEXT", "held_out": "TEXT", "rule": "TEXT",
-               "held_out_em_rate": "REAL",
-               "locality_kl_mean": "REAL", "locality_identical": "REAL", "locality_agreement": "REAL"}
+               "held_out_em_rate": "REAL", "locality_kl_mean": "REAL", "locality_identical": "REAL",
+               "locality_agreement": "REAL"}
 REQUIRED = ("key", "status", "rank", "length", "config")
 """Columns that make a CSV an export (a bare law table, rank,length,delta_loss, has none of the others)."""
 LIMIT = 1 << 30

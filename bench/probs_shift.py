@@ -19,7 +19,7 @@ import argparse
 import numpy as np
 
 from memlaw.analysis import record_rows
-from memlaw.certificate import AUTO_MARGIN
+from memlaw.certificate import AUTO_MARGIN, stubborn
 from memlaw.phase import final_cell_probs, objective_label, phase_points
 from memlaw.store import open_store
 
@@ -43,7 +43,7 @@ def main() -> None:
                     if r.get("certified") and r.get("em") is False:
                         unconfirmed.append(f"{label}, record {i}: lowest certificate p_t {r['min_p']:.4f}")
                 violations += [f"{label}, record {x['record']}, position {x['position']}: stored p_t {x['p']:.4f}"
-                               for x in phase_points(row, probs) if x["status"] == "wrong" and x["p"] > 0.5]
+                               for x in phase_points(row, probs) if x["status"] == "wrong" and not stubborn(x["p"])]
         d = np.array(shift)
         print(f"\n## {path}\n")
         if len(d):

@@ -31,7 +31,8 @@ def setup(request, tiny_base, plain):
     prompt = plain if request.param == "plain" else SHARED
     encs = [encode(_memory(s, n, d), tiny_base.tokenizer, prompt) for s, n, d in [(1, 8, 6), (2, 5, 4), (3, 3, 9)]]
     cfgs = [AdapterConfig(kind="probe", rank=r, layer=1, dropout=0.0) for r in (8, 2, 4)]
-    train = TrainConfig(until="budget", max_steps=25, lr=3e-2, batch_size=4, check_every=5)
+    train = TrainConfig(until="budget", max_steps=25, lr=3e-2, batch_size=4, check_every=5,
+                        shared_min_rows=1)         # batches of 4 share the prompt too (the default waits for 12)
     return encs, cfgs, train
 
 

@@ -64,10 +64,15 @@ def test_key_is_sha256_of_canonical_json_and_survives_a_round_trip():
 def test_only_the_curriculum_is_keyed_by_its_settings():
     grid = {"name": "pin", "model": "smollm2-135m", "ranks": [4], "lengths": [160],
             "objectives": [{"name": "sft"}, {"name": "memft-ot"}, {"name": "memft-sw"}, {"name": "memft-sw-curriculum"}],
-            "train": {"lr": 0.01, "batch_size": 8, "max_steps": 300}}
+            "train": {"lr": 0.01, "batch_size": 8, "max_steps": 300, "shared_min_rows": 1}}
     keys = {c.objective.name: c.key for c in sweep_from_dict(grid).cells()}
-    # the keys these cells had at commit 6af42b6, before the LR schedule option and the curriculum's
-    # new settings existed: stored rows keep them (the law grids resume across the upgrade)
+    # the keys these cells had at commit 6af42b6, before the LR schedule option, the curriculum's new
+    # settings and shared_min_rows existed: stored rows keep them (the law grids resume across the
+    # upgrade); at the default shared_min_rows (12) a batch of 8 no longer shares its prompt, so new keys
+    now = {c.key for c in sweep_from_dict({**grid, "train": {**grid["train"], "shared_min_rows": 12}}).cells()}
+    assert now == {c.key for c in sweep_from_dict({**grid, "train": {k: v for k, v in grid["train"].items()
+                                                                     if k != "shared_min_rows"}}).cells()}
+    assert now.isdisjoint(keys.values())
     assert keys["sft"] == "292c9ab2fb6605ff69705635631e66eeb1608b33d0eec2767a8a7e5beb108b06"
     assert keys["memft-ot"] == "59bebc42eb33a5b6f57cc21375c69d0de3ba68c2ac58cd456e8cac39fb18bb03"
     assert keys["memft-sw"] == "97beaedaa1d3b6c51fddd655d9afb7c85cdfb48be9c4f3f4fe29685548ade8ea"

@@ -31,6 +31,44 @@ def test_until_certified_stops_when_all_certify(tiny_base, tiny_records, plain):
     assert seen[-1].certified == len(tiny_records)
 
 
+def test_write_stops_only_when_the_certificates_own_pass_certifies_too(tiny_base, tiny_records, plain, monkeypatch):
+    """The training check and `verify`'s certificate pass batch rows differently; where the latter finds a
+    record below the margin (here made to, at its first call), training goes on, and the write ends
+    certified by the very pass `verify` runs."""
+    import memlaw.train as train_mod
+    from memlaw.certificate import certified as is_certified
+    from memlaw.certify import certificate_probs
+    from memlaw.forward import TokenProbs
+
+    calls = []
+
+    def doubting(base, enc, *a, **kw):
+        probs = certificate_probs(base, enc, *a, **kw)
+        calls.append({i: bool(is_certified(p.p, 0.0)) for i, p in probs.items()})
+        if len(calls) == 1:                          # the first confirmation: record 3 just below 0.5
+            p = probs[3]
+            probs[3] = TokenProbs(torch.full_like(p.p, 0.45), -torch.log(torch.full_like(p.p, 0.45)), p.correct)
+        return probs
+
+    monkeypatch.setattr(train_mod, "certificate_probs", doubting)
+    res, tensors, _ = _write(tiny_base, tiny_records, plain, until="certified", max_steps=400, check_every=5)
+    n = len(tiny_records)
+    assert len(calls) >= 2 and res.certified
+    assert [h["certified"] for h in res.history].count(n - 1) >= 1     # the doubted check did not stop it
+    first = next(k for k, h in enumerate(res.history) if h["certified"] == n - 1)
+    assert res.history[first]["step"] < res.steps and res.history[-1]["certified"] == n
+    assert all(calls[-1].values())                   # the stop was the certificate pass's own verdict
+    enc = encode(tiny_records, tiny_base.tokenizer, plain)
+    ad = make_adapter(AdapterConfig(kind="probe", rank=8, layer=1), tiny_base, seed=0)
+    with torch.no_grad():
+        for p, t in zip(ad.parameters(), tensors):
+            p.copy_(t)
+    with attached(ad, tiny_base):
+        ad.eval()
+        again = certificate_probs(tiny_base, enc)
+    assert all(is_certified(p.p, 0.0) for p in again.values())
+
+
 def test_budget_runs_exactly_the_steps_and_lr_decays_to_zero(tiny_base, tiny_records, plain):
     res, _, _ = _write(tiny_base, tiny_records, plain, until="budget", max_steps=20, check_every=10)
     assert res.steps == 20 and [h["step"] for h in res.history] == [10, 20]
@@ -79,7 +117,8 @@ def test_shared_prompt_does_not_change_training(tiny_base, tiny_records, kind):
         ad.attach(tiny_base)
         try:
             res = write(tiny_base, ad, enc, ObjectiveConfig(), TrainConfig(
-                until="budget", max_steps=10, lr=3e-2, batch_size=4, check_every=5, shared_prompt=shared))
+                until="budget", max_steps=10, lr=3e-2, batch_size=4, check_every=5, shared_prompt=shared,
+                shared_min_rows=1))
             out.append(([p.detach().clone() for p in ad.parameters()], res.history))
         finally:
             ad.detach()

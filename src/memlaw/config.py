@@ -231,6 +231,11 @@ class TrainConfig:
     """Training passes run the prompt tokens every record shares (the chat template's system turn) once
     per pass, as one row whose key/value cache the rows continue from. Certificate checks always run
     every prompt token in every row."""
+    shared_min_rows: int = 12
+    """With `shared_prompt`, a training batch of fewer rows than this runs unshared: the shared row is a
+    decoder call of its own, one more read of every weight, and below ~12 rows that read costs more
+    than the prompt tokens it saves (a SmolLM2 probe step at 2 rows: 1.36× faster unshared; at 12: 0.96×;
+    docs/performance.md)."""
     attention: Literal["auto", "math", "model"] = "auto"
     """Attention kernel of the training passes. `auto`: sdpa's math kernel on CPU (its flash kernel's
     backward is slower there; docs/performance.md has the measurement), the model's own elsewhere;
@@ -249,6 +254,7 @@ class TrainConfig:
             int_problem("max_steps", self.max_steps, lo=1, optional=True),
             int_problem("epochs", self.epochs, lo=1, optional=True),
             int_problem("check_every", self.check_every, lo=1),
+            int_problem("shared_min_rows", self.shared_min_rows, lo=1),
             margin_problem(self.margin),
             float_problem("clip", self.clip, lo=0.0, lo_open=True),     # a negative clip reverses the gradient
             int_problem("seed", self.seed, lo=0, hi=MAX_SEED))
@@ -274,7 +280,7 @@ class TrainConfig:
         """This config with `lr` set: the kind's default for the stop rule (`default_lr`) where it is None."""
         return self if self.lr is not None else dataclasses.replace(self, lr=default_lr(kind, self.until))
 
-    KEY_SINCE: ClassVar[dict[str, Any]] = {"schedule": "linear"}
+    KEY_SINCE: ClassVar[dict[str, Any]] = {"schedule": "linear", "shared_min_rows": 1}
     """Settings added after stores were written, left out of the cell key while they hold the value
     that reproduces those rows, so a store resumes across the upgrade."""
 

@@ -115,19 +115,22 @@ class TeacherForcer:
         answer_logits: apply the LM head at answer positions only.
         shared_prompt: run the prompt tokens every record shares once per pass (`shared_prompt_len`);
             `full_prompt()` turns it off for a while (certificate passes).
+        shared_min_rows: a pass of fewer rows runs every prompt token in every row even with
+            `shared_prompt` (`TrainConfig.shared_min_rows`: the shared row's extra decoder call costs more).
         plain: ignore all three and call the whole model as a user would (`model(input_ids).logits`).
         prefix: the hidden states entering `start_layer`, per record, of an earlier teacher-forcer on
             the same memory and base (its `.prefix`), so that they are not computed again.
     """
 
     def __init__(self, base, enc: Encoded, *, start_layer: int = 0, cache_prefix: bool = True,
-                 answer_logits: bool = True, shared_prompt: bool = False, plain: bool = False, chunk: int = 64,
-                 prefix: list[Tensor] | None = None):
+                 answer_logits: bool = True, shared_prompt: bool = False, shared_min_rows: int = 1, plain: bool = False,
+                 chunk: int = 64, prefix: list[Tensor] | None = None):
         self.base, self.enc = base, enc
         self.answer_only = answer_logits and not plain
         self.plain = plain
         self.start = start_layer if (cache_prefix and not plain) else 0
         self.shared = shared_prompt_len(enc) if shared_prompt and not plain else 0
+        self.shared_min_rows = shared_min_rows
         self.pad = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
         if self.start > 0:
             self.prefix: list[Tensor] | None = prefix if prefix is not None else self._build_prefix(chunk)
@@ -159,8 +162,9 @@ class TeacherForcer:
             full = self.base.model(input_ids=batch.input_ids, use_cache=False).logits
             return _at(full, batch.positions), batch
         seqs, _ = self.inputs(rows, batch)
-        hidden = decoder_pass(self.base, seqs, self.start, self.shared)
-        positions = (batch.positions - self.shared).clamp(min=0)     # padding points at 0
+        shared = self.shared if len(seqs) >= self.shared_min_rows else 0
+        hidden = decoder_pass(self.base, seqs, self.start, shared)
+        positions = (batch.positions - shared).clamp(min=0)          # padding points at 0
         if self.answer_only:
             return lm_logits(self.base, _at(hidden, positions)), batch
         return _at(lm_logits(self.base, hidden), positions), batch
@@ -245,7 +249,7 @@ def joint_logits(parts: Sequence[tuple[TeacherForcer, Sequence[int]]],
 
     All teacher-forcers must share the base model, the cached-prefix layer and the answer-only
     setting. Their shared prompt runs once per part (one row each) when every part shares the same
-    number of prompt tokens, else not at all. `on_pass(shared, head)` is called before each decoder
+    number of prompt tokens and the parts have `shared_min_rows` rows in all (the first's), else not at all. `on_pass(shared, head)` is called before each decoder
     call (`decoder_pass`). Returns, per part, what `TeacherForcer.logits` would (up to batch-size numerics).
     """
     first = parts[0][0]
@@ -253,6 +257,7 @@ def joint_logits(parts: Sequence[tuple[TeacherForcer, Sequence[int]]],
            for tf, _ in parts):
         raise ValueError("joint_logits needs teacher-forcers on one base with the same fast paths")
     shared = first.shared if all(tf.shared == first.shared for tf, _ in parts) else 0
+    shared = shared if sum(len(rows) for _, rows in parts) >= first.shared_min_rows else 0
     seqs, batches = [], []
     for tf, rows in parts:
         x, batch = tf.inputs(rows)

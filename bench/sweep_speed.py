@@ -9,6 +9,7 @@ ratio against stack 1 from this same run, and how far the stacked rows are from 
     python bench/sweep_speed.py                         # SmolLM2-135M, ranks 1 2 4 8 x lengths 20 80, stack 1 4 8
     python bench/sweep_speed.py --model tiny            # the tiny random model (seconds; shows it works)
     python bench/sweep_speed.py --device cuda           # on a GPU: both modes on the same card
+    python bench/sweep_speed.py --stack 1 --before      # the default step against the one before shared_min_rows
 
 `--attn eager` switches the base model's attention implementation first. Why: on CPU, sdpa runs
 short sequences through its flash-attention kernel, whose backward was ~35% of a SmolLM2 bf16 step
@@ -33,26 +34,27 @@ from memlaw.store import open_store
 from memlaw.sweep import run_local, sweep_from_dict
 
 
-def grid(args, stack: int) -> dict:
+def grid(args, stack: int, shared_min_rows: int | None = None) -> dict:
+    rows = {} if shared_min_rows is None else {"shared_min_rows": shared_min_rows}
     return {"name": f"sweep-speed-stack{stack}", "model": args.model, "dtype": args.dtype,
             "benchmark": {"name": "phonebook"}, "ranks": args.ranks, "lengths": args.lengths, "seeds": args.seeds,
             "adapter": {"kind": "probe", **({"layer": args.layer} if args.layer is not None else {})},
             "objective": {"name": "sft"}, "prompt": {"template": args.template} if args.template else {},
             "train": {"lr": args.lr, "batch_size": args.batch, "max_steps": args.max_steps,
-                      "check_every": args.check_every, "until": "budget"},
+                      "check_every": args.check_every, "until": "budget", **rows},
             "stack": stack}
 
 
-def run(args, base, stack: int, workdir: Path) -> tuple[float, dict]:
+def run(args, base, stack: int, workdir: Path, shared_min_rows: int | None = None) -> tuple[float, dict]:
     """One sweep of the grid into a fresh store: (wall seconds of the cells, rows by key)."""
-    sweep = sweep_from_dict(grid(args, stack))
+    sweep = sweep_from_dict(grid(args, stack, shared_min_rows))
     with open_store(workdir / f"stack{stack}-{time.monotonic_ns()}.db") as store:
         t0 = time.perf_counter()
         summary = run_local(sweep, store, base=base)
         wall = time.perf_counter() - t0
         if summary.failed:
             raise SystemExit(f"stack {stack}: {summary.failed} cells failed; see `memlaw runs list --all`")
-        return wall, {r["key"]: r for r in store.load_cells()}
+        return wall, {(r["rank"], r["length"], r["seed"]): r for r in store.load_cells()}
 
 
 def main() -> None:
@@ -72,6 +74,9 @@ def main() -> None:
     ap.add_argument("--template", choices=["chat", "plain"], default=None)
     ap.add_argument("--repeats", type=int, default=1, help="runs per stack size (median wall time)")
     ap.add_argument("--attn", choices=["sdpa", "eager"], default=None, help="attention implementation to use")
+    ap.add_argument("--before", action="store_true",
+                    help="also run stack 1 with shared_min_rows 1 (every batch shares its prompt: the step before "
+                         "that setting) and give each row's ratio against it")
     args = ap.parse_args()
     if args.model == "tiny":   # the tiny model needs plain prompts and a shallow layer to learn anything
         args.template = args.template or "plain"
@@ -85,12 +90,14 @@ def main() -> None:
         base.model.set_attn_implementation(args.attn)
     n_cells = len(sweep_from_dict(grid(args, 1)).cells())
     results = {}
+    modes = (["before"] if args.before else []) + list(args.stack)
     with tempfile.TemporaryDirectory(prefix="memlaw-sweep-speed-") as tmp:
-        for rep in range(args.repeats):
-            for stack in args.stack:
-                wall, rows = run(args, base, stack, Path(tmp))
-                results.setdefault(stack, ([], rows))[0].append(wall)
-                print(f"  stack {stack}, run {rep + 1}: {n_cells} cells in {wall:.1f} s", flush=True)
+        for rep in range(args.repeats):              # interleaved, so a change in the machine's load hits every mode
+            for mode in modes:
+                wall, rows = run(args, base, 1, Path(tmp), 1) if mode == "before" else run(args, base, mode, Path(tmp))
+                results.setdefault(mode, ([], rows))[0].append(wall)
+                print(f"  {'stack ' if mode != 'before' else ''}{mode}, run {rep + 1}: {n_cells} cells in {wall:.1f} s",
+                      flush=True)
     walls = {k: statistics.median(v[0]) for k, v in results.items()}
     plain_rows = results[1][1]
     print(f"\nmachine: {machine(device)}")
@@ -98,7 +105,7 @@ def main() -> None:
           f"grid: ranks {args.ranks} x lengths {args.lengths} x seeds {args.seeds} = {n_cells} probe cells, "
           f"{args.max_steps} steps each, batch {args.batch}; median of {args.repeats}; wall time of the cells "
           "(model loaded once, before)\n")
-    head = (f"{'stack':>5} {'wall s':>8} {'cells/hour':>11} {'× stack 1':>10} {'max |ΔΔL|':>10} "
+    head = (f"{'stack':>6} {'wall s':>8} {'cells/hour':>11} {'× stack 1':>10} {'× before':>9} {'max |ΔΔL|':>10} "
             f"{'EM, certified equal':>20}")
     print(head)
     print("-" * len(head))
@@ -107,8 +114,12 @@ def main() -> None:
         dl = max(abs(rows[k]["delta_loss"] - plain_rows[k]["delta_loss"]) for k in plain_rows)
         same = all((rows[k]["metrics"].get("em"), rows[k]["metrics"]["certified"]) ==
                    (plain_rows[k]["metrics"].get("em"), plain_rows[k]["metrics"]["certified"]) for k in plain_rows)
-        print(f"{stack:>5} {wall:8.1f} {3600 * n_cells / wall:11.1f} {walls[1] / wall:9.2f}× {dl:10.2e} "
+        before = f"{walls['before'] / wall:8.2f}×" if "before" in walls else f"{'-':>9}"
+        print(f"{stack:>6} {wall:8.1f} {3600 * n_cells / wall:11.1f} {walls[1] / wall:9.2f}× {before} {dl:10.2e} "
               f"{'yes' if same else 'NO':>20}")
+    if "before" in walls:
+        print("\nbefore: stack 1 with shared_min_rows 1 (every training batch runs its shared prompt as a row of "
+              "its own, the step before TrainConfig.shared_min_rows); max |ΔΔL| and EM against stack 1 at the default")
 
 
 if __name__ == "__main__":

@@ -142,6 +142,31 @@ def test_a_records_p_t_do_not_depend_on_its_batch(bases, dtype):
     assert max(float((alone[i].p - together[i].p).abs().max()) for i in alone) == 0.0
 
 
+@pytest.mark.parametrize("kind", ["probe", "lora"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_threads_give_the_one_thread_numbers(bases, dtype, kind):
+    """On several CPU threads, chunks run side by side, each on one torch thread: the numbers are the
+    one-thread pass's bit for bit (the probe's hook keeps each thread's MLP input apart), in order, and
+    torch's thread count is restored."""
+    base = bases[dtype]
+    enc = encode(_records(), base.tokenizer, SHARED)
+    ad = _adapter(base, kind)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = certificate_probs(base, enc, batch_size=1)
+        torch.set_num_threads(2)
+        seen = []
+        for _ in range(10):                            # chunks of one row: 8 passes, two at a time
+            two = certificate_probs(base, enc, batch_size=1, on_chunk=lambda probs, n: seen.append(len(probs)))
+            assert torch.get_num_threads() == 2
+            assert all(torch.equal(two[i].p, one[i].p) and torch.equal(two[i].correct, one[i].correct) for i in one)
+        assert seen == list(range(1, len(enc) + 1)) * 10
+    finally:
+        torch.set_num_threads(before)
+        ad.detach()
+
+
 def test_without_a_usable_shared_head_rows_run_in_full(bases, monkeypatch):
     """A sliding-window model whose rows outgrow the window keeps no shared head (its cache would drop it)."""
     base = bases["float32"]

@@ -198,6 +198,29 @@ def test_stacked_certificates_imply_exact_greedy_recall(bases, plain, dtype):
     assert certified > 0
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_greedy_on_two_threads_gives_the_one_thread_tokens(bases, trained, dtype):
+    """Batches decode side by side on two CPU threads, each on one torch thread: the tokens of one thread,
+    in the prompts' order, and torch's thread count back where it was."""
+    enc, ad = trained
+    base = bases[dtype]
+    more = encode([Record(f"key {c}{d}", "0") for c in "xyz" for d in "0123"], base.tokenizer, PromptConfig())
+    prompts = enc.prompt_ids + more.prompt_ids
+    limits = [len(enc.answer_ids(0)) + 2] * len(prompts)
+    ad.attach(base)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = greedy(base, prompts, limits, enc.terminator[0], batch_size=3)
+        torch.set_num_threads(2)
+        two = greedy(base, prompts, limits, enc.terminator[0], batch_size=3)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        ad.detach()
+    assert two == one and len(one) == len(prompts)
+
+
 @pytest.mark.parametrize("kind", ["probe", "lora"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_greedy_loop_gives_hf_generate_tokens(bases, trained, dtype, kind):

@@ -22,7 +22,9 @@ pass's do in bf16). Tolerances against the plain pass: tests/test_certify.py.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -79,24 +81,55 @@ def certificate_probs(base, enc: Encoded, rows: Sequence[int] | None = None, bat
     decoder, dev = base.model.model, base.device
     head = _head(base, enc, shared_prompt_len(enc))
     shared = 0 if head is None else head[0][0].shape[2]
-    out: dict[int, TokenProbs] = {}
+    chunks = []
     for length, idx in _lengths(enc, rows).items():
         ids = torch.tensor([(enc.prompt_ids[i] + enc.answer_ids(i))[:length] for i in idx], device=dev)
-        for lo in range(0, len(idx), batch_size):
-            part, tail = idx[lo: lo + batch_size], ids[lo: lo + batch_size]
-            if head is None:
-                hidden = decoder(input_ids=tail, use_cache=False).last_hidden_state
-            else:
-                cache = DynamicCache(config=base.model.config)
-                for n, (k, v) in enumerate(head):
-                    cache.update(k.expand(len(tail), -1, -1, -1), v.expand(len(tail), -1, -1, -1), n)
-                positions = torch.arange(shared, length, device=dev)[None]
-                hidden = decoder(input_ids=tail[:, shared:], **{cache_arg(decoder): cache}, position_ids=positions,
-                                 use_cache=True).last_hidden_state
-            out.update(_answer_stats(base, enc, part, hidden, shared))
+        chunks += [(length, idx[lo: lo + batch_size], ids[lo: lo + batch_size]) for lo in range(0, len(idx), batch_size)]
+
+    @torch.no_grad()                               # grad mode is per thread: the workers' too
+    def one(chunk) -> dict[int, TokenProbs]:
+        length, part, tail = chunk
+        if head is None:
+            hidden = decoder(input_ids=tail, use_cache=False).last_hidden_state
+        else:
+            cache = DynamicCache(config=base.model.config)
+            for n, (k, v) in enumerate(head):
+                cache.update(k.expand(len(tail), -1, -1, -1), v.expand(len(tail), -1, -1, -1), n)
+            positions = torch.arange(shared, length, device=dev)[None]
+            hidden = decoder(input_ids=tail[:, shared:], **{cache_arg(decoder): cache}, position_ids=positions,
+                             use_cache=True).last_hidden_state
+        return _answer_stats(base, enc, part, hidden, shared)
+
+    out: dict[int, TokenProbs] = {}
+    with side_by_side(dev, len(chunks)) as run:
+        for got in run(one, chunks):
+            out.update(got)
             if on_chunk is not None:
                 on_chunk(out, len(rows))
     return out
+
+
+@contextmanager
+def side_by_side(device: torch.device, chunks: int) -> Iterator[Callable]:
+    """A `map` over independent chunks of a pass. On a CPU with several torch threads, each chunk runs in a
+    thread of its own with torch on one thread, results in order; else one chunk after another here.
+
+    On a small CPU torch's own threads split each operator of a chunk and wait at its end (two threads
+    certified 1.25× one, docs/performance.md); whole chunks side by side do not wait. A chunk's numbers
+    are then those of a one-thread pass, whatever the thread count. The chunk function must enable
+    no_grad itself (grad mode is per thread).
+    """
+    workers = torch.get_num_threads() if torch.device(device).type == "cpu" and chunks > 1 else 1
+    if workers <= 1:
+        yield map
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)                       # torch's setting is the process's: every worker runs one
+    try:
+        with ThreadPoolExecutor(min(workers, chunks)) as pool:
+            yield pool.map
+    finally:
+        torch.set_num_threads(before)
 
 
 def _answer_stats(base, enc: Encoded, part: list[int], hidden: Tensor, shared: int) -> dict[int, TokenProbs]:
@@ -116,4 +149,4 @@ def _answer_stats(base, enc: Encoded, part: list[int], hidden: Tensor, shared: i
     return out
 
 
-__all__ = ["certificate_probs"]
+__all__ = ["certificate_probs", "side_by_side"]

@@ -23,7 +23,7 @@ from transformers import DynamicCache, GenerationConfig
 from memlaw.bits import ValueBits, upper
 from memlaw.encode import Encoded
 from memlaw.certificate import certified, dtype_name, not_confirmed_advice, stubborn
-from memlaw.certify import certificate_probs
+from memlaw.certify import certificate_probs, side_by_side
 from memlaw.errors import NotCertifiedError
 from memlaw.forward import TeacherForcer, TokenProbs, cache_arg, answer_probs, lm_logits
 from memlaw.records import redact as redact_value, shorten
@@ -79,13 +79,19 @@ def greedy(base, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequenc
     for i, p in enumerate(prompts):
         buckets[len(p)].append(i)
     decode = _generate_batch if hf_generate else _greedy_batch
+    parts = [idx[lo: lo + batch_size] for _, idx in sorted(buckets.items()) for lo in range(0, len(idx), batch_size)]
+
+    @torch.no_grad()                               # grad mode is per thread: the workers' too
+    def one(part: list[int]) -> list[list[int]]:
+        ids = torch.tensor([list(prompts[i]) for i in part], device=base.device)
+        return decode(base, ids, max(limits[i] for i in part), stop_id)
+
     outputs: list[list[int]] = [[] for _ in prompts]
     done = 0
-    for length, idx in sorted(buckets.items()):
-        for lo in range(0, len(idx), batch_size):
-            part = idx[lo: lo + batch_size]
-            ids = torch.tensor([list(prompts[i]) for i in part], device=base.device)
-            new = decode(base, ids, max(limits[i] for i in part), stop_id)
+    # the KV-cache loop's batches side by side on a CPU's threads, as the certificate's pass; `generate`,
+    # the reference, one after another
+    with side_by_side(base.device, 1 if hf_generate else len(parts)) as run:
+        for part, new in zip(parts, run(one, parts)):
             for b, i in enumerate(part):
                 if stop_id in new[b]:
                     new[b] = new[b][: new[b].index(stop_id) + 1]

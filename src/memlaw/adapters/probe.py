@@ -11,6 +11,7 @@ forward pass, and x @ A @ B is never materialised as a d×d matrix.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,16 +45,18 @@ def make(cfg, base, seed: int = 0) -> "ProbeAdapter":
 def hook_parallel_to_mlp(block: nn.Module, delta: Callable[[Tensor], Tensor | None]) -> list:
     """Add `delta(x)` to `block`'s output, x being the input of its MLP (None: add nothing).
 
-    Returns the hook handles; `.remove()` them to detach.
+    Returns the hook handles; `.remove()` them to detach. The MLP input is kept per thread, so passes
+    running in several threads at once (the certificate's pass, `memlaw.certify`) each see their own.
     """
-    seen: dict[str, Tensor] = {}
+    seen = threading.local()
 
     def keep(_mod, args, kwargs):
-        seen["x"] = args[0] if args else next(iter(kwargs.values()))
+        seen.x = args[0] if args else next(iter(kwargs.values()))
 
     def add(_mod, _args, out):
         h = out[0] if isinstance(out, tuple) else out
-        d = delta(seen.pop("x"))
+        x, seen.x = seen.x, None
+        d = delta(x)
         if d is None:
             return out
         h = h + d

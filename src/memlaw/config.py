@@ -234,8 +234,8 @@ class TrainConfig:
     shared_min_rows: int = 12
     """With `shared_prompt`, a training batch of fewer rows than this runs unshared: the shared row is a
     decoder call of its own, one more read of every weight, and below ~12 rows that read costs more
-    than the prompt tokens it saves (a SmolLM2 probe step at 2 rows: 1.36× faster unshared; at 12: 0.96×;
-    docs/performance.md)."""
+    than the prompt tokens it saves (SmolLM2 probe steps: 1.35× faster unshared at 2 rows, 1.04× at 8,
+    0.89× at 12; `bench/shared_rows.py`, docs/performance.md)."""
     attention: Literal["auto", "math", "model"] = "auto"
     """Attention kernel of the training passes. `auto`: sdpa's math kernel on CPU (its flash kernel's
     backward is slower there; docs/performance.md has the measurement), the model's own elsewhere;

@@ -57,6 +57,8 @@ def test_write_stops_only_when_the_certificates_own_pass_certifies_too(tiny_base
     assert [h["certified"] for h in res.history].count(n - 1) >= 1     # the doubted check did not stop it
     first = next(k for k, h in enumerate(res.history) if h["certified"] == n - 1)
     assert res.history[first]["step"] < res.steps and res.history[-1]["certified"] == n
+    doubted, after = res.history[first]["step"], res.history[first + 1]["step"]
+    assert after == doubted - doubted % 5 + 5      # no early full check before the next regular one (every 5)
     assert all(calls[-1].values())                   # the stop was the certificate pass's own verdict
     enc = encode(tiny_records, tiny_base.tokenizer, plain)
     ad = make_adapter(AdapterConfig(kind="probe", rank=8, layer=1), tiny_base, seed=0)

@@ -88,6 +88,7 @@ class _Run:
         self.queue: list[list[int]] = []
         self.stage = 0                                  # the curriculum stage the queue was drawn in
         self.step, self.done, self.t_cert, self.loss = 0, False, None, float("nan")
+        self.hold = 0                                   # early checks wait until after this step
         self.history: list[dict] = []
 
     def next_rows(self) -> list[int]:
@@ -136,7 +137,7 @@ class _Run:
                                 f"nothing was saved: lower the learning rate")
         stubborn = certified = None
         full = self.step % self.cfg.check_every == 0 or self.step == self.total
-        if not full and (due := self.pace.due()):
+        if not full and self.step > self.hold and (due := self.pace.due()):
             with as_saved():
                 probs, _, _ = check(self.tf, adapter, self.cfg.margin, rows=due)
             self._verdicts(probs)
@@ -147,6 +148,10 @@ class _Run:
                 self._verdicts(probs)
                 if self.cfg.until == "certified" and certified == self.n:
                     certified = self._confirm(adapter)
+                    # the records it doubted sit at the margin and would bring a full check every step:
+                    # no early checks until the next regular one
+                    if certified < self.n:
+                        self.hold = self.step - self.step % self.cfg.check_every + self.cfg.check_every
             elapsed = time.perf_counter() - t0
             self.history.append({"step": self.step, "loss": self.loss, "stubborn": stubborn, "certified": certified,
                                  "lr": lr, "elapsed": elapsed})

@@ -119,17 +119,16 @@ def side_by_side(device: torch.device, chunks: int) -> Iterator[Callable]:
     are then those of a one-thread pass, whatever the thread count. The chunk function must enable
     no_grad itself (grad mode is per thread).
     """
-    workers = torch.get_num_threads() if torch.device(device).type == "cpu" and chunks > 1 else 1
-    if workers <= 1:
+    threads = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or chunks <= 1 or threads <= 1:
         yield map
         return
-    before = torch.get_num_threads()
     torch.set_num_threads(1)                       # torch's setting is the process's: every worker runs one
     try:
-        with ThreadPoolExecutor(min(workers, chunks)) as pool:
+        with ThreadPoolExecutor(min(threads, chunks)) as pool:
             yield pool.map
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(threads)
 
 
 def _answer_stats(base, enc: Encoded, part: list[int], hidden: Tensor, shared: int) -> dict[int, TokenProbs]:

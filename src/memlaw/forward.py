@@ -249,8 +249,9 @@ def joint_logits(parts: Sequence[tuple[TeacherForcer, Sequence[int]]],
 
     All teacher-forcers must share the base model, the cached-prefix layer and the answer-only
     setting. Their shared prompt runs once per part (one row each) when every part shares the same
-    number of prompt tokens and the parts have `shared_min_rows` rows in all (the first's), else not at all. `on_pass(shared, head)` is called before each decoder
-    call (`decoder_pass`). Returns, per part, what `TeacherForcer.logits` would (up to batch-size numerics).
+    number of prompt tokens and the parts have the first's `shared_min_rows` rows in all, else not at
+    all. `on_pass(shared, head)` is called before each decoder call (`decoder_pass`). Returns, per
+    part, what `TeacherForcer.logits` would (up to batch-size numerics).
     """
     first = parts[0][0]
     if any(tf.base is not first.base or tf.start != first.start or tf.plain or not tf.answer_only

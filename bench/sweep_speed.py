@@ -9,7 +9,7 @@ ratio against stack 1 from this same run, and how far the stacked rows are from 
     python bench/sweep_speed.py                         # SmolLM2-135M, ranks 1 2 4 8 x lengths 20 80, stack 1 4 8
     python bench/sweep_speed.py --model tiny            # the tiny random model (seconds; shows it works)
     python bench/sweep_speed.py --device cuda           # on a GPU: both modes on the same card
-    python bench/sweep_speed.py --stack 1 --before      # the default step against the one before shared_min_rows
+    python bench/sweep_speed.py --stack 1 --before      # today's cells against the ones before issue 15's changes
 
 `--attn eager` switches the base model's attention implementation first. Why: on CPU, sdpa runs
 short sequences through its flash-attention kernel, whose backward was ~35% of a SmolLM2 bf16 step
@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from machine import machine
+import memlaw.locality
 from memlaw.models import load_base, resolve_device
 from memlaw.store import open_store
 from memlaw.sweep import run_local, sweep_from_dict
@@ -45,13 +46,24 @@ def grid(args, stack: int, shared_min_rows: int | None = None) -> dict:
             "stack": stack}
 
 
-def run(args, base, stack: int, workdir: Path, shared_min_rows: int | None = None) -> tuple[float, dict]:
-    """One sweep of the grid into a fresh store: (wall seconds of the cells, rows by key)."""
-    sweep = sweep_from_dict(grid(args, stack, shared_min_rows))
+BEFORE = {"shared_min_rows": 1, "KEEP_LOGITS_BYTES": 0}
+"""`--before`: what issue 15 changed in a fixed-budget cell, put back: every training batch runs its shared
+prompt as a row of its own (`TrainConfig.shared_min_rows` 1), and locality runs the base model's side
+of every cell again (`memlaw.locality.KEEP_LOGITS_BYTES` 0)."""
+
+
+def run(args, base, stack: int, workdir: Path, before: bool = False) -> tuple[float, dict]:
+    """One sweep of the grid into a fresh store, as a fresh process would run it (nothing kept from an
+    earlier sweep): (wall seconds of the cells, rows by key)."""
+    sweep = sweep_from_dict(grid(args, stack, BEFORE["shared_min_rows"] if before else None))
+    memlaw.locality._KEPT.clear()
+    keep = memlaw.locality.KEEP_LOGITS_BYTES
+    memlaw.locality.KEEP_LOGITS_BYTES = BEFORE["KEEP_LOGITS_BYTES"] if before else keep
     with open_store(workdir / f"stack{stack}-{time.monotonic_ns()}.db") as store:
         t0 = time.perf_counter()
         summary = run_local(sweep, store, base=base)
         wall = time.perf_counter() - t0
+        memlaw.locality.KEEP_LOGITS_BYTES = keep
         if summary.failed:
             raise SystemExit(f"stack {stack}: {summary.failed} cells failed; see `memlaw runs list --all`")
         return wall, {(r["rank"], r["length"], r["seed"]): r for r in store.load_cells()}
@@ -75,8 +87,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="runs per stack size (median wall time)")
     ap.add_argument("--attn", choices=["sdpa", "eager"], default=None, help="attention implementation to use")
     ap.add_argument("--before", action="store_true",
-                    help="also run stack 1 with shared_min_rows 1 (every batch shares its prompt: the step before "
-                         "that setting) and give each row's ratio against it")
+                    help="also run stack 1 as before issue 15's changes (BEFORE) and give each row's ratio against it")
     args = ap.parse_args()
     if args.model == "tiny":   # the tiny model needs plain prompts and a shallow layer to learn anything
         args.template = args.template or "plain"
@@ -94,7 +105,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="memlaw-sweep-speed-") as tmp:
         for rep in range(args.repeats):              # interleaved, so a change in the machine's load hits every mode
             for mode in modes:
-                wall, rows = run(args, base, 1, Path(tmp), 1) if mode == "before" else run(args, base, mode, Path(tmp))
+                wall, rows = run(args, base, 1, Path(tmp), before=True) if mode == "before" else run(args, base, mode, Path(tmp))
                 results.setdefault(mode, ([], rows))[0].append(wall)
                 print(f"  {'stack ' if mode != 'before' else ''}{mode}, run {rep + 1}: {n_cells} cells in {wall:.1f} s",
                       flush=True)
@@ -119,7 +130,8 @@ def main() -> None:
               f"{'yes' if same else 'NO':>20}")
     if "before" in walls:
         print("\nbefore: stack 1 with shared_min_rows 1 (every training batch runs its shared prompt as a row of "
-              "its own, the step before TrainConfig.shared_min_rows); max |ΔΔL| and EM against stack 1 at the default")
+              "its own) and the base model's locality logits computed in every cell (KEEP_LOGITS_BYTES 0), as "
+              "before issue 15; max |ΔΔL| and EM against stack 1 at the default")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import torch
 from memlaw.adapters import make_adapter
 from memlaw.config import AdapterConfig, PromptConfig
 from memlaw.encode import encode
-from memlaw.forward import TeacherForcer
+from memlaw.forward import TeacherForcer, top_token
 
 
 @pytest.fixture
@@ -105,3 +105,16 @@ def test_shared_prompt_pass_matches_plain_with_gradients(tiny_base, shared_enc, 
             assert a.norm() > 0 and float((b - a).norm() / a.norm()) < 1e-4      # measured 1.1e-5 (LoRA)
     finally:
         ad.detach()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_top_token_is_argmax_ties_and_nan_included(dtype):
+    gen = torch.Generator().manual_seed(0)
+    for values, shape in [(3, (16, 4096)), (50, (2, 5, 4096)), (2, (7, 11))]:     # few values: many ties
+        x = torch.randint(0, values, shape, generator=gen).to(dtype)
+        x[0, ..., -1] = values                                                     # a unique maximum, last
+        assert torch.equal(top_token(x), x.argmax(-1))
+        assert torch.equal(top_token(x[..., ::3]), x[..., ::3].argmax(-1))         # strided, as gathered rows are
+    x = torch.randn(4, 100).to(dtype)
+    x[1, 5], x[2, 7], x[2, 9] = float("nan"), float("inf"), float("inf")
+    assert torch.equal(top_token(x), x.argmax(-1)) and top_token(x)[1:3].tolist() == [5, 7]

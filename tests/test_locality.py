@@ -17,6 +17,7 @@ from memlaw.adapters import make_adapter
 from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainConfig
 from memlaw.encode import encode, prompt_ids, resolve_prompt, terminator_ids
 from memlaw.engine import attached, write_and_verify
+import memlaw.locality as locality_mod
 from memlaw.locality import greedy_padded, locality, neutral_prompts
 from memlaw.verify import greedy
 
@@ -103,6 +104,33 @@ def test_kl_and_agreement_match_an_independent_computation(tiny_base, kind, spec
     assert got.identical == pytest.approx(np.mean(same))      # greedy decoding of the adapted model agrees
     assert got.greedy_prefix == pytest.approx(prefix)
     assert 0 <= got.agreement <= 1 and got.greedy_prefix <= got.agreement
+
+
+@pytest.mark.parametrize("kind", ["probe", "lora"])
+@pytest.mark.parametrize("room", [1 << 30, 0], ids=["kept", "too-big"])
+def test_a_later_call_reads_the_kept_base_logits_and_gives_a_cold_calls_numbers(tiny_base, kind, room, monkeypatch):
+    """The base side is kept by the first call, made with another adapter attached: a later call must
+    give exactly what a call with nothing kept gives (so what is kept is the base's, not an adapter's)."""
+    monkeypatch.setattr(locality_mod, "KEEP_LOGITS_BYTES", room)
+    spec, term = _spec(tiny_base, SPECS[0])
+    cfg = AdapterConfig(kind=kind, rank=4, layer=1 if kind == "probe" else None)
+    scale = 0.06 if kind == "probe" else 0.006
+
+    def measured(seed):
+        adapter = make_adapter(cfg, tiny_base, seed=0)
+        with attached(adapter, tiny_base):
+            _perturb(adapter, scale, seed=seed)
+            got = locality(tiny_base, adapter, spec, term, prompts=PROMPTS, new_tokens=10, batch_size=2)
+        return {k: v for k, v in got.summary().items() if k != "wall_s"}
+
+    locality_mod._KEPT.clear()
+    other = measured(seed=2)                                   # fills the store with another adapter attached
+    kept = locality_mod._KEPT[tiny_base.model]
+    assert sum(len(k) == 5 for k in kept) == (room > 0)        # the base's logits, only while they fit
+    warm = measured(seed=3)
+    locality_mod._KEPT.clear()
+    cold = measured(seed=3)
+    assert warm == cold and warm != other and warm["kl_mean"] > 1e-4
 
 
 def test_padded_greedy_decodes_what_recall_decodes(tiny_base):
@@ -242,3 +270,17 @@ def test_runs_compare_reads_locality_and_lower_kl_wins():
     assert score(rows[0], "locality.kl_mean") == 0.5 and score(rows[0], "locality.nothing") is None
     (c,) = compare(rows, "locality.kl_mean")
     assert c.winner((4, 20)) == "memft-ot"                    # the smaller KL, beyond the seeds' spread
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_kl_in_blocks_gives_every_row_the_one_call_numbers(dtype):
+    gen = torch.Generator().manual_seed(0)
+    p = (torch.randn(21, 3000, generator=gen) * 3).to(dtype)
+    q = (p.float() + torch.randn(21, 3000, generator=gen) * 0.2).to(dtype)
+    logp, logq = torch.log_softmax(p.float(), -1), torch.log_softmax(q.float(), -1)
+    whole = (logp.exp() * (logp - logq)).sum(-1, dtype=torch.float64)       # the formula on every row at once
+    for block in (1, 4, 8, 21, 64):
+        assert torch.equal(locality_mod.kl_divergence(p, q, block=block), whole)
+    P, Q = (np.exp(x.double().numpy()) for x in (logp, logq))
+    assert np.allclose(whole.numpy(), (P * np.log(P / Q)).sum(-1), rtol=1e-4, atol=1e-9)
+    assert torch.equal(locality_mod.kl_divergence(p, p), torch.zeros(21, dtype=torch.float64))

@@ -21,11 +21,13 @@ vocabulary are compared: P_t = p_base(· | prompt, c_<t) and Q_t = p_adapted(· 
   value; `kl_first` the mean over prompts of KL_0, the distribution of the first new token.
 
 Both models run the same kernels on the same batches, so an adapter that adds exactly zero (B = 0)
-gives identical logits: agreement 1 and KL 0 exactly. The base model's continuations and the hidden
-states below the adapter are computed once per base model, prompt spec and adapter layer, and kept
-for the next call (a sweep measures every cell against the same base): a call after the first costs
-two teacher-forced passes from the adapter's lowest layer up. Only numbers come out: no prompt text,
-continuation or record value is returned or logged.
+gives identical logits: agreement 1 and KL 0 exactly. The base model's continuations, the hidden
+states below the adapter and the base model's logits on every continuation are computed once per
+base model, prompt spec and adapter layer, and kept for the next call (a sweep measures every cell
+against the same base; the logits while they fit in `KEEP_LOGITS_BYTES`): a call after the first
+costs one teacher-forced pass from the adapter's lowest layer up, and gives the numbers the first
+call's two passes give. Only numbers come out: no prompt text, continuation or record value is
+returned or logged.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from transformers import DynamicCache
 
 from memlaw.config import PromptConfig
 from memlaw.encode import Encoded, prompt_ids, resolve_prompt
-from memlaw.forward import TeacherForcer, cache_arg
+from memlaw.forward import STATS_BLOCK, TeacherForcer, cache_arg, top_token
 from memlaw.records import Record
 from memlaw.verify import greedy_steps
 
@@ -80,14 +82,20 @@ class Locality:
         return asdict(self)
 
 
+KEEP_LOGITS_BYTES = 1 << 30
+"""The base model's logits on the continuations are kept between calls only up to this size (SmolLM2's
+48 × 32 positions × 49,152 tokens in bf16: 145 MB); above it every call runs the base side again."""
+
 _KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Per base model (the module, weakly held; the values hold no reference to it): (prompt ids, new
-tokens, stop) -> the base's continuations, and (..., start layer) -> the hidden states entering that layer."""
+tokens, stop) -> the base's continuations; (..., start layer) -> the hidden states entering that layer;
+(..., start layer, batch size) -> per prompt the base's logits on its continuation and their argmax."""
 
 
 def _reference(base, enc_parts: tuple, ids: list[list[int]], new_tokens: int, stop: int,
-               start_layer: int) -> TeacherForcer:
-    """A teacher-forcer on prompt + the base model's greedy continuations (computed once per base model)."""
+               start_layer: int) -> tuple[TeacherForcer, dict, tuple]:
+    """A teacher-forcer on prompt + the base model's greedy continuations (computed once per base model),
+    with the base model's store of kept results and the key of this prompt set in it."""
     kept = _KEPT.setdefault(base.model, {})
     key = (tuple(map(tuple, ids)), new_tokens, stop)
     if key not in kept:
@@ -99,7 +107,9 @@ def _reference(base, enc_parts: tuple, ids: list[list[int]], new_tokens: int, st
     tf = TeacherForcer(base, enc, start_layer=start_layer, prefix=kept.get((*key, start_layer)))
     if tf.prefix is not None:
         kept[(*key, start_layer)] = tf.prefix
-    return tf
+    return tf, kept, key
+
+
 
 
 @torch.no_grad()
@@ -123,16 +133,24 @@ def locality(base, adapter, prompt: PromptConfig, terminator: Sequence[int], *,
     ids = [prompt_ids(t, tok, spec) for t in texts]
     adapter.eval()
     with adapter.disabled():                 # the base's continuations and the hidden states below the adapter
-        tf = _reference(base, (texts, spec, tok), ids, new_tokens, terminator[0], adapter.first_layer)
+        tf, kept, key = _reference(base, (texts, spec, tok), ids, new_tokens, terminator[0], adapter.first_layer)
+    ref_key = (*key, adapter.first_layer, batch_size)
+    ref: list[tuple[torch.Tensor, torch.Tensor]] = kept.get(ref_key, [])   # per prompt: base logits, argmax
     kls, agree = [], []
     for rows in tf.batches(range(len(ids)), batch_size):
-        with adapter.disabled():
-            p_logits, batch = tf.logits(rows)
+        if len(ref) < len(ids):
+            with adapter.disabled():
+                p_logits, batch = tf.logits(rows)
+            for b in range(len(rows)):
+                p = p_logits[b, : int(batch.mask[b].sum())].clone()
+                ref.append((p, top_token(p)))
         q_logits, _ = tf.logits(rows)
-        for b in range(len(rows)):
-            n = int(batch.mask[b].sum())
-            kls.append(kl_divergence(p_logits[b, :n], q_logits[b, :n]))
-            agree.append(p_logits[b, :n].argmax(-1) == q_logits[b, :n].argmax(-1))
+        for b, i in enumerate(rows):
+            p, p_top = ref[i]
+            kls.append(kl_divergence(p, q_logits[b, : len(p)]))
+            agree.append(p_top == top_token(q_logits[b, : len(p)]))
+    if ref_key not in kept and sum(p.nbytes for p, _ in ref) <= KEEP_LOGITS_BYTES:
+        kept[ref_key] = ref
     flat, hits = torch.cat(kls), torch.cat(agree)
     lengths = [len(a) for a in agree]
     prefix = sum(int(a.long().cumprod(0).sum()) for a in agree)        # positions before the first disagreement
@@ -189,15 +207,19 @@ def _padded_step(decoder, kw: dict, mask: torch.Tensor, position: torch.Tensor):
     return step
 
 
-def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, block: int = STATS_BLOCK) -> torch.Tensor:
     """KL(softmax(p) || softmax(q)) per row, in nats: (T, V) logits of each -> (T,) float64.
 
     Log-softmax in float32, the sum over the vocabulary in float64. Identical logits give exactly 0
-    (log P − log Q is 0 at every entry).
+    (log P − log Q is 0 at every entry). `block` rows at a time, so the float32 copies stay in cache
+    (3× faster than all rows at once on this CPU); every row's numbers are those of one call on all rows.
     """
-    logp = torch.log_softmax(p_logits.float(), dim=-1)
-    logq = torch.log_softmax(q_logits.float(), dim=-1)
-    return (logp.exp() * (logp - logq)).sum(-1, dtype=torch.float64)
+    out = torch.empty(len(p_logits), dtype=torch.float64, device=p_logits.device)
+    for lo in range(0, len(p_logits), max(block, 1)):
+        logp = torch.log_softmax(p_logits[lo: lo + block].float(), dim=-1)
+        logq = torch.log_softmax(q_logits[lo: lo + block].float(), dim=-1)
+        out[lo: lo + block] = (logp.exp() * (logp - logq)).sum(-1, dtype=torch.float64)
+    return out
 
 
-__all__ = ["Locality", "locality", "neutral_prompts", "kl_divergence", "greedy_padded", "NEW_TOKENS"]
+__all__ = ["Locality", "locality", "neutral_prompts", "kl_divergence", "greedy_padded", "NEW_TOKENS", "KEEP_LOGITS_BYTES"]

@@ -23,7 +23,7 @@ from memlaw.encode import Encoded
 from memlaw.errors import DivergedError
 from memlaw.certificate import certified as is_certified, stubborn as is_stubborn
 from memlaw.certify import certificate_probs
-from memlaw.forward import TeacherForcer, TokenProbs, answer_probs, joint_logits, training_attention
+from memlaw.forward import TeacherForcer, TokenProbs, answer_probs, joint_logits, top_token, training_attention
 from memlaw.objectives import make_objective, token_nll, weighted_loss
 from memlaw.pace import Pace
 
@@ -110,7 +110,7 @@ class _Run:
         """Weighted loss of one batch and whether any token carries weight (a sync point)."""
         nll = token_nll(logits, batch.targets, batch.mask)
         # an argmax over the vocabulary at every answer token: 7% of a probe step, so only when read
-        correct = (logits.argmax(-1) == batch.targets) & batch.mask if self.obj.needs_correct else None
+        correct = (top_token(logits) == batch.targets) & batch.mask if self.obj.needs_correct else None
         w = self.obj.weights(nll, batch.mask, correct, batch.rows)
         self.pace.observe(batch.rows, nll, batch.mask)
         return weighted_loss(nll, w), bool(w.any())

@@ -25,7 +25,7 @@ from memlaw.encode import Encoded
 from memlaw.certificate import certified, dtype_name, not_confirmed_advice, stubborn
 from memlaw.certify import certificate_probs, side_by_side
 from memlaw.errors import NotCertifiedError
-from memlaw.forward import TeacherForcer, TokenProbs, cache_arg, answer_probs, lm_logits
+from memlaw.forward import TeacherForcer, TokenProbs, cache_arg, answer_probs, lm_logits, top_token
 from memlaw.records import redact as redact_value, shorten
 
 LN2 = math.log(2.0)
@@ -115,7 +115,7 @@ def greedy_steps(base, hidden: Tensor, n_new: int, stop_id: int, step: Callable[
     done = torch.zeros(len(hidden), dtype=torch.bool, device=hidden.device)
     steps: list[Tensor] = []
     for t in range(n_new):
-        token = lm_logits(base, hidden).float().argmax(-1)        # (B,)
+        token = top_token(lm_logits(base, hidden))                # (B,)
         steps.append(token)
         done |= token == stop_id
         if t == n_new - 1 or bool(done.all()):                    # a sync point, once per token

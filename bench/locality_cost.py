@@ -5,8 +5,9 @@ model resident), and prints for each the CPU seconds of the whole cell and of it
 measurement (this process's CPU time, which other jobs on the machine do not inflate as they do
 wall time), the locality's wall seconds (`metrics["locality_s"]`) and what it measured. The first
 cell also decodes the base model's continuations of the neutral prompts once; later cells reuse them
-(and, at the same adapter layer, the hidden states below it). Locality does not depend on the
-training steps; a cell's own CPU time grows with them. Machine facts are printed with the table.
+(and, at the same adapter layer, the hidden states below it and the base model's logits, so they run
+only the adapted side). Locality does not depend on the training steps; a cell's own CPU time grows
+with them. Machine facts are printed with the table.
 
     python bench/locality_cost.py [--steps 60] [--length 160]
 """

@@ -126,11 +126,30 @@ def test_a_later_call_reads_the_kept_base_logits_and_gives_a_cold_calls_numbers(
     locality_mod._KEPT.clear()
     other = measured(seed=2)                                   # fills the store with another adapter attached
     kept = locality_mod._KEPT[tiny_base.model]
-    assert sum(len(k) == 5 for k in kept) == (room > 0)        # the base's logits, only while they fit
+    assert len(kept["logits"]) == (room > 0)                 # the base's logits, only while they fit
     warm = measured(seed=3)
     locality_mod._KEPT.clear()
     cold = measured(seed=3)
     assert warm == cold and warm != other and warm["kl_mean"] > 1e-4
+
+
+def test_logits_are_kept_while_every_layers_fit_in_the_room(tiny_base, monkeypatch):
+    spec, term = _spec(tiny_base, SPECS[0])
+
+    def measure(kind):
+        adapter = make_adapter(AdapterConfig(kind=kind, rank=4, layer=1 if kind == "probe" else None), tiny_base)
+        with attached(adapter, tiny_base):
+            locality(tiny_base, adapter, spec, term, prompts=PROMPTS, new_tokens=10, batch_size=2)
+        return locality_mod._KEPT[tiny_base.model]["logits"]
+
+    locality_mod._KEPT.clear()
+    one = sum(p.nbytes for v in measure("probe").values() for p, _ in v)        # one adapter layer's logits
+    locality_mod._KEPT.clear()
+    monkeypatch.setattr(locality_mod, "KEEP_LOGITS_BYTES", one)
+    assert [k[3] for k in measure("probe")] == [1]
+    assert [k[3] for k in measure("lora")] == [1]                # layer 0's would not fit beside layer 1's
+    monkeypatch.setattr(locality_mod, "KEEP_LOGITS_BYTES", 3 * one)
+    assert sorted(k[3] for k in measure("lora")) == [0, 1]
 
 
 def test_padded_greedy_decodes_what_recall_decodes(tiny_base):

@@ -83,13 +83,15 @@ class Locality:
 
 
 KEEP_LOGITS_BYTES = 1 << 30
-"""The base model's logits on the continuations are kept between calls only up to this size (SmolLM2's
-48 × 32 positions × 49,152 tokens in bf16: 145 MB); above it every call runs the base side again."""
+"""The base model's logits on the continuations are kept between calls while all those kept (one set per
+adapter layer) fit in this size (SmolLM2's: 48 × ~31 positions × 49,152 tokens in bf16, 145 MB a layer);
+a layer whose logits do not fit runs the base side in every call."""
 
 _KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Per base model (the module, weakly held; the values hold no reference to it): (prompt ids, new
 tokens, stop) -> the base's continuations; (..., start layer) -> the hidden states entering that layer;
-(..., start layer, batch size) -> per prompt the base's logits on its continuation and their argmax."""
+"logits" -> {(prompt ids, new tokens, stop, start layer, batch size) -> per prompt the base's logits on
+its continuation and their argmax}."""
 
 
 def _reference(base, enc_parts: tuple, ids: list[list[int]], new_tokens: int, stop: int,
@@ -134,8 +136,9 @@ def locality(base, adapter, prompt: PromptConfig, terminator: Sequence[int], *,
     adapter.eval()
     with adapter.disabled():                 # the base's continuations and the hidden states below the adapter
         tf, kept, key = _reference(base, (texts, spec, tok), ids, new_tokens, terminator[0], adapter.first_layer)
+    logits = kept.setdefault("logits", {})
     ref_key = (*key, adapter.first_layer, batch_size)
-    ref: list[tuple[torch.Tensor, torch.Tensor]] = kept.get(ref_key, [])   # per prompt: base logits, argmax
+    ref: list[tuple[torch.Tensor, torch.Tensor]] = logits.get(ref_key, [])   # per prompt: base logits, argmax
     kls, agree = [], []
     for rows in tf.batches(range(len(ids)), batch_size):
         if len(ref) < len(ids):
@@ -149,8 +152,9 @@ def locality(base, adapter, prompt: PromptConfig, terminator: Sequence[int], *,
             p, p_top = ref[i]
             kls.append(kl_divergence(p, q_logits[b, : len(p)]))
             agree.append(p_top == top_token(q_logits[b, : len(p)]))
-    if ref_key not in kept and sum(p.nbytes for p, _ in ref) <= KEEP_LOGITS_BYTES:
-        kept[ref_key] = ref
+    size = sum(p.nbytes for v in (*logits.values(), ref) for p, _ in v)
+    if ref_key not in logits and size <= KEEP_LOGITS_BYTES:
+        logits[ref_key] = ref
     flat, hits = torch.cat(kls), torch.cat(agree)
     lengths = [len(a) for a in agree]
     prefix = sum(int(a.long().cumprod(0).sum()) for a in agree)        # positions before the first disagreement

@@ -24,7 +24,7 @@ budget, where its lr has decayed to 0, so it can no longer change); its row then
 got (records certified at its last check) and the ratios become lower bounds ('>').
 
     python bench/write_speed.py --n 16 --seeds 0 1 2 [--kinds probe lora] [--rows ...] [--out FILE]
-    python bench/write_speed.py --table FILE [FILE ...]      # the table of saved runs (--out lines)
+    python bench/write_speed.py --table FILE [FILE ...]      # the table of saved runs (--out lines; later files win)
 """
 
 from __future__ import annotations
@@ -211,10 +211,12 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     ap.add_argument("--device", default="cpu", help="cpu (the issue's measurement) or cuda: both sides on it")
     ap.add_argument("--out", default=None, help="append one JSON line per run here (runs already there are skipped)")
-    ap.add_argument("--table", nargs="+", default=None, help="only print the table of these saved runs")
+    ap.add_argument("--table", nargs="+", default=None,
+                    help="only print the table of these saved runs (a later file's run replaces an earlier file's "
+                         "of the same size, adapter, row and seed)")
     args = ap.parse_args()
-    if args.table:
-        table(saved(args.table))
+    if args.table:           # a later file's run of the same size, adapter, row and seed replaces an earlier one
+        table(list({(r["n"], r["kind"], r["row"], r["seed"]): r for r in saved(args.table)}.values()))
         return
     peaks = {"bf16": matmul_peak(torch.bfloat16, args.device), "fp32": matmul_peak(torch.float32, args.device)}
     base = load_base("smollm2-135m", device=args.device)

@@ -112,8 +112,6 @@ def _reference(base, enc_parts: tuple, ids: list[list[int]], new_tokens: int, st
     return tf, kept, key
 
 
-
-
 @torch.no_grad()
 def locality(base, adapter, prompt: PromptConfig, terminator: Sequence[int], *,
              prompts: Sequence[str] | None = None, new_tokens: int = NEW_TOKENS, batch_size: int = 16) -> Locality:

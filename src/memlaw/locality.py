@@ -84,7 +84,7 @@ class Locality:
 
 KEEP_LOGITS_BYTES = 1 << 30
 """The base model's logits on the continuations are kept between calls while all those kept (one set per
-adapter layer) fit in this size (SmolLM2's: 48 × ~31 positions × 49,152 tokens in bf16, 145 MB a layer);
+adapter layer) fit in this size (SmolLM2's: at most 48 × 32 positions × 49,152 tokens in bf16, 151 MB a layer);
 a layer whose logits do not fit runs the base side in every call."""
 
 _KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -214,7 +214,7 @@ def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, block: int = S
 
     Log-softmax in float32, the sum over the vocabulary in float64. Identical logits give exactly 0
     (log P − log Q is 0 at every entry). `block` rows at a time, so the float32 copies stay in cache
-    (3× faster than all rows at once on this CPU); every row's numbers are those of one call on all rows.
+    (faster than all rows at once on this CPU); every row's numbers are those of one call on all rows.
     """
     out = torch.empty(len(p_logits), dtype=torch.float64, device=p_logits.device)
     for lo in range(0, len(p_logits), max(block, 1)):

@@ -21,6 +21,7 @@ numbers (bf16: p_t up to 0.02 apart after 40 steps), so one study should not mix
 from __future__ import annotations
 
 import argparse
+import multiprocessing.forkserver
 import statistics
 import tempfile
 import time
@@ -33,6 +34,7 @@ import memlaw.locality
 from memlaw.models import load_base, resolve_device
 from memlaw.store import open_store
 from memlaw.sweep import run_local, sweep_from_dict
+from memlaw.sweep.local import auto_workers, thread_budget
 
 
 def grid(args, stack: int, shared_min_rows: int | None = None) -> dict:
@@ -52,17 +54,20 @@ prompt as a row of its own (`TrainConfig.shared_min_rows` 1), and locality runs 
 of every cell again (`memlaw.locality.KEEP_LOGITS_BYTES` 0)."""
 
 
-def run(args, base, stack: int, workdir: Path, before: bool = False) -> tuple[float, dict]:
+def run(args, base, stack: int, workdir: Path, before: bool = False, workers: int | str = 1) -> tuple[float, dict]:
     """One sweep of the grid into a fresh store, as a fresh process would run it (nothing kept from an
-    earlier sweep): (wall seconds of the cells, rows by key)."""
+    earlier sweep): (wall seconds of the cells, rows by key). With several workers the wall time includes
+    starting them (each imports torch and loads the model)."""
     sweep = sweep_from_dict(grid(args, stack, BEFORE["shared_min_rows"] if before else None))
     memlaw.locality._KEPT.clear()
     keep = memlaw.locality.KEEP_LOGITS_BYTES
     memlaw.locality.KEEP_LOGITS_BYTES = BEFORE["KEEP_LOGITS_BYTES"] if before else keep
     with open_store(workdir / f"stack{stack}-{time.monotonic_ns()}.db") as store:
         t0 = time.perf_counter()
-        summary = run_local(sweep, store, base=base)
+        summary = run_local(sweep, store, base=base, workers=workers)
         wall = time.perf_counter() - t0
+        if workers != 1:     # the next run starts the workers' server again, importing memlaw, as a new process would
+            multiprocessing.forkserver._forkserver._stop()
         memlaw.locality.KEEP_LOGITS_BYTES = keep
         if summary.failed:
             raise SystemExit(f"stack {stack}: {summary.failed} cells failed; see `memlaw runs list --all`")
@@ -84,6 +89,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--layer", type=int, default=None, help="probe layer (default: the paper's depth)")
     ap.add_argument("--template", choices=["chat", "plain"], default=None)
+    ap.add_argument("--workers", nargs="+", default=[],
+                    help="also run stack 1 with these worker processes side by side ('auto' or a number)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per stack size (median wall time)")
     ap.add_argument("--attn", choices=["sdpa", "eager"], default=None, help="attention implementation to use")
     ap.add_argument("--before", action="store_true",
@@ -101,22 +108,31 @@ def main() -> None:
         base.model.set_attn_implementation(args.attn)
     n_cells = len(sweep_from_dict(grid(args, 1)).cells())
     results = {}
-    modes = (["before"] if args.before else []) + list(args.stack)
+    auto = auto_workers(base, n_cells)
+    workers = [auto if w == "auto" else int(w) for w in args.workers]   # 'auto' runs as the number it resolves to
+    modes = (["before"] if args.before else []) + list(args.stack) + [f"workers {w}" for w in workers]
     with tempfile.TemporaryDirectory(prefix="memlaw-sweep-speed-") as tmp:
         for rep in range(args.repeats):              # interleaved, so a change in the machine's load hits every mode
             for mode in modes:
-                wall, rows = run(args, base, 1, Path(tmp), before=True) if mode == "before" else run(args, base, mode, Path(tmp))
+                if mode == "before":
+                    wall, rows = run(args, base, 1, Path(tmp), before=True)
+                elif isinstance(mode, str):
+                    wall, rows = run(args, base, 1, Path(tmp), workers=workers[modes.index(mode) - len(modes) + len(workers)])
+                else:
+                    wall, rows = run(args, base, mode, Path(tmp))
                 results.setdefault(mode, ([], rows))[0].append(wall)
-                print(f"  {'stack ' if mode != 'before' else ''}{mode}, run {rep + 1}: {n_cells} cells in {wall:.1f} s",
+                print(f"  {'stack ' if isinstance(mode, int) else ''}{mode}, run {rep + 1}: {n_cells} cells in {wall:.1f} s",
                       flush=True)
     walls = {k: statistics.median(v[0]) for k, v in results.items()}
     plain_rows = results[1][1]
     print(f"\nmachine: {machine(device)}")
-    print(f"model {args.model} ({base.dtype}, {device}, attention {base.model.config._attn_implementation}); "
+    print(f"model {args.model} ({base.dtype}, {device}, attention {base.model.config._attn_implementation}, "
+          f"{torch.get_num_threads()} torch threads in this process; workers: {thread_budget()} threads // workers "
+          f"each, 'auto' = {auto}); "
           f"grid: ranks {args.ranks} x lengths {args.lengths} x seeds {args.seeds} = {n_cells} probe cells, "
           f"{args.max_steps} steps each, batch {args.batch}; median of {args.repeats}; wall time of the cells "
           "(model loaded once, before)\n")
-    head = (f"{'stack':>6} {'wall s':>8} {'cells/hour':>11} {'× stack 1':>10} {'× before':>9} {'max |ΔΔL|':>10} "
+    head = (f"{'mode':>12} {'wall s':>8} {'cells/hour':>11} {'× stack 1':>10} {'× before':>9} {'max |ΔΔL|':>10} "
             f"{'EM, certified equal':>20}")
     print(head)
     print("-" * len(head))
@@ -126,7 +142,7 @@ def main() -> None:
         same = all((rows[k]["metrics"].get("em"), rows[k]["metrics"]["certified"]) ==
                    (plain_rows[k]["metrics"].get("em"), plain_rows[k]["metrics"]["certified"]) for k in plain_rows)
         before = f"{walls['before'] / wall:8.2f}×" if "before" in walls else f"{'-':>9}"
-        print(f"{stack:>6} {wall:8.1f} {3600 * n_cells / wall:11.1f} {walls[1] / wall:9.2f}× {before} {dl:10.2e} "
+        print(f"{stack:>12} {wall:8.1f} {3600 * n_cells / wall:11.1f} {walls[1] / wall:9.2f}× {before} {dl:10.2e} "
               f"{'yes' if same else 'NO':>20}")
     if "before" in walls:
         print("\nbefore: stack 1 with shared_min_rows 1 (every training batch runs its shared prompt as a row of "

@@ -58,6 +58,15 @@ def test_sweep_prints_a_line_per_cell_without_a_tty(tmp_path):
     assert "1 run (0 failed)" in res.stdout
 
 
+@pytest.mark.parametrize("bad", ["0", "two", "-1", "1.5"])
+def test_workers_must_be_auto_or_a_whole_number_and_nothing_is_written(tmp_path, bad):
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(GRID))
+    res = invoke("sweep", tmp_path / "grid.yaml", "--store", tmp_path / "runs.db", "--workers", bad)
+    assert res.exit_code == 2, res.output
+    assert f"--workers must be 'auto' or a whole number of at least 1, got '{bad}'" in res.stderr
+    assert not (tmp_path / "runs.db").exists()
+
+
 def test_dry_run_lists_cells_and_writes_nothing(swept, tmp_path):
     d, _, _ = swept
     res = invoke("sweep", d / "grid.yaml", "--store", d / "runs.db", "--dry-run", "--json")

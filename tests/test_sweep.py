@@ -1,5 +1,6 @@
 """Sweeps on the tiny model: grid expansion and keys, one cell, the local executor, crash safety, Ray."""
 
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -12,10 +13,11 @@ import pytest
 import torch
 import yaml
 
-from memlaw.errors import ConfigError
+from memlaw.errors import ConfigError, MemlawError
 from memlaw.records import Record
 from memlaw.store import open_store
 from memlaw.sweep import CellConfig, load_sweep, run_local, run_sweep, sweep_from_dict
+from memlaw.sweep.local import MAX_AUTO_WORKERS, auto_workers, available_memory, thread_budget
 from memlaw.benchmarks import prefix_by_length
 from memlaw.sweep.cell import comparable, run_cell
 
@@ -216,6 +218,81 @@ def test_local_sweep_checks_every_length_before_writing(tiny_base, tmp_path):
 def test_local_sweep_refuses_a_base_of_another_dtype(tiny_base, tmp_path):
     with open_store(tmp_path / "runs.db") as store, pytest.raises(ConfigError, match="in bfloat16"):
         run_local(tiny_sweep(dtype="bfloat16"), store, base=tiny_base)
+
+
+def test_workers_run_cells_side_by_side_with_the_numbers_of_one_process(tiny_base, tmp_path):
+    """Two worker processes store the rows one process stores at their thread count, and resume alike."""
+    cfg = tiny_sweep()
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, thread_budget() // 2))         # what each of 2 workers runs on
+    try:
+        with open_store(tmp_path / "one.db") as store:
+            run_local(cfg, store, base=tiny_base)
+            alone = {r["key"]: r for r in store.load_cells()}
+    finally:
+        torch.set_num_threads(before)
+    events = []
+    with open_store(tmp_path / "two.db") as store:
+        s = run_local(tiny_sweep(ranks=[2]), store, base=tiny_base, workers=2)   # half the grid first
+        assert (s.ran, s.failed) == (2, 0)
+        s = run_local(cfg, store, base=tiny_base, workers=2, on_cell=events.append)
+        assert (s.grid, s.skipped, s.ran, s.failed) == (4, 2, 2, 0) and [e.done for e in events] == [0, 1, 2]
+        side = {r["key"]: r for r in store.load_cells()}
+        assert store.conn.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM cells").fetchone() == (4, 4)
+    assert side.keys() == alone.keys()
+    for key in alone:
+        assert comparable(side[key]["metrics"]) == comparable(alone[key]["metrics"])
+        assert side[key]["delta_loss"] == alone[key]["delta_loss"] and side[key]["em_rate"] == alone[key]["em_rate"]
+    assert multiprocessing.active_children() == []                   # every worker went home
+
+
+def test_a_worker_that_dies_stops_the_sweep_and_keeps_the_finished_cells(tiny_base, tmp_path):
+    cfg = tiny_sweep(ranks=[2, 4, 8], train={**TINY["train"], "max_steps": 40})
+
+    def kill_the_workers(event):
+        if event.done == 1:                                          # one cell stored, others running
+            for proc in multiprocessing.active_children():
+                os.kill(proc.pid, signal.SIGKILL)
+
+    with open_store(tmp_path / "runs.db") as store:
+        with pytest.raises(MemlawError, match=r"a sweep worker died running cell \w{12} \(exit code -9\); "
+                                              "finished cells are stored"):
+            run_local(cfg, store, base=tiny_base, workers=2, on_cell=kill_the_workers)
+        assert multiprocessing.active_children() == []
+        kept = len(store.finished_keys())      # the first cell, and the other worker's if it had already sent it
+        assert kept in (1, 2)
+        again = run_local(cfg, store, base=tiny_base, workers=2)
+        assert (again.skipped, again.ran, again.failed) == (kept, 6 - kept, 0)
+        assert store.conn.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM cells").fetchone() == (6, 6)
+
+
+def test_auto_workers_one_per_thread_within_memory_and_cells(tiny_base, monkeypatch):
+    import memlaw.sweep.local as local
+
+    assert auto_workers(tiny_base, 1) == 1                           # one cell: no second process
+    assert auto_workers(tiny_base, 100) == min(thread_budget(), MAX_AUTO_WORKERS)
+    monkeypatch.setattr(local, "thread_budget", lambda: 64)
+    assert auto_workers(tiny_base, 100) == MAX_AUTO_WORKERS
+    weights = sum(p.numel() * p.element_size() for p in tiny_base.model.parameters())
+    monkeypatch.setattr(local, "available_memory", lambda: 2 * (3 * weights + 2**30) + 1)   # room for two
+    assert auto_workers(tiny_base, 100) == 2
+    monkeypatch.setattr(local, "available_memory", lambda: 0)
+    assert auto_workers(tiny_base, 100) == 1
+
+
+def test_a_workers_error_comes_back_as_memlaws_own_class_or_a_memlaw_error():
+    from memlaw.sweep.local import _rebuilt
+
+    e = _rebuilt("ConfigError", "cell is for model 'x'")
+    assert type(e) is ConfigError and str(e) == "cell is for model 'x'"
+    e = _rebuilt("KeyError", "'rank'")
+    assert type(e) is MemlawError and str(e) == "a sweep worker failed: KeyError: 'rank'"
+    assert type(_rebuilt("FitWarning", "w")) is MemlawError                     # not an error class of ours
+
+
+def test_the_thread_budget_is_torchs_thread_count(one_thread):
+    assert thread_budget() == 1                                      # OMP_NUM_THREADS=1 or set_num_threads(1)
+    assert available_memory() is None or available_memory() > 0
 
 
 # ---------------------------------------------------------------- crash safety

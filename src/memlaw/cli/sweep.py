@@ -106,6 +106,10 @@ def sweep(
     stack: Annotated[Optional[int], typer.Option(min=1, help="Train up to K probe cells in one forward pass, each "
                                                  "verified and stored alone (overrides the grid's `stack`; 1: off). "
                                                  "Local executor.", show_default="the grid's")] = None,
+    workers: Annotated[str, typer.Option(help="Local executor: processes running cells side by side on the CPU, "
+                                         "sharing torch's threads (one per core unless OMP_NUM_THREADS says "
+                                         "less); auto: one per thread, at most 8, as memory allows; 1 on a GPU.")
+                       ] = "auto",
     dry_run: Annotated[bool, flag("--dry-run", help="List the cells, which are already stored, and an estimate of "
                                   "their cost from the model's known shapes (FLOPs, and time at a stated assumed "
                                   "throughput); load no model, run nothing.")] = False,
@@ -130,6 +134,7 @@ def sweep(
         from memlaw.sweep import load_sweep, run_sweep
 
         cfg = load_sweep(grid)
+        n_workers = _workers(workers)
         from memlaw.model_names import check_model_name
 
         try:                                     # before the store is created: nothing half-written
@@ -150,7 +155,8 @@ def sweep(
             ctx, on_cell, on_step = sweep_progress(not as_json and sys.stderr.isatty(), quiet or as_json)
             options = ({"address": address, "num_gpus": num_gpus, "num_cpus": num_cpus, "actors": actors,
                         "device": device} if executor == Executor.ray else
-                       {"device": device, "on_step": on_step, "base": _announce_cost(cfg, db, device)})
+                       {"device": device, "on_step": on_step, "workers": n_workers,
+                        "base": _announce_cost(cfg, db, device)})
             with ctx:
                 summary = run_sweep(cfg, db, executor=executor.value, on_cell=on_cell, **options)
         if as_json:
@@ -159,6 +165,15 @@ def sweep(
             out.print(summary.as_text() + f"; store {store}", markup=False, soft_wrap=True)
 
     run(go)
+
+
+def _workers(text: str) -> int | str:
+    """`--workers`: "auto" or a whole number of at least 1."""
+    if text == "auto":
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise ConfigError(f"--workers must be 'auto' or a whole number of at least 1, got {text!r}")
 
 
 def _announce_cost(cfg, db, device: str):

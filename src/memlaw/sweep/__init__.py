@@ -24,7 +24,7 @@ def run_sweep(sweep: SweepConfig, store, *, executor: str = "local", on_cell: Ce
               **options: Any) -> SweepSummary:
     """Run the cells of `sweep` missing from `store` on `executor` ("local" or "ray").
 
-    `options` go to `run_local` (base, device, on_step) or `run_ray` (address, num_gpus, num_cpus,
+    `options` go to `run_local` (base, device, on_step, stack, workers) or `run_ray` (address, num_gpus, num_cpus,
     actors, device, init_kwargs).
     """
     if executor == "local":

@@ -239,6 +239,7 @@ def cell_result(prep: _Prepared, base, trained, measured: Measured, keeper: Prob
         "steps_per_s": trained.steps_per_s, "time_to_certified": trained.time_to_certified,
         "wall_s": wall_s,
         "dtype": str(base.dtype).removeprefix("torch."), "device": str(base.device),
+        **({"threads": torch.get_num_threads()} if base.device.type == "cpu" else {}),  # CPU numerics depend on it
         "history": [{k: v for k, v in h.items() if k != "elapsed"} for h in trained.history],
         "records": record_columns(checked),
     }

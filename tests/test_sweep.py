@@ -255,7 +255,7 @@ def test_a_worker_that_dies_stops_the_sweep_and_keeps_the_finished_cells(tiny_ba
                 os.kill(proc.pid, signal.SIGKILL)
 
     with open_store(tmp_path / "runs.db") as store:
-        with pytest.raises(MemlawError, match=r"a sweep worker died running cell \w{12} \(exit code -9\); "
+        with pytest.raises(MemlawError, match=r"a sweep worker died at cell \w{12} \(exit code -9\); "
                                               "finished cells are stored"):
             run_local(cfg, store, base=tiny_base, workers=2, on_cell=kill_the_workers)
         assert multiprocessing.active_children() == []

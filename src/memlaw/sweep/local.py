@@ -195,8 +195,9 @@ def _run_in_workers(sweep: SweepConfig, store: Store, tracker: Tracker, queue: d
 
 
 def _died(proc: multiprocessing.Process, group: list[CellConfig]) -> MemlawError:
+    """The error for a worker found dead when it was sent, or was running, `group`."""
     proc.join(timeout=1)
-    return MemlawError(f"a sweep worker died running cell {group[0].key[:12]} (exit code {proc.exitcode}); "
+    return MemlawError(f"a sweep worker died at cell {group[0].key[:12]} (exit code {proc.exitcode}); "
                        "finished cells are stored, run the sweep again to resume")
 
 

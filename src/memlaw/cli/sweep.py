@@ -106,7 +106,7 @@ def sweep(
     stack: Annotated[Optional[int], typer.Option(min=1, help="Train up to K probe cells in one forward pass, each "
                                                  "verified and stored alone (overrides the grid's `stack`; 1: off). "
                                                  "Local executor.", show_default="the grid's")] = None,
-    workers: Annotated[str, typer.Option(help="Local executor: processes running cells side by side on the CPU, "
+    workers: Annotated[str, typer.Option(metavar="auto|N", help="Local executor: processes running cells side by side on the CPU, "
                                          "sharing torch's threads (one per core unless OMP_NUM_THREADS says "
                                          "less); auto: one per thread, at most 8, as memory allows; 1 on a GPU.")
                        ] = "auto",

@@ -142,7 +142,7 @@ def _run_in_workers(sweep: SweepConfig, store: Store, tracker: Tracker, queue: d
     threads = max(1, thread_budget() // n)
     # Workers fork from a server process that imported memlaw (and torch) once, before any torch thread
     # pool exists: forking this process instead would copy its thread pools, which is unsafe, and a spawned
-    # worker imports everything again (about 4 s each here).
+    # worker imports everything again.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
     links: dict[Connection, multiprocessing.Process] = {}

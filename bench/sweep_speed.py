@@ -109,15 +109,16 @@ def main() -> None:
     n_cells = len(sweep_from_dict(grid(args, 1)).cells())
     results = {}
     auto = auto_workers(base, n_cells)
-    workers = [auto if w == "auto" else int(w) for w in args.workers]   # 'auto' runs as the number it resolves to
-    modes = (["before"] if args.before else []) + list(args.stack) + [f"workers {w}" for w in workers]
+    # 'auto' runs as the number it resolves to
+    workers = {f"workers {n}": n for n in (auto if w == "auto" else int(w) for w in args.workers)}
+    modes = (["before"] if args.before else []) + list(args.stack) + list(workers)
     with tempfile.TemporaryDirectory(prefix="memlaw-sweep-speed-") as tmp:
         for rep in range(args.repeats):              # interleaved, so a change in the machine's load hits every mode
             for mode in modes:
                 if mode == "before":
                     wall, rows = run(args, base, 1, Path(tmp), before=True)
-                elif isinstance(mode, str):
-                    wall, rows = run(args, base, 1, Path(tmp), workers=workers[modes.index(mode) - len(modes) + len(workers)])
+                elif mode in workers:
+                    wall, rows = run(args, base, 1, Path(tmp), workers=workers[mode])
                 else:
                     wall, rows = run(args, base, mode, Path(tmp))
                 results.setdefault(mode, ([], rows))[0].append(wall)

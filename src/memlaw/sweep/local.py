@@ -15,6 +15,8 @@ import time
 from collections import deque
 from multiprocessing.connection import Connection, wait
 
+import torch
+
 from memlaw import errors
 from memlaw.errors import ConfigError, MemlawError
 from memlaw.models import BaseModel, load_base, resolve_dtype
@@ -102,8 +104,6 @@ def auto_workers(base: BaseModel, groups: int) -> int:
 def thread_budget() -> int:
     """The CPU threads a sweep may use: torch's thread count (by default one per physical core; less where
     the user set OMP_NUM_THREADS or `torch.set_num_threads`), within the cores this process may run on."""
-    import torch
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(torch.get_num_threads(), cores))
 
@@ -129,6 +129,15 @@ def _fresh(group: list[CellConfig], store: Store, tracker: Tracker) -> list[Cell
     for key in {c.key for c in group} - {c.key for c in fresh}:
         tracker.skip(key)
     return fresh
+
+
+def _next_group(queue: deque, store: Store, tracker: Tracker) -> list[CellConfig] | None:
+    """The next group in `queue` with a cell not stored yet (taken off the queue), or None when none is left."""
+    while queue:
+        group = _fresh(queue.popleft(), store, tracker)
+        if group:
+            return group
+    return None
 
 
 def _store(results: list[CellResult], store: Store, sweep: SweepConfig, tracker: Tracker) -> None:
@@ -158,15 +167,14 @@ def _run_in_workers(sweep: SweepConfig, store: Store, tracker: Tracker, queue: d
         idle = list(links)
         while idle or running:
             for link in idle:
-                while queue:
-                    group = _fresh(queue.popleft(), store, tracker)
-                    if group:
-                        try:
-                            link.send((group, sweep.token_probs, sweep.locality))
-                        except OSError:
-                            raise _died(links[link], group) from None
-                        running[link] = group
-                        break
+                group = _next_group(queue, store, tracker)
+                if group is None:
+                    break
+                try:
+                    link.send((group, sweep.token_probs, sweep.locality))
+                except OSError:
+                    raise _died(links[link], group) from None
+                running[link] = group
             idle = []
             if not running:              # the queue is empty and every worker idle
                 break
@@ -211,8 +219,6 @@ def _rebuilt(name: str, text: str) -> Exception:
 
 def _worker(link: Connection, model: str, dtype: str, threads: int) -> None:
     """A worker process: load the base model once, then run each group it is sent until it is sent None."""
-    import torch
-
     torch.set_num_threads(threads)
     try:
         base = load_base(model, dtype=dtype, device="cpu")

@@ -18,7 +18,8 @@ from memlaw.config import AdapterConfig, ObjectiveConfig, PromptConfig, TrainCon
 from memlaw.encode import encode, prompt_ids, resolve_prompt, terminator_ids
 from memlaw.engine import attached, write_and_verify
 import memlaw.locality as locality_mod
-from memlaw.locality import greedy_padded, locality, neutral_prompts
+from memlaw.locality import (Continuations, decode_continuations, expect_continuations, greedy_padded,
+                             keep_continuations, locality, neutral_prompts, prompt_set)
 from memlaw.verify import greedy
 
 PROMPTS = ["Why is the sky blue?", "Name a fruit.", "How do bees help flowers?", "Hi", "Count to five, please."]
@@ -146,10 +147,10 @@ def test_logits_are_kept_while_every_layers_fit_in_the_room(tiny_base, monkeypat
     one = sum(p.nbytes for v in measure("probe").values() for p, _ in v)        # one adapter layer's logits
     locality_mod._KEPT.clear()
     monkeypatch.setattr(locality_mod, "KEEP_LOGITS_BYTES", one)
-    assert [k[3] for k in measure("probe")] == [1]
-    assert [k[3] for k in measure("lora")] == [1]                # layer 0's would not fit beside layer 1's
+    assert [k[4] for k in measure("probe")] == [1]               # key: prompt set (4 fields), layer, batch size
+    assert [k[4] for k in measure("lora")] == [1]                # layer 0's would not fit beside layer 1's
     monkeypatch.setattr(locality_mod, "KEEP_LOGITS_BYTES", 3 * one)
-    assert sorted(k[3] for k in measure("lora")) == [0, 1]
+    assert sorted(k[4] for k in measure("lora")) == [0, 1]
 
 
 def test_padded_greedy_decodes_what_recall_decodes(tiny_base):
@@ -303,3 +304,60 @@ def test_kl_in_blocks_gives_every_row_the_one_call_numbers(dtype):
     P, Q = (np.exp(x.double().numpy()) for x in (logp, logq))
     assert np.allclose(whole.numpy(), (P * np.log(P / Q)).sum(-1), rtol=1e-4, atol=1e-9)
     assert torch.equal(locality_mod.kl_divergence(p, p), torch.zeros(21, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------- continuations from another process
+
+
+def _probe_locality(base, spec, term, seed=3):
+    adapter = make_adapter(AdapterConfig(kind="probe", rank=4, layer=1), base, seed=0)
+    with attached(adapter, base):
+        _perturb(adapter, 0.06, seed=seed)
+        got = locality(base, adapter, spec, term, prompts=PROMPTS, new_tokens=10, batch_size=2)
+    return {k: v for k, v in got.summary().items() if k != "wall_s"}
+
+
+def test_continuations_decoded_apart_are_the_ones_locality_keeps(tiny_base):
+    spec, term = _spec(tiny_base, SPECS[0])
+    locality_mod._KEPT.clear()
+    cold = _probe_locality(tiny_base, spec, term)
+    key = prompt_set(tiny_base, spec, term, prompts=PROMPTS, new_tokens=10)
+    assert key == (tuple(tuple(prompt_ids(t, tiny_base.tokenizer, spec)) for t in PROMPTS), 10, term[0],
+                   torch.get_num_threads())
+    assert prompt_set(tiny_base, spec, term, prompts=PROMPTS, new_tokens=10, threads=7)[3] == 7
+    apart = decode_continuations(tiny_base, key)
+    assert apart.key == key and apart.tokens == locality_mod._KEPT[tiny_base.model][key]
+    assert apart.tokens == greedy(tiny_base, [list(p) for p in key[0]], 10, term[0])   # unpadded, float32
+    assert cold["positions"] == sum(map(len, apart.tokens))
+
+
+def test_kept_or_expected_continuations_spare_the_decoding_and_give_its_numbers(tiny_base, monkeypatch):
+    spec, term = _spec(tiny_base, SPECS[0])
+    locality_mod._KEPT.clear()
+    cold = _probe_locality(tiny_base, spec, term)
+    given = decode_continuations(tiny_base, prompt_set(tiny_base, spec, term, prompts=PROMPTS, new_tokens=10))
+
+    def no_decoding(*args, **kw):
+        raise AssertionError("decoded although the continuations were given")
+
+    with monkeypatch.context() as m:
+        m.setattr(locality_mod, "greedy_padded", no_decoding)
+        locality_mod._KEPT.clear()
+        keep_continuations(tiny_base, given)
+        assert _probe_locality(tiny_base, spec, term) == cold
+        calls = []
+        locality_mod._KEPT.clear()
+        expect_continuations(tiny_base, given.key, lambda: calls.append(1) or given)
+        assert _probe_locality(tiny_base, spec, term) == cold and calls == [1]
+        assert _probe_locality(tiny_base, spec, term) == cold and calls == [1]   # fetched once, then kept
+    locality_mod._KEPT.clear()
+    expect_continuations(tiny_base, given.key, lambda: None)             # nothing came: decode them here
+    assert _probe_locality(tiny_base, spec, term) == cold
+    locality_mod._KEPT.clear()
+    other = Continuations((*given.key[:3], given.key[3] + 1), given.tokens)
+    expect_continuations(tiny_base, other.key, lambda: pytest.fail("fetched for another prompt set"))
+    assert _probe_locality(tiny_base, spec, term) == cold
+    wrong = Continuations(given.key, [[term[0]]] * len(PROMPTS))        # what is given is what is measured on
+    locality_mod._KEPT.clear()
+    keep_continuations(tiny_base, wrong)
+    assert _probe_locality(tiny_base, spec, term)["positions"] == len(PROMPTS)

@@ -6,7 +6,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -264,6 +266,63 @@ def test_a_worker_that_dies_stops_the_sweep_and_keeps_the_finished_cells(tiny_ba
         again = run_local(cfg, store, base=tiny_base, workers=2)
         assert (again.skipped, again.ran, again.failed) == (kept, 6 - kept, 0)
         assert store.conn.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM cells").fetchone() == (6, 6)
+
+
+@pytest.mark.parametrize("first", ["continuations", "group"], ids=["between-cells", "inside-the-cell"])
+def test_a_worker_measures_locality_on_the_continuations_it_is_sent(tiny_base, monkeypatch, first):
+    """The sweep's process decodes locality's continuations and sends them once: a worker takes them
+    whether they come before its cell or while it runs (then its locality waits for them)."""
+    import memlaw.locality
+    from memlaw.locality import decode_continuations
+    from memlaw.sweep.local import _prompt_set, _worker
+
+    cfg = tiny_sweep(ranks=[2], lengths=[20])
+    cell = cfg.cells()[0]
+    alone = run_cell(cell, tiny_base)                                # decodes its own, at this thread count
+    key = _prompt_set(cfg, deque([[cell]]), tiny_base, torch.get_num_threads())
+    given = decode_continuations(tiny_base, key)
+
+    def no_decoding(*args, **kw):
+        raise AssertionError("the worker decoded the continuations it was sent")
+
+    monkeypatch.setattr(memlaw.locality, "greedy_padded", no_decoding)
+    here, there = multiprocessing.Pipe()
+    worker = threading.Thread(target=_worker, args=(there, "tiny", "float32", torch.get_num_threads(), key))
+    worker.start()                                                   # in a thread, so the patch reaches it
+    messages = [("continuations", given), ("group", ([cell], False, True))]
+    for message in messages if first == "continuations" else messages[::-1]:
+        here.send(message)
+    kind, results = here.recv()
+    here.send(None)
+    worker.join(timeout=60)
+    assert kind == "done" and not worker.is_alive()
+    assert results[0].status == "done" and results[0].metrics["locality"]["positions"] > 0
+    assert comparable(results[0].metrics) == comparable(alone.metrics)
+
+
+def test_workers_take_the_sweeps_continuations_or_decode_their_own(tiny_base, tmp_path, monkeypatch):
+    import memlaw.sweep.local as local
+    from memlaw.locality import Continuations, neutral_prompts
+
+    cfg = tiny_sweep(ranks=[2], lengths=[20, 30])
+
+    def one_token_each(base, key):                                   # runs in this process only
+        return Continuations(key, [[key[2]]] * len(key[0]))         # the terminator alone
+
+    monkeypatch.setattr(local, "decode_continuations", one_token_each)
+    with open_store(tmp_path / "given.db") as store:
+        assert run_local(cfg, store, base=tiny_base, workers=2).failed == 0
+        # what the workers measured on is what this process sent: one token after each neutral prompt
+        assert [r["metrics"]["locality"]["positions"] for r in store.load_cells()] == [len(neutral_prompts())] * 2
+
+    def broken(base, key):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(local, "decode_continuations", broken)
+    with open_store(tmp_path / "own.db") as store:
+        assert run_local(cfg, store, base=tiny_base, workers=2).failed == 0
+        assert all(r["metrics"]["locality"]["positions"] > len(neutral_prompts()) for r in store.load_cells())
+    assert multiprocessing.active_children() == []
 
 
 def test_auto_workers_one_per_thread_within_memory_and_cells(tiny_base, monkeypatch):

@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from importlib.resources import files
@@ -88,28 +88,86 @@ adapter layer) fit in this size (SmolLM2's: at most 48 × 32 positions × 49,152
 a layer whose logits do not fit runs the base side in every call."""
 
 _KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-"""Per base model (the module, weakly held; the values hold no reference to it): (prompt ids, new
-tokens, stop) -> the base's continuations; (..., start layer) -> the hidden states entering that layer;
-"logits" -> {(prompt ids, new tokens, stop, start layer, batch size) -> per prompt the base's logits on
-its continuation and their argmax}."""
+"""Per base model (the module, weakly held; the values hold no reference to it): `prompt_set` key (prompt
+ids, new tokens, stop, threads) -> the base's continuations; (*key, start layer) -> the hidden states entering
+that layer; "logits" -> {(*key, start layer, batch size) -> per prompt the base's logits on its continuation
+and their argmax}; "expected" -> (key, fetch) from `expect_continuations`."""
 
 
-def _reference(base, enc_parts: tuple, ids: list[list[int]], new_tokens: int, stop: int,
-               start_layer: int) -> tuple[TeacherForcer, dict, tuple]:
-    """A teacher-forcer on prompt + the base model's greedy continuations (computed once per base model),
-    with the base model's store of kept results and the key of this prompt set in it."""
+@dataclass(frozen=True, slots=True)
+class Continuations:
+    """The base model's greedy continuations of one prompt set, as `locality` decodes them: what a process
+    holding the same model takes with `keep_continuations` instead of decoding them itself. Token ids
+    only (the prompts are the shipped neutral set or the caller's), no record values."""
+
+    key: tuple                   # `prompt_set`: which prompts, limit, terminator and thread count
+    tokens: list[list[int]]      # per prompt its continuation
+
+
+def prompt_set(base, prompt: PromptConfig, terminator: Sequence[int], *, prompts: Sequence[str] | None = None,
+               new_tokens: int = NEW_TOKENS, threads: int | None = None) -> tuple:
+    """The key under which `locality` keeps what it computes for these prompts on `base`: (prompt ids in
+    `prompt`'s spec, new tokens, the terminator's first id, torch threads). The thread count is in it because
+    on a CPU it changes the decoding's numbers (22 of SmolLM2's 48 continuations differ between 1 and 2
+    threads); `threads` is the count the key is for (default: this thread's)."""
+    spec = resolve_prompt(prompt, base.tokenizer)
+    texts = neutral_prompts() if prompts is None else prompts
+    ids = tuple(tuple(prompt_ids(t, base.tokenizer, spec)) for t in texts)
+    return ids, new_tokens, terminator[0], torch.get_num_threads() if threads is None else threads
+
+
+def decode_continuations(base, key: tuple) -> Continuations:
+    """The base model's (no adapter attached) greedy continuations of the prompt set `key` (`prompt_set`),
+    decoded now, on the calling thread with torch's thread count set to the key's."""
+    ids, new_tokens, stop, threads = key
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return Continuations(key, greedy_padded(base, ids, new_tokens, stop))
+    finally:
+        torch.set_num_threads(before)
+
+
+def keep_continuations(base, continuations: Continuations) -> None:
+    """Give `locality` on `base` the continuations another process decoded (`decode_continuations` on the
+    same model and dtype), so it does not decode them again."""
     kept = _KEPT.setdefault(base.model, {})
-    key = (tuple(map(tuple, ids)), new_tokens, stop)
-    if key not in kept:
+    if continuations.key not in kept:
         kept.clear()                        # one prompt set at a time: a sweep uses one
-        kept[key] = greedy_padded(base, ids, new_tokens, stop)
+        kept[continuations.key] = continuations.tokens
+
+
+def expect_continuations(base, key: tuple, fetch: Callable[[], Continuations | None]) -> None:
+    """Have `locality`'s first call on `base` that needs the prompt set `key` take its continuations from
+    `fetch` (e.g. a message from a process decoding them meanwhile) instead of decoding them; where
+    `fetch` gives None, it decodes them itself."""
+    _KEPT.setdefault(base.model, {})["expected"] = (key, fetch)
+
+
+def _continuations(base, key: tuple) -> list[list[int]]:
+    """The kept continuations of the prompt set `key`: taken from an expected `fetch`, else decoded, the
+    first time on this base model."""
+    kept = _KEPT.setdefault(base.model, {})
+    if key not in kept:
+        expected = kept.pop("expected", None)
+        got = expected[1]() if expected is not None and expected[0] == key else None
+        keep_continuations(base, got if got is not None and got.key == key else decode_continuations(base, key))
+    return kept[key]
+
+
+def _reference(base, enc_parts: tuple, key: tuple, start_layer: int) -> tuple[TeacherForcer, dict]:
+    """A teacher-forcer on prompt + the base model's greedy continuations of the prompt set `key`
+    (computed once per base model), with the base model's store of kept results."""
+    continuations = _continuations(base, key)
+    kept = _KEPT[base.model]
     texts, spec, tok = enc_parts
+    ids = [list(p) for p in key[0]]
     # prompt + c as a memory whose "answers" are the continuations (no terminator appended: c has its own)
-    enc = Encoded([Record(t, "") for t in texts], spec, [], ids, kept[key], tok)
+    enc = Encoded([Record(t, "") for t in texts], spec, [], ids, continuations, tok)
     tf = TeacherForcer(base, enc, start_layer=start_layer, prefix=kept.get((*key, start_layer)))
     if tf.prefix is not None:
         kept[(*key, start_layer)] = tf.prefix
-    return tf, kept, key
+    return tf, kept
 
 
 @torch.no_grad()
@@ -130,10 +188,11 @@ def locality(base, adapter, prompt: PromptConfig, terminator: Sequence[int], *,
     tok = base.tokenizer
     spec = resolve_prompt(prompt, tok)
     texts = list(neutral_prompts() if prompts is None else prompts)
-    ids = [prompt_ids(t, tok, spec) for t in texts]
+    key = prompt_set(base, spec, terminator, prompts=texts, new_tokens=new_tokens)
+    ids = key[0]
     adapter.eval()
     with adapter.disabled():                 # the base's continuations and the hidden states below the adapter
-        tf, kept, key = _reference(base, (texts, spec, tok), ids, new_tokens, terminator[0], adapter.first_layer)
+        tf, kept = _reference(base, (texts, spec, tok), key, adapter.first_layer)
     logits = kept.setdefault("logits", {})
     ref_key = (*key, adapter.first_layer, batch_size)
     ref: list[tuple[torch.Tensor, torch.Tensor]] = logits.get(ref_key, [])   # per prompt: base logits, argmax
@@ -224,4 +283,5 @@ def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, block: int = S
     return out
 
 
-__all__ = ["Locality", "locality", "neutral_prompts", "kl_divergence", "greedy_padded", "NEW_TOKENS", "KEEP_LOGITS_BYTES"]
+__all__ = ["Locality", "locality", "Continuations", "prompt_set", "decode_continuations",
+           "keep_continuations", "expect_continuations", "neutral_prompts", "kl_divergence", "greedy_padded", "NEW_TOKENS", "KEEP_LOGITS_BYTES"]

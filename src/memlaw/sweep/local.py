@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
 from multiprocessing.connection import Connection, wait
@@ -18,7 +19,9 @@ from multiprocessing.connection import Connection, wait
 import torch
 
 from memlaw import errors
+from memlaw.encode import resolve_prompt, terminator_ids
 from memlaw.errors import ConfigError, MemlawError
+from memlaw.locality import Continuations, decode_continuations, expect_continuations, prompt_set
 from memlaw.models import BaseModel, load_base, resolve_dtype
 from memlaw.store import Store
 from memlaw.sweep.cell import CellResult, cell_records, run_group
@@ -77,7 +80,7 @@ def run_local(sweep: SweepConfig, store: Store, *, base: BaseModel | None = None
     if n > 1 and len(groups) > 1:
         # longest first, so the cells still running at the end are short ones and no worker idles long
         by_cost = sorted(groups, key=lambda g: -sum(costs[c.key] for c in g))
-        _run_in_workers(sweep, store, tracker, deque(by_cost), min(n, len(groups)))
+        _run_in_workers(sweep, store, tracker, deque(by_cost), min(n, len(groups)), base)
         return tracker.summary(sweep, "local")
     for group in groups:
         fresh = _fresh(group, store, tracker)
@@ -145,10 +148,18 @@ def _store(results: list[CellResult], store: Store, sweep: SweepConfig, tracker:
         tracker.finished(result, store.add_cell(result, sweep=sweep.name))
 
 
-def _run_in_workers(sweep: SweepConfig, store: Store, tracker: Tracker, queue: deque, n: int) -> None:
+def _run_in_workers(sweep: SweepConfig, store: Store, tracker: Tracker, queue: deque, n: int,
+                    base: BaseModel) -> None:
     """Run the groups in `queue` on `n` worker processes, each given the next group when it hands one
-    back; this process stores every result as it arrives. Any failure stops every worker."""
+    back; this process stores every result as it arrives. Any failure stops every worker.
+
+    Meanwhile a thread of this process decodes locality's base continuations at the workers' thread count
+    and sends them to every worker, which takes them when its first cell measures locality (waiting for
+    them if they are not there yet), so that no worker decodes them itself."""
     threads = max(1, thread_budget() // n)
+    key = _prompt_set(sweep, queue, base, threads)
+    decoded, decoder = (None, None) if key is None else _decode_aside(base, key)
+    ahead = decoded                      # closed at the end, so that a decoding still running cannot block
     # Workers fork from a server process that imported memlaw (and torch) once, before any torch thread
     # pool exists: forking this process instead would copy its thread pools, which is unsafe, and a spawned
     # worker imports everything again.
@@ -159,7 +170,7 @@ def _run_in_workers(sweep: SweepConfig, store: Store, tracker: Tracker, queue: d
     try:
         for _ in range(n):
             here, there = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(there, sweep.model, sweep.dtype, threads), daemon=True)
+            proc = ctx.Process(target=_worker, args=(there, sweep.model, sweep.dtype, threads, key), daemon=True)
             proc.start()
             there.close()
             links[here] = proc
@@ -170,15 +181,18 @@ def _run_in_workers(sweep: SweepConfig, store: Store, tracker: Tracker, queue: d
                 group = _next_group(queue, store, tracker)
                 if group is None:
                     break
-                try:
-                    link.send((group, sweep.token_probs, sweep.locality))
-                except OSError:
-                    raise _died(links[link], group) from None
+                _send(link, ("group", (group, sweep.token_probs, sweep.locality)), links[link], group)
                 running[link] = group
             idle = []
             if not running:              # the queue is empty and every worker idle
                 break
-            for link in wait(list(running)):
+            for link in wait(list(running) + ([decoded] if decoded is not None else [])):
+                if link is decoded:      # the continuations are ready (or None: each worker decodes its own)
+                    continuations = decoded.recv()
+                    for worker, proc in links.items():
+                        _send(worker, ("continuations", continuations), proc, running.get(worker))
+                    decoded = None
+                    continue
                 group = running.pop(link)
                 try:
                     kind, payload = link.recv()
@@ -200,12 +214,59 @@ def _run_in_workers(sweep: SweepConfig, store: Store, tracker: Tracker, queue: d
             if proc.is_alive():
                 proc.terminate()
                 proc.join()
+        if decoder is not None:
+            ahead.close()
+            decoder.join()               # no torch work of the sweep's left running in this process
 
 
-def _died(proc: multiprocessing.Process, group: list[CellConfig]) -> MemlawError:
-    """The error for a worker found dead when it was sent, or was running, `group`."""
+def _send(link: Connection, message: tuple, proc: multiprocessing.Process, group: list[CellConfig] | None) -> None:
+    try:
+        link.send(message)
+    except OSError:
+        raise _died(proc, group) from None
+
+
+def _prompt_set(sweep: SweepConfig, queue: deque, base: BaseModel, threads: int) -> tuple | None:
+    """The key of locality's prompt set in the workers (`memlaw.locality.prompt_set` at their thread
+    count), if the sweep measures locality and its cells share one prompt spec; else None."""
+    prompts = {cell.prompt for group in queue for cell in group}
+    if not sweep.locality or len(prompts) != 1:
+        return None
+    try:
+        spec = resolve_prompt(prompts.pop(), base.tokenizer)
+        return prompt_set(base, spec, terminator_ids(base.tokenizer, spec), threads=threads)
+    except MemlawError:                  # e.g. a chat template this tokenizer lacks: each cell reports it
+        return None
+
+
+def _decode_aside(base: BaseModel, key: tuple) -> tuple[Connection, threading.Thread]:
+    """Start decoding the continuations of `key` in a thread of this process (on the key's thread count:
+    torch's count is per thread, so this process's own is left as it is); the connection gives the
+    `Continuations`, or None if decoding failed."""
+    out, into = multiprocessing.Pipe(duplex=False)
+
+    def decode() -> None:
+        try:
+            continuations = decode_continuations(base, key)
+        except Exception as e:           # the workers decode their own
+            logger.warning("locality's continuations could not be decoded ahead: %s", e)
+            continuations = None
+        try:
+            into.send(continuations)
+        except OSError:                  # the sweep stopped first
+            pass
+        into.close()
+
+    thread = threading.Thread(target=decode, name="memlaw-locality-continuations", daemon=True)
+    thread.start()
+    return out, thread
+
+
+def _died(proc: multiprocessing.Process, group: list[CellConfig] | None) -> MemlawError:
+    """The error for a worker found dead when it was sent, or was running, `group` (None: idle)."""
     proc.join(timeout=1)
-    return MemlawError(f"a sweep worker died at cell {group[0].key[:12]} (exit code {proc.exitcode}); "
+    where = f" at cell {group[0].key[:12]}" if group else ""
+    return MemlawError(f"a sweep worker died{where} (exit code {proc.exitcode}); "
                        "finished cells are stored, run the sweep again to resume")
 
 
@@ -217,13 +278,27 @@ def _rebuilt(name: str, text: str) -> Exception:
     return MemlawError(f"a sweep worker failed: {name}: {text}")
 
 
-def _worker(link: Connection, model: str, dtype: str, threads: int) -> None:
-    """A worker process: load the base model once, then run each group it is sent until it is sent None."""
+def _worker(link: Connection, model: str, dtype: str, threads: int, key: tuple | None) -> None:
+    """A worker process: load the base model once, then run each group it is sent until it is sent None.
+    Locality's continuations of `key` come from the sweep's process (`_run_in_workers`)."""
     torch.set_num_threads(threads)
+
+    def fetch() -> Continuations | None:      # inside a cell, the only message that can come is this one
+        message = link.recv()
+        if message is None:
+            raise EOFError("the sweep stopped")
+        return message[1]
+
     try:
         base = load_base(model, dtype=dtype, device="cpu")
-        while (job := link.recv()) is not None:
-            group, token_probs, locality = job
+        if key is not None:
+            expect_continuations(base, key, fetch)
+        while (message := link.recv()) is not None:
+            kind, payload = message
+            if kind == "continuations":   # came between cells: the next locality takes them (None: decodes)
+                expect_continuations(base, key, lambda got=payload: got)
+                continue
+            group, token_probs, locality = payload
             link.send(("done", run_group(group, base, token_probs=token_probs, locality=locality)))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the parent went away, or Ctrl-C reached us all
         return

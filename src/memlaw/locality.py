@@ -108,8 +108,8 @@ def prompt_set(base, prompt: PromptConfig, terminator: Sequence[int], *, prompts
                new_tokens: int = NEW_TOKENS, threads: int | None = None) -> tuple:
     """The key under which `locality` keeps what it computes for these prompts on `base`: (prompt ids in
     `prompt`'s spec, new tokens, the terminator's first id, torch threads). The thread count is in it because
-    on a CPU it changes the decoding's numbers (22 of SmolLM2's 48 continuations differ between 1 and 2
-    threads); `threads` is the count the key is for (default: this thread's)."""
+    on a CPU it changes the decoding's numbers (SmolLM2-135M's bf16 continuations differ between one
+    and two threads); `threads` is the count the key is for (default: this thread's)."""
     spec = resolve_prompt(prompt, base.tokenizer)
     texts = neutral_prompts() if prompts is None else prompts
     ids = tuple(tuple(prompt_ids(t, base.tokenizer, spec)) for t in texts)

@@ -153,13 +153,13 @@ def _run_in_workers(sweep: SweepConfig, store: Store, tracker: Tracker, queue: d
     """Run the groups in `queue` on `n` worker processes, each given the next group when it hands one
     back; this process stores every result as it arrives. Any failure stops every worker.
 
-    Meanwhile a thread of this process decodes locality's base continuations at the workers' thread count
-    and sends them to every worker, which takes them when its first cell measures locality (waiting for
-    them if they are not there yet), so that no worker decodes them itself."""
+    Meanwhile a thread of this process decodes locality's base continuations at the workers' thread count,
+    and this process sends them to every worker once they are ready; a worker takes them when its first
+    cell measures locality (waiting for them if they have not come), so that no worker decodes them itself."""
     threads = max(1, thread_budget() // n)
     key = _prompt_set(sweep, queue, base, threads)
     decoded, decoder = (None, None) if key is None else _decode_aside(base, key)
-    ahead = decoded                      # closed at the end, so that a decoding still running cannot block
+    decoded_end = decoded                # closed at the end, so that a decoding still running cannot block
     # Workers fork from a server process that imported memlaw (and torch) once, before any torch thread
     # pool exists: forking this process instead would copy its thread pools, which is unsafe, and a spawned
     # worker imports everything again.
@@ -215,7 +215,7 @@ def _run_in_workers(sweep: SweepConfig, store: Store, tracker: Tracker, queue: d
                 proc.terminate()
                 proc.join()
         if decoder is not None:
-            ahead.close()
+            decoded_end.close()
             decoder.join()               # no torch work of the sweep's left running in this process
 
 
